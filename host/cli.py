@@ -1,0 +1,110 @@
+"""`babelsip` command line."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import trio
+
+from host.sip.errors import BadMessage
+from host.sip.uri import parse_uri
+
+log = logging.getLogger("babelsip")
+
+
+def parse_listen(text: str) -> tuple[str, str, int]:
+    """'udp:127.0.0.1:5060' or 'tcp:[::1]:5060' -> (transport, host, port)."""
+    transport, sep, rest = text.partition(":")
+    transport = transport.lower()
+    if not sep or transport not in ("udp", "tcp"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected udp:HOST:PORT or tcp:HOST:PORT")
+    if rest.startswith("["):
+        host, _, port = rest[1:].partition("]:")
+    else:
+        host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected udp:HOST:PORT or tcp:HOST:PORT")
+    return transport, host, int(port)
+
+
+def parse_relay_to(text: str) -> str:
+    try:
+        uri = parse_uri(text)
+    except BadMessage as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc.reason}")
+    if uri.scheme == "tel":
+        raise argparse.ArgumentTypeError(f"{text!r}: --relay-to needs a sip: URI")
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="babelsip", description="A programmable SIP proxy.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the SIP server")
+    run.add_argument("--listen", action="append", type=parse_listen, metavar="TRANSPORT:HOST:PORT",
+                     help="where to listen (repeatable), e.g. udp:127.0.0.1:5060")
+    mode = run.add_mutually_exclusive_group()
+    mode.add_argument("--relay-to", type=parse_relay_to, metavar="URI",
+                      help="static mode: relay every initial request to this URI, record-routed")
+    mode.add_argument("--routes", type=Path, metavar="DIR", help="serve the routes in DIR")
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    listen = args.listen or [("udp", "127.0.0.1", 5060), ("tcp", "127.0.0.1", 5060)]
+    if args.routes is not None and not args.routes.is_dir():
+        print(f"babelsip: error: --routes {args.routes}: not a directory", file=sys.stderr)
+        return 2
+    if args.routes is None and args.relay_to is None:
+        print("babelsip: error: give --routes DIR or --relay-to URI", file=sys.stderr)
+        return 2
+    from host.shell.server import Server, ServerConfig
+    config = ServerConfig(listen=listen, relay_to=args.relay_to,
+                          routes_dir=str(args.routes) if args.routes else None)
+    try:
+        trio.run(_serve, config)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            print(f"babelsip: error: address already in use ({exc})", file=sys.stderr)
+        else:
+            print(f"babelsip: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+async def _serve(config) -> None:
+    from host.shell.server import Server
+    server = Server(config)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+        try:
+            await nursery.start(server.run)
+        except BaseExceptionGroup as group:
+            # Surface bind errors as themselves for a clear CLI message.
+            oserrors = group.subgroup(OSError)
+            if oserrors is not None:
+                raise oserrors.exceptions[0] from None
+            raise
+
+
+async def _stop_on_signal(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("received %s, shutting down", signal.Signals(signum).name)
+            scope.cancel()
+            return
+
+
+if __name__ == "__main__":
+    sys.exit(main())

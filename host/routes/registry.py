@@ -1,0 +1,632 @@
+"""The route registry: route files become supervised, hot-reloaded generations.
+
+One `RouteRegistry` serves one routes folder. The SIP engine asks it two things:
+
+    handle = registry.select(event)            # sync: table lookup, pins a generation
+    decision = await handle.handle(hook, event)  # never raises (but trio.Cancelled)
+
+and keeps `handle` for the transaction, so on_failure/on_reply run on the
+generation that ran on_request. `handle.release()` (or dropping the handle)
+unpins it.
+
+Generations. Every successful load of a route file is a new generation. It is
+started (compiled, hooks checked) before it replaces the old one; the swap is a
+dict assignment between two messages. A file that fails to load never replaces
+a working generation: the old keeps serving and the error (file, line, message)
+is logged on "babelsip.routes" and kept in the route's status. A replaced
+generation is closed once no event runs on it and no handle pins it (or after
+`linger` seconds, longer than an INVITE's Timer C of 3 min, RFC 3261 §16.6).
+
+What a call gets when its route cannot decide (the route's *fallback*, see
+settings.py; default 500 Server Internal Error):
+  * script error, deadline overrun, garbage from the runtime: the fallback;
+  * the route was deleted, never loaded, or has failed: the fallback configured
+    for that route name in routes.toml (else the default fallback) — a deleted
+    route is not a 404, the caller's request was fine;
+  * in on_reply there is nothing to answer: the reply is forwarded (no decision);
+  * a hook the script does not define: "no decision" at once, the engine does
+    its default (verbs.py).
+
+Supervision. A ScriptError with `damaged`, kind "crash", any unexpected
+exception, or HUNG_AFTER deadline overruns in a row mark the runtime damaged:
+it is never used again and a fresh runtime of the same file is started in the
+background, under the route's RestartPolicy. Events arriving during the restart
+wait for it within their own deadline, then get the fallback (a Lua state
+restarts in milliseconds, so waiting saves those calls). Past the restart
+budget the route is *failed*: it answers its fallback and is retried every
+`retry_every` seconds and on its next file change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import trio
+
+from host.routes.settings import (CONFIG_NAME, ConfigError, Fallback, RoutesConfig, RouteSettings,
+                                  load_config, route_name)
+from host.routes.verbs import ON_REPLY, ON_REQUEST, Decision
+from host.routes.watcher import is_scratch_name, watch_folder
+from host.supervision.policy import GIVE_UP, decide_restart, next_retry
+from runtimes.base import LoadError, Runtime, RuntimeSpec, ScriptError
+
+log = logging.getLogger("babelsip.routes")
+
+# File extension -> runtime; an executable file with a shebang is "exec".
+EXTENSIONS = {".lua": "lua54", ".py": "python", ".pl": "perl", ".java": "java", ".tcp": "tcp"}
+# Runtime -> (module, class), imported on first use so a missing runtime only
+# breaks the routes that need it.
+RUNTIME_CLASSES = {
+    "lua54": ("runtimes.lua", "LuaRuntime"), "luajit": ("runtimes.lua", "LuaRuntime"),
+    "python": ("runtimes.stdio", "StdioRuntime"), "perl": ("runtimes.stdio", "StdioRuntime"),
+    "java": ("runtimes.stdio", "StdioRuntime"), "exec": ("runtimes.stdio", "StdioRuntime"),
+    "tcp": ("runtimes.tcp", "TcpRuntime"),
+}
+
+OK, LOADING, RESTARTING, FAILED, ABSENT = "ok", "loading", "restarting", "failed", "absent"
+DECISION_KINDS = ("reply", "relay", "redirect", "drop", "none")
+HUNG_AFTER = 3            # deadline overruns in a row that count as a hung runtime
+DELETE_GRACE = 0.15       # a save by rename may briefly remove the file: look twice
+RESTART_BACKOFF = 0.05    # seconds before the 2nd restart in a row, doubling after
+LOG_EVERY = 1.0           # at most one script-error log line per route per second
+
+
+def default_runtime_factory(spec: RuntimeSpec) -> Runtime:
+    try:
+        module, cls = RUNTIME_CLASSES[spec.runtime]
+        return getattr(importlib.import_module(module), cls)(spec)
+    except (KeyError, ImportError, AttributeError) as exc:
+        raise LoadError(spec.path, None, f"runtime {spec.runtime!r} is not available: {exc}") from None
+
+
+def runtime_of_file(path: Path) -> str | None:
+    """The runtime a file's name asks for, or None when it is not a route."""
+    if is_scratch_name(path.name) or path.name == CONFIG_NAME:
+        return None
+    runtime = EXTENSIONS.get(path.suffix.lower())
+    if runtime is not None:
+        return runtime
+    try:
+        if path.is_file() and os.access(path, os.X_OK):
+            with open(path, "rb") as f:
+                return "exec" if f.read(2) == b"#!" else None
+    except OSError:
+        pass
+    return None
+
+
+def scan_routes(directory: Path) -> dict[str, list[Path]]:
+    """Route name -> its files (more than one is an error for that route)."""
+    found: dict[str, list[Path]] = {}
+    for path in sorted(Path(directory).iterdir()):
+        if path.is_file() and runtime_of_file(path) is not None:
+            found.setdefault(route_name(path.stem), []).append(path)
+    return found
+
+
+@dataclass(frozen=True)
+class RouteError:
+    file: str
+    line: int | None
+    message: str
+    kind: str          # load | config | error | budget | memory | crash | protocol | timeout
+    at: float          # wall clock, time.time()
+
+
+class Generation:
+    """One loaded version of one route file, with the counts that decide when
+    it may be closed."""
+
+    __slots__ = ("route", "number", "runtime", "spec", "digest", "loaded_at", "inflight",
+                 "handles", "retired_at", "damaged", "closing", "overruns")
+
+    def __init__(self, route: str, number: int, runtime: Runtime, spec: RuntimeSpec, digest: bytes):
+        self.route, self.number, self.runtime, self.spec, self.digest = route, number, runtime, spec, digest
+        self.loaded_at = time.time()
+        self.inflight = 0          # events running on it now
+        self.handles = 0           # RouteHandles pinning it
+        self.retired_at: float | None = None
+        self.damaged = False
+        self.closing = False
+        self.overruns = 0          # deadline overruns in a row
+
+    @property
+    def usable(self) -> bool:
+        return not (self.damaged or self.closing)
+
+    def closable(self, now: float, linger: float) -> bool:
+        if self.retired_at is None or self.closing or self.inflight:
+            return False
+        return self.damaged or self.handles == 0 or now - self.retired_at >= linger
+
+    def __repr__(self) -> str:
+        return f"<Generation {self.route}#{self.number} {self.spec.runtime}>"
+
+
+@dataclass(frozen=True)
+class RouteStatistics:
+    route: str
+    state: str
+    file: str | None
+    runtime: str | None
+    generation: int | None
+    loaded_at: float | None
+    events: int
+    decisions: dict
+    fallbacks: int
+    errors: int
+    timeouts: int
+    restarts: int
+    inflight: int
+    last_error: RouteError | None
+    load_error: RouteError | None
+
+
+@dataclass(eq=False)
+class _Route:
+    name: str
+    settings: RouteSettings
+    state: str = LOADING
+    current: Generation | None = None
+    path: Path | None = None
+    last_number: int = 0
+    load_error: RouteError | None = None
+    last_error: RouteError | None = None
+    history: tuple = ()
+    retry_at: float | None = None
+    ready: trio.Event = field(default_factory=trio.Event)
+    lock: trio.Lock = field(default_factory=trio.Lock)
+    events: int = 0
+    decisions: dict = field(default_factory=lambda: dict.fromkeys(DECISION_KINDS, 0))
+    fallbacks: int = 0
+    errors: int = 0
+    timeouts: int = 0
+    restarts: int = 0
+    logged_at: float = float("-inf")
+    unlogged: int = 0
+
+
+class RouteHandle:
+    """The route chosen for one transaction, pinned to one generation."""
+
+    __slots__ = ("route", "_registry", "_route", "_gen")
+
+    def __init__(self, registry: "RouteRegistry", name: str, route: _Route | None, gen: Generation | None):
+        self.route, self._registry, self._route, self._gen = name, registry, route, gen
+
+    @property
+    def generation(self) -> Generation | None:
+        return self._gen
+
+    def release(self) -> None:
+        """Unpin the generation (the transaction is over). Idempotent; also
+        done when the handle is garbage collected."""
+        gen, self._gen = self._gen, None
+        if gen is not None:
+            gen.handles -= 1
+            if gen.retired_at is not None:
+                self._registry._close_if_done(gen)
+
+    def __del__(self):
+        gen = self._gen
+        if gen is not None:   # only a counter: no trio calls from a finalizer
+            self._gen = None
+            gen.handles -= 1
+
+    async def handle(self, hook: str, event: dict) -> Decision:
+        reg, route = self._registry, self._route
+        if route is None:
+            reg.unrouted[self.route] = reg.unrouted.get(self.route, 0) + 1
+            return _fallback(hook, reg.config.settings(self.route).fallback)
+        gen = self._gen
+        if gen is None or not gen.usable:
+            gen = route.current
+        settings = route.settings
+        # One deadline covers waiting for a restart and running the hook.
+        with trio.move_on_after(settings.deadline) as scope:
+            if (gen is None or not gen.usable) and route.state == RESTARTING:
+                await route.ready.wait()
+                gen = route.current
+            if gen is None or not gen.usable:
+                route.events += 1
+                route.fallbacks += 1
+                return _fallback(hook, settings.fallback)
+            if hook not in gen.runtime.hooks:
+                return Decision()
+            route.events += 1
+            gen.inflight += 1
+            try:
+                decision = await gen.runtime.handle(hook, event)
+            except ScriptError as exc:
+                damaged = exc.damaged or exc.kind == "crash"
+                return reg._script_failed(route, gen, hook, exc.kind, exc.file, exc.line, exc.message, damaged)
+            except Exception as exc:   # the supervisor is where a runtime's bug stops
+                return reg._script_failed(route, gen, hook, "crash", None, None,
+                                          f"runtime raised {exc!r}", True)
+            finally:
+                gen.inflight -= 1
+                if gen.retired_at is not None:
+                    reg._close_if_done(gen)
+            if not isinstance(decision, Decision):
+                return reg._script_failed(route, gen, hook, "protocol", None, None,
+                                          f"runtime returned {type(decision).__name__}, not a Decision", True)
+            gen.overruns = 0
+            kind = decision.verb or "none"
+            route.decisions[kind] = route.decisions.get(kind, 0) + 1
+            return decision
+        # The deadline passed (while waiting for a restart or inside the hook).
+        route.timeouts += 1
+        if gen is None or not gen.usable:   # still restarting
+            route.events += 1
+            route.fallbacks += 1
+            return _fallback(hook, settings.fallback)
+        gen.overruns += 1
+        return reg._script_failed(route, gen, hook, "timeout", None, None,
+                                  f"{hook} exceeded its deadline of {settings.deadline:g} s",
+                                  gen.overruns >= HUNG_AFTER)
+
+
+def _fallback(hook: str, fallback: Fallback) -> Decision:
+    # A failed on_reply has nothing to answer: the reply goes on unchanged.
+    return Decision() if hook == ON_REPLY else fallback.decision()
+
+
+class RouteRegistry:
+    """Loads, supervises and hot-reloads the routes of one folder (module doc)."""
+
+    def __init__(self, routes_dir: Path, *, default_fallback: Fallback | None = None,
+                 defaults: RouteSettings | None = None,
+                 runtime_factory: Callable[[RuntimeSpec], Runtime] = default_runtime_factory,
+                 load_timeout: float = 30.0, close_timeout: float = 5.0,
+                 linger: float = 200.0, housekeeping_every: float = 0.25):
+        self.directory = Path(routes_dir)
+        # Settings of routes routes.toml does not mention; default_fallback wins over defaults.fallback.
+        self.defaults = defaults or RouteSettings()
+        if default_fallback is not None:
+            self.defaults = dataclasses.replace(self.defaults, fallback=default_fallback)
+        self.config = RoutesConfig(defaults=self.defaults)
+        self.config_error: RouteError | None = None
+        self.unrouted: dict[str, int] = {}
+        self._factory = runtime_factory
+        self._load_timeout, self._close_timeout = load_timeout, close_timeout
+        self._linger, self._housekeeping_every = linger, housekeeping_every
+        self._routes: dict[str, _Route] = {}
+        self._retired: set[Generation] = set()
+        self._nursery: trio.Nursery | None = None
+
+    # ---- the engine's side -------------------------------------------------
+
+    def select(self, event: dict) -> RouteHandle:
+        """Pick the route for an initial request and pin its current generation."""
+        name = self.config.table.select(event)
+        route = self._routes.get(name)
+        gen = route.current if route is not None else None
+        if gen is not None:
+            gen.handles += 1
+        return RouteHandle(self, name, route, gen)
+
+    def statistics(self) -> dict[str, RouteStatistics]:
+        out = {}
+        for name, r in sorted(self._routes.items()):
+            g = r.current
+            out[name] = RouteStatistics(
+                route=name, state=r.state, file=str(r.path) if r.path else None,
+                runtime=g.spec.runtime if g else None, generation=g.number if g else None,
+                loaded_at=g.loaded_at if g else None, events=r.events, decisions=dict(r.decisions),
+                fallbacks=r.fallbacks, errors=r.errors, timeouts=r.timeouts, restarts=r.restarts,
+                inflight=g.inflight if g else 0, last_error=r.last_error, load_error=r.load_error)
+        return out
+
+    def status(self) -> dict:
+        """Everything an operator asks about, as plain data (management API)."""
+        def err(e):
+            return None if e is None else {"file": e.file, "line": e.line, "message": e.message,
+                                           "kind": e.kind, "at": e.at}
+        routes = {}
+        for name, s in self.statistics().items():
+            d = dict(s.__dict__)
+            d["last_error"], d["load_error"] = err(s.last_error), err(s.load_error)
+            routes[name] = d
+        return {"directory": str(self.directory),
+                "config": {"file": self.config.file, "error": err(self.config_error),
+                           "default": self.config.table.default},
+                "routes": routes, "unrouted": dict(self.unrouted),
+                "retired_generations": len(self._retired)}
+
+    async def reload(self, route: str | None = None) -> None:
+        """Reload one route (or routes.toml and every route) now, as a file change would."""
+        if route is None:
+            names = self._reload_config() | set(scan_routes(self.directory)) | set(self._routes)
+        else:
+            names = {route_name(route)}
+        async with trio.open_nursery() as nursery:
+            for name in names:
+                nursery.start_soon(self._load_route, name, True)
+
+    # ---- lifetime ------------------------------------------------------------
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Load the folder, report started, then follow its changes until
+        cancelled. A bad routes.toml at startup raises ConfigError (there is
+        no working version to keep); a bad route file only fails that route."""
+        if not self.directory.is_dir():
+            raise ConfigError(self.directory, None, "routes folder not found")
+        self.config = load_config(self.directory, known_routes=set(scan_routes(self.directory)),
+                                  defaults=self.defaults)
+        send, receive = trio.open_memory_channel(64)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                # Watch before scanning, so nothing written meanwhile is missed.
+                await nursery.start(watch_folder, self.directory, send)
+                async with trio.open_nursery() as loading:
+                    for name in scan_routes(self.directory):
+                        loading.start_soon(self._load_route, name, True)
+                states = {n: r.state for n, r in self._routes.items()}
+                log.info("routes loaded from %s: %s", self.directory,
+                         ", ".join(f"{n} ({s})" for n, s in sorted(states.items())) or "none")
+                nursery.start_soon(self._housekeeping)
+                task_status.started()
+                async with receive:
+                    async for paths in receive:
+                        self._apply_changes(paths)
+        finally:
+            self._nursery = None
+            gens = list(self._retired) + [r.current for r in self._routes.values() if r.current]
+            self._retired.clear()
+            with trio.CancelScope(shield=True):
+                async with trio.open_nursery() as closing:
+                    for gen in gens:
+                        closing.start_soon(self._close_generation, gen)
+
+    def _apply_changes(self, paths: set[Path]) -> None:
+        names: set[str] = set()
+        config_changed = False
+        for path in paths:
+            if path.name == CONFIG_NAME:
+                config_changed = True
+            elif not is_scratch_name(path.name):
+                names.add(route_name(path.stem))
+        if config_changed or (self.config_error is not None and names):
+            # A routes.toml that named a route before its file existed is
+            # retried when the folder's files change.
+            names |= self._reload_config()
+        for name in names:
+            self._nursery.start_soon(self._load_route, name, False)
+
+    def _reload_config(self) -> set[str]:
+        """Apply routes.toml again; returns the routes whose runtime settings
+        changed (they need a new generation)."""
+        try:
+            config = load_config(self.directory, known_routes=set(scan_routes(self.directory)),
+                                 defaults=self.defaults)
+        except ConfigError as exc:
+            self.config_error = RouteError(exc.file, exc.line, exc.message, "config", time.time())
+            log.error("%s — keeping the previous routes.toml", exc)
+            return set()
+        self.config, self.config_error = config, None
+        log.info("routes.toml applied: %r", config.table)
+        changed = set()
+        for name, route in self._routes.items():
+            new = config.settings(name)
+            if new.runtime_fields() != route.settings.runtime_fields():
+                changed.add(name)
+            route.settings = new   # fallback, restart policy: from the next event on
+        return changed
+
+    # ---- loading and swapping generations ---------------------------------------
+
+    async def _load_route(self, name: str, force: bool) -> None:
+        route = self._routes.get(name)
+        if route is None:
+            if not scan_routes(self.directory).get(name):
+                return   # not a route file (README.md, a deleted stranger)
+            route = self._routes[name] = _Route(name, self.config.settings(name))
+        async with route.lock:
+            files = scan_routes(self.directory).get(name, [])
+            if not files and route.current is not None:
+                await trio.sleep(DELETE_GRACE)
+                files = scan_routes(self.directory).get(name, [])
+            if not files:
+                self._remove(route)
+                return
+            if len(files) > 1:
+                names = ", ".join(p.name for p in files)
+                self._load_failed(route, LoadError(files[0], None,
+                                  f"two files for route {name!r}: {names}; remove all but one"))
+                return
+            path = files[0]
+            try:
+                digest = hashlib.sha256(path.read_bytes()).digest()
+            except OSError:
+                return   # gone between scan and read: the watcher reports what follows
+            settings = route.settings = self.config.settings(name)
+            spec = RuntimeSpec(route=name, path=path, runtime=settings.runtime or runtime_of_file(path) or "exec",
+                               deadline=settings.deadline, pool=settings.pool,
+                               memory_mb=settings.memory_mb, options=settings.options)
+            cur = route.current
+            if not force and cur is not None and cur.usable and cur.digest == digest and cur.spec == spec:
+                return   # same content and settings: nothing to do (touch, duplicate event)
+            try:
+                runtime = await self._start_runtime(spec)
+            except LoadError as exc:
+                self._load_failed(route, exc)
+                return
+            route.last_number += 1
+            self._install(route, Generation(name, route.last_number, runtime, spec, digest))
+            route.path, route.load_error, route.history = path, None, ()
+            log.info("route %s: generation %d loaded from %s (%s)", name, route.last_number,
+                     path.name, spec.runtime)
+
+    async def _start_runtime(self, spec: RuntimeSpec) -> Runtime:
+        """A started runtime, or LoadError. Never leaves a half-started one open."""
+        try:
+            runtime = self._factory(spec)
+        except LoadError:
+            raise
+        except Exception as exc:
+            raise LoadError(spec.path, None, f"cannot create the {spec.runtime} runtime: {exc!r}") from None
+        try:
+            with trio.fail_after(self._load_timeout):
+                await runtime.start()
+            if ON_REQUEST not in runtime.hooks:
+                raise LoadError(spec.path, None, f"no {ON_REQUEST} hook defined")
+        except BaseException as exc:
+            with trio.CancelScope(shield=True), trio.move_on_after(self._close_timeout):
+                try:
+                    await runtime.aclose()
+                except Exception:
+                    log.exception("route %s: closing a runtime that failed to start", spec.route)
+            if isinstance(exc, LoadError):
+                raise
+            if isinstance(exc, trio.TooSlowError):
+                raise LoadError(spec.path, None, f"did not start within {self._load_timeout:g} s") from None
+            if isinstance(exc, Exception):
+                raise LoadError(spec.path, None, f"start failed: {exc!r}") from None
+            raise
+        return runtime
+
+    def _install(self, route: _Route, gen: Generation) -> None:
+        old, route.current = route.current, gen   # the atomic swap
+        route.state, route.retry_at = OK, None
+        route.ready.set()
+        if old is not None:
+            self._retire(old)
+
+    def _load_failed(self, route: _Route, exc: LoadError) -> None:
+        err = RouteError(exc.file, exc.line, exc.message, "load", time.time())
+        repeat = route.load_error is not None and route.load_error.message == err.message
+        route.load_error = route.last_error = err
+        route.errors += 1
+        if route.current is not None:
+            log.error("route %s: %s — the previous generation keeps serving", route.name, exc)
+        else:
+            (log.debug if repeat else log.error)("route %s: %s — answering its fallback", route.name, exc)
+            self._mark_failed(route)
+
+    def _remove(self, route: _Route) -> None:
+        if route.current is not None:
+            self._retire(route.current)
+            log.info("route %s: file removed, route unloaded", route.name)
+        route.current, route.path, route.load_error = None, None, None
+        route.state, route.retry_at = ABSENT, None
+        route.ready.set()
+
+    def _mark_failed(self, route: _Route) -> None:
+        route.state = FAILED
+        route.retry_at = next_retry(route.settings.restart, trio.current_time())
+        route.ready.set()
+
+    # ---- supervision -----------------------------------------------------------
+
+    def _script_failed(self, route: _Route, gen: Generation, hook: str, kind: str,
+                       file: str | None, line: int | None, message: str, damaged: bool) -> Decision:
+        err = RouteError(file or str(gen.spec.path), line, message, kind, time.time())
+        route.last_error = err
+        route.fallbacks += 1
+        if kind != "timeout":
+            route.errors += 1
+        now = trio.current_time()
+        if now - route.logged_at >= LOG_EVERY:
+            more = f" (+{route.unlogged} more since)" if route.unlogged else ""
+            where = f"{err.file}:{line}" if line else err.file
+            log.warning("route %s#%d %s: %s: %s [%s]%s", route.name, gen.number, hook, where, message, kind, more)
+            route.logged_at, route.unlogged = now, 0
+        else:
+            route.unlogged += 1
+        if damaged:
+            self._damaged(route, gen)
+        return _fallback(hook, route.settings.fallback)
+
+    def _damaged(self, route: _Route, gen: Generation) -> None:
+        if gen.damaged:
+            return
+        gen.damaged = True
+        self._retire(gen)
+        if route.current is not gen:
+            return   # already replaced by a reload
+        route.current = None
+        self._restart_or_give_up(route, gen.spec, gen.digest, gen.number)
+
+    def _restart_or_give_up(self, route: _Route, spec: RuntimeSpec, digest: bytes, number: int) -> bool:
+        verdict, route.history = decide_restart(route.settings.restart, route.history, trio.current_time())
+        if verdict is GIVE_UP:
+            policy = route.settings.restart
+            log.error("route %s: more than %d restarts in %g s — failed; answering its fallback, "
+                      "retrying every %g s and on file change", route.name, policy.intensity,
+                      policy.period, policy.retry_every)
+            self._mark_failed(route)
+            return False
+        route.restarts += 1
+        if route.state != RESTARTING:
+            route.state, route.ready = RESTARTING, trio.Event()
+        if self._nursery is not None:
+            self._nursery.start_soon(self._restart, route, spec, digest, number)
+        return True
+
+    async def _restart(self, route: _Route, spec: RuntimeSpec, digest: bytes, number: int) -> None:
+        """A fresh runtime of the same file and settings (same generation number)."""
+        # The first restart is immediate; repeated ones back off a little so a
+        # runtime that dies at start does not spend its whole budget in 1 ms.
+        if len(route.history) > 1:
+            await trio.sleep(min(RESTART_BACKOFF * 2 ** (len(route.history) - 2), 1.0))
+        async with route.lock:
+            if route.current is not None or route.state != RESTARTING:
+                return   # a reload got there first
+            try:
+                runtime = await self._start_runtime(spec)
+            except LoadError as exc:
+                route.last_error = route.load_error = RouteError(exc.file, exc.line, exc.message,
+                                                                 "load", time.time())
+                route.errors += 1
+                log.error("route %s: restart failed: %s", route.name, exc)
+                if self._restart_or_give_up(route, spec, digest, number):
+                    route.state = RESTARTING   # the new attempt runs once we release the lock
+                return
+            self._install(route, Generation(route.name, number, runtime, spec, digest))
+            log.info("route %s: runtime restarted (generation %d)", route.name, number)
+
+    async def _housekeeping(self) -> None:
+        """Close retired generations nobody uses; retry failed routes."""
+        while True:
+            await trio.sleep(self._housekeeping_every)
+            now = trio.current_time()
+            for gen in list(self._retired):
+                self._close_if_done(gen, now)
+            for route in self._routes.values():
+                if route.state == FAILED and route.retry_at is not None and now >= route.retry_at:
+                    route.retry_at = next_retry(route.settings.restart, now)
+                    log.info("route %s: retrying after failure", route.name)
+                    self._nursery.start_soon(self._load_route, route.name, True)
+
+    def _retire(self, gen: Generation) -> None:
+        if gen.retired_at is None:
+            gen.retired_at = trio.current_time()
+            self._retired.add(gen)
+            self._close_if_done(gen)
+
+    def _close_if_done(self, gen: Generation, now: float | None = None) -> None:
+        now = trio.current_time() if now is None else now
+        if self._nursery is not None and gen.closable(now, self._linger):
+            gen.closing = True
+            self._retired.discard(gen)
+            self._nursery.start_soon(self._close_generation, gen)
+
+    async def _close_generation(self, gen: Generation) -> None:
+        gen.closing = True
+        with trio.CancelScope(shield=True), trio.move_on_after(self._close_timeout) as scope:
+            try:
+                await gen.runtime.aclose()
+            except Exception:
+                log.exception("route %s: closing generation %d failed", gen.route, gen.number)
+        if scope.cancelled_caught:
+            log.warning("route %s: generation %d did not close within %g s", gen.route, gen.number,
+                        self._close_timeout)

@@ -1,0 +1,167 @@
+"""The trio shell around the sans-IO proxy core.
+
+Wires transports, the timer service and (optionally) the route registry to
+one `ProxyCore`, and executes the actions the core returns. Everything runs
+on one trio task tree; the core is only ever entered from one task at a
+time, so it needs no locks.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import logging
+import os
+from dataclasses import dataclass, field
+
+import trio
+
+from host.routes.verbs import Decision
+from host.sip.proxy import Arm, Consult, ProxyCore, Transmit
+
+from .tcp import TcpTransport
+from .timers import TimerService
+from .udp import UdpTransport
+
+log = logging.getLogger("babelsip")
+
+DNS_CACHE_SECONDS = 60.0
+
+
+@dataclass
+class ServerConfig:
+    listen: list[tuple[str, str, int]]          # (transport, host, port)
+    relay_to: str | None = None
+    routes_dir: str | None = None
+    names: tuple[str, ...] = ()
+    extra: dict = field(default_factory=dict)
+
+
+def _id_source():
+    # Branch ids must be unique across restarts of the process: prefix a
+    # per-process random part to a counter.
+    prefix = os.urandom(4).hex()
+    counter = itertools.count(1)
+    return lambda: f"{prefix}{next(counter):x}"
+
+
+class Server:
+    def __init__(self, config: ServerConfig):
+        self.config = config
+        self.transports: dict[str, object] = {}
+        self.core: ProxyCore | None = None
+        self.timers = TimerService(self._on_timer)
+        self.registry = None
+        self._nursery: trio.Nursery | None = None
+        self._dns: dict[str, tuple[float, str]] = {}
+        self.route_errors = 0
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        cfg = self.config
+        bound = []
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for transport, host, port in cfg.listen:
+                if transport == "udp":
+                    t = UdpTransport(host, port, self._on_udp)
+                    t.bind()
+                else:
+                    t = TcpTransport(host, port, self._on_tcp, self._on_tcp_error)
+                    await t.bind()
+                self.transports.setdefault(transport, t)
+                bound.append((transport, host, t.port))
+            self.core = ProxyCore(bound, relay_to=cfg.relay_to, new_id=_id_source(), names=cfg.names)
+            if cfg.routes_dir is not None:
+                from host.routes.registry import RouteRegistry
+                self.registry = RouteRegistry(cfg.routes_dir)
+                await nursery.start(self.registry.run)
+            await nursery.start(self.timers.run)
+            for t in self.transports.values():
+                await nursery.start(t.serve)
+            for transport, host, port in bound:
+                log.info("listening on %s:%s:%d", transport, host, port)
+            task_status.started(bound)
+
+    # ------------------------------------------------------------- input
+    def _on_udp(self, data: bytes, src) -> None:
+        self._execute(self.core.receive(data, "udp", src))
+
+    def _on_tcp(self, data: bytes, src) -> None:
+        self._execute(self.core.receive(data, "tcp", src))
+
+    def _on_tcp_error(self, remote) -> None:
+        log.debug("tcp connection to %s:%s failed", *remote)
+
+    def _on_timer(self, key) -> None:
+        self._execute(self.core.timer(key))
+
+    # ----------------------------------------------------------- actions
+    def _execute(self, actions) -> None:
+        for action in actions:
+            cls = type(action)
+            if cls is Transmit:
+                self._transmit(action)
+            elif cls is Arm:
+                self.timers.start(action.delay, action.key)
+            elif cls is Consult:
+                self._nursery.start_soon(self._consult, action)
+
+    def _transmit(self, action: Transmit) -> None:
+        transport = self.transports.get(action.transport)
+        if transport is None:
+            self._report_error(action)
+            return
+        host = action.host
+        if not _is_ip(host):
+            cached = self._dns.get(host)
+            if cached is None or cached[0] < trio.current_time():
+                self._nursery.start_soon(self._resolve_and_send, action, transport)
+                return
+            host = cached[1]
+        if not transport.send(action.data, host, action.port) and action.transport != "udp":
+            self._report_error(action)
+
+    async def _resolve_and_send(self, action: Transmit, transport) -> None:
+        # A-record lookup only; RFC 3263 NAPTR/SRV is not done yet.
+        try:
+            infos = await trio.socket.getaddrinfo(action.host, action.port, type=trio.socket.SOCK_DGRAM)
+            ip = infos[0][4][0]
+        except OSError as exc:
+            log.info("cannot resolve %s: %s", action.host, exc)
+            self._report_error(action)
+            return
+        self._dns[action.host] = (trio.current_time() + DNS_CACHE_SECONDS, ip)
+        transport.send(action.data, ip, action.port)
+
+    def _report_error(self, action: Transmit) -> None:
+        if action.error_key is not None:
+            self._execute(self.core.transport_error(action.error_key))
+
+    async def _consult(self, action: Consult) -> None:
+        route = action.route
+        registry = self.registry
+        if registry is None:
+            decision, hooks = Decision(), frozenset()
+        else:
+            if route is None:
+                route = registry.select(action.event)
+            decision = await route.handle(action.hook, action.event)
+            hooks = route.hooks
+        self._execute(self.core.decided(action.token, decision, route, hooks))
+
+    def statistics(self) -> dict:
+        out = {"core": self.core.stats.as_dict() if self.core else {},
+               "server_transactions": len(self.core.server_txns) if self.core else 0,
+               "client_transactions": len(self.core.client_txns) if self.core else 0,
+               "timers": len(self.timers)}
+        if self.registry is not None:
+            out["routes"] = self.registry.statistics()
+        return out
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False

@@ -1,0 +1,88 @@
+"""The response context of a proxied request (RFC 3261 §16.7): its branches,
+the responses they returned, and the choice of the best one."""
+
+from __future__ import annotations
+
+from .message import Request, Response
+
+# §16.7 step 6: among 4xx, these carry information the UAC can act on.
+_PREFERRED_4XX = (401, 407, 415, 420, 484)
+
+
+def choose_best(responses: list[Response]) -> Response | None:
+    """§16.7 step 6: any 6xx wins; otherwise the lowest class, preferring
+    401/407/415/420/484 among 4xx; otherwise the first of the class."""
+    if not responses:
+        return None
+    six = [r for r in responses if r.status >= 600]
+    if six:
+        return six[0]
+    lowest = min(r.status // 100 for r in responses)
+    candidates = [r for r in responses if r.status // 100 == lowest]
+    if lowest == 4:
+        for r in candidates:
+            if r.status in _PREFERRED_4XX:
+                return r
+        # A synthesized 408 is the least informative 4xx: prefer any real one.
+        real = [r for r in candidates if r.status != 408]
+        if real:
+            return real[0]
+    return candidates[0]
+
+
+class Branch:
+    """One client transaction of a response context (§16.6)."""
+
+    __slots__ = ("ctx", "uri", "request", "dest", "txn", "provisional", "final",
+                 "cancel_wanted", "cancelled", "timer_gen", "data")
+
+    def __init__(self, ctx, uri: str, request: Request, dest: tuple[str, str, int]):
+        self.ctx = ctx
+        self.uri = uri
+        self.request = request
+        self.dest = dest            # (transport, host, port)
+        self.txn = None
+        self.provisional = False    # a 1xx came back: CANCEL is now allowed (§9.1)
+        self.final: Response | None = None
+        self.cancel_wanted = False
+        self.cancelled = False      # CANCEL sent
+        self.timer_gen = 0
+        self.data = b""             # the request as sent, serialized once
+
+    @property
+    def done(self) -> bool:
+        return self.final is not None
+
+
+class ResponseContext:
+    """Everything the proxy keeps about one server transaction it is relaying."""
+
+    __slots__ = ("txn", "request", "source", "is_invite", "branches", "serial", "responses",
+                 "final_sent", "cancelled", "route", "hooks", "vars", "in_dialog",
+                 "failures_asked", "next_hop", "record_route", "consulting", "reply_queue",
+                 "timeout", "parallel")
+
+    def __init__(self, txn, request: Request, source: tuple[str, str, int], in_dialog: bool):
+        self.txn = txn
+        self.request = request
+        self.source = source
+        self.is_invite = request.method == "INVITE"
+        self.branches: list[Branch] = []
+        self.serial: list[str] = []        # targets still to try, in order
+        self.responses: list[Response] = []  # final responses from finished branches
+        self.final_sent = False
+        self.cancelled = False
+        self.route = None                  # the pinned route generation, opaque here
+        self.hooks: frozenset = frozenset()
+        self.vars: dict | None = None
+        self.in_dialog = in_dialog
+        self.failures_asked = 0
+        self.next_hop = None               # a URI forced as next hop (static relay mode)
+        self.record_route = False
+        self.consulting = False            # a route event is outstanding
+        self.reply_queue: list = []        # replies waiting for on_reply, in order
+        self.timeout: float | None = None
+        self.parallel = True
+
+    def pending(self) -> list[Branch]:
+        return [b for b in self.branches if b.final is None]

@@ -1,0 +1,770 @@
+"""The transaction-stateful proxy core (RFC 3261 §16), sans-IO.
+
+Bytes and timer expiries go in; `Transmit`, `Arm` and `Consult` actions come
+out. The core owns every SIP rule: validation, Max-Forwards, loop detection,
+Via/Record-Route/Route handling, 100 Trying, CANCEL, hop-by-hop ACK, forking
+and response aggregation. Routing *decisions* come from outside: for each
+initial request the core emits `Consult(token, hook, event, route)` and the
+shell later calls `decided(token, decision, route, hooks)`. In static mode
+(`relay_to`) the decision is made here, with no round trip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Callable
+
+from host.routes.event import request_event
+from host.routes.verbs import ON_FAILURE, ON_REPLY, ON_REQUEST, Decision
+
+from . import proxy_rules as rules
+from . import transaction as tx
+from .context import Branch, ResponseContext, choose_best
+from .errors import BadMessage
+from .message import Request, Response, make_response
+from .parser import parse_message
+from .proxy_rules import Local
+from .timers import DEFAULT_TIMERS, TimerConfig
+from .uri import URI, parse_uri
+from .validate import check_request
+
+MAX_BRANCHES = 32            # targets per decision; more is a script bug
+MAX_FAILURE_ROUNDS = 8       # on_failure -> relay -> on_failure ... per call
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, PRACK, SUBSCRIBE, NOTIFY, REFER, MESSAGE"
+
+
+class Transmit:
+    """Send `data` to (transport, host, port). A failure is reported back
+    with `error_key` through `ProxyCore.transport_error`."""
+    __slots__ = ("data", "transport", "host", "port", "error_key")
+
+    def __init__(self, data, transport, host, port, error_key=None):
+        self.data, self.transport, self.host, self.port, self.error_key = data, transport, host, port, error_key
+
+    def __repr__(self):
+        return f"Transmit({self.transport}:{self.host}:{self.port}, {self.data[:40]!r})"
+
+
+class Arm:
+    """Call `ProxyCore.timer(key)` after `delay` seconds."""
+    __slots__ = ("delay", "key")
+
+    def __init__(self, delay, key):
+        self.delay, self.key = delay, key
+
+
+class Consult:
+    """Run `hook` of a route with `event`, then call `ProxyCore.decided(token, ...)`.
+    `route` is None for an initial request (the shell picks the route) and the
+    pinned route afterwards, so a call stays on the generation that started it."""
+    __slots__ = ("token", "hook", "event", "route")
+
+    def __init__(self, token, hook, event, route):
+        self.token, self.hook, self.event, self.route = token, hook, event, route
+
+
+class CoreStats:
+    __slots__ = ("received", "bad_replied", "bad_dropped", "stray_responses", "consults",
+                 "server_txns", "client_txns", "script_decision_errors")
+
+    def __init__(self):
+        for name in self.__slots__:
+            setattr(self, name, 0)
+
+    def as_dict(self):
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+class ProxyCore:
+    def __init__(self, listen: list[tuple[str, str, int]], *, relay_to: str | None = None,
+                 timers: TimerConfig = DEFAULT_TIMERS, new_id: Callable[[], str],
+                 names: tuple[str, ...] = ()):
+        self.local = Local(listen, names)
+        self.listen = {t: (h, p) for t, h, p in listen}   # first listener per transport
+        self.timers = timers
+        self.new_id = new_id
+        self.relay_to = parse_uri(relay_to) if relay_to else None
+        self.server_txns: dict = {}
+        self.client_txns: dict = {}
+        self._consults: dict[int, tuple] = {}
+        self._token = 0
+        self.stats = CoreStats()
+
+    # ------------------------------------------------------------------ input
+    def receive(self, data: bytes, transport: str, src: tuple[str, int]) -> list:
+        """A datagram or a framed stream message arrived from `src`."""
+        out: list = []
+        self.stats.received += 1
+        stream = transport != "udp"
+        try:
+            msg = parse_message(data, stream=stream)
+        except BadMessage as exc:
+            self._reject_unparsed(data, exc, transport, src, out)
+            return out
+        source = (transport, src[0], src[1])
+        if isinstance(msg, Response):
+            self._on_response(msg, out)
+            return out
+        try:
+            check_request(msg)
+            if msg.via is None:
+                raise BadMessage("no Via", None)
+            rules.fix_received(msg, src[0], src[1])
+        except BadMessage as exc:
+            self._reject(msg, exc, source, out)
+            return out
+        if msg.method == "ACK":
+            self._on_ack(msg, source, out)
+        elif msg.method == "CANCEL":
+            self._on_cancel(msg, source, out)
+        else:
+            self._on_request(msg, source, out)
+        return out
+
+    def timer(self, key) -> list:
+        out: list = []
+        kind = key[0]
+        if kind == "txn":
+            _, txn, name, gen = key
+            actions = txn.on_timer(name, gen)
+            if actions:
+                self._run(txn, actions, out)
+        elif kind == "branch":
+            _, branch, gen = key
+            if branch.timer_gen == gen and branch.final is None:
+                self._branch_timed_out(branch, out)
+        elif kind == "forget":
+            _, txn = key
+            if self.server_txns.get(txn.key) is txn and not txn.context.final_sent:
+                del self.server_txns[txn.key]
+        return out
+
+    def transport_error(self, key) -> list:
+        """Sending for transaction `key` failed (unreachable, connection refused)."""
+        out: list = []
+        if isinstance(key, (tx.ClientTransaction, tx.ServerTransaction)) and not key.terminated:
+            self._run(key, key.on_transport_error(), out)
+        return out
+
+    def decided(self, token: int, decision: Decision, route=None, hooks=frozenset()) -> list:
+        """The route answered the event `token`."""
+        out: list = []
+        entry = self._consults.pop(token, None)
+        if entry is None:
+            return out
+        kind, obj = entry
+        if kind == "request":
+            ctx: ResponseContext = obj
+            ctx.consulting = False
+            ctx.route, ctx.hooks = route, hooks
+            self._apply_request_decision(ctx, decision, out)
+        elif kind == "failure":
+            obj.consulting = False
+            self._apply_failure_decision(obj, decision, out)
+        elif kind == "reply":
+            self._apply_reply_decision(obj, decision, out)
+        elif kind == "ack":
+            req, source = obj
+            self._apply_ack_decision(req, decision, out)
+        return out
+
+    # ------------------------------------------------------- bad input (§16.3)
+    def _reject_unparsed(self, data, exc: BadMessage, transport, src, out) -> None:
+        """Answer a request we could not parse, if we can find where to send it."""
+        if exc.status is None or data[:4] == b"SIP/":
+            self.stats.bad_dropped += 1
+            return
+        try:
+            # Parse again leniently just enough to answer: the start line may be
+            # fine while a header is broken. Without Via and Call-ID, drop.
+            head = data.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace").split("\r\n")
+            vias = [l.split(":", 1)[1].strip() for l in head[1:]
+                    if l.split(":", 1)[0].strip().lower() in ("via", "v") and ":" in l]
+            keep = [l for l in head[1:] if ":" in l and l.split(":", 1)[0].strip().lower() in
+                    ("via", "v", "from", "f", "to", "t", "call-id", "i", "cseq")]
+            if not vias:
+                raise BadMessage("no Via", None)
+            via = rules.parse_via(vias[0].split(",")[0])
+        except (BadMessage, IndexError, ValueError):
+            self.stats.bad_dropped += 1
+            return
+        lines = [f"SIP/2.0 {exc.status} {_reason(exc)}"] + keep + ["Content-Length: 0", "", ""]
+        host, port = rules.response_destination(via)
+        host, port = (src[0], src[1]) if transport != "udp" else (host, port)
+        if "rport" in via.params:
+            host, port = src
+        out.append(Transmit("\r\n".join(lines).encode("utf-8", "replace"), transport, host, port))
+        self.stats.bad_replied += 1
+
+    def _reject(self, req: Request, exc: BadMessage, source, out) -> None:
+        if exc.status is None or req.method == "ACK" or req.via is None:
+            self.stats.bad_dropped += 1
+            return
+        resp = make_response(req, exc.status, _reason(exc), to_tag=self._tag(req),
+                             extra=getattr(exc, "headers", None))
+        self._send_response(resp, source, out)
+        self.stats.bad_replied += 1
+
+    # ---------------------------------------------------- requests (§16.3-16.6)
+    def _server_key(self, req: Request, method: str):
+        via = req.via
+        branch = via.branch
+        if tx.is_rfc3261_branch(branch):
+            return tx.server_key(branch, via.sent_by, method)
+        return tx.legacy_server_key(req.uri, "" if method == "INVITE" else (req.to_tag or ""),
+                                    req.from_tag or "", req.call_id, req.cseq,
+                                    "INVITE" if method == "ACK" else method, req.header("via"))
+
+    def _on_request(self, req: Request, source, out) -> None:
+        key = self._server_key(req, req.method)
+        txn = self.server_txns.get(key)
+        if txn is not None:  # a retransmission: the transaction answers it
+            self._run(txn, txn.on_request(req), out)
+            return
+        mf = rules.max_forwards(req)
+        uri = parse_uri(req.uri)
+        to_us = self.local.is_mine(uri) and uri.user is None and not req.has_header("route")
+        if mf == 0 and not (to_us and req.method == "OPTIONS"):
+            self._stateless_reply(req, 483, source, out)
+            return
+        if rules.detect_loop(req, self.local):
+            self._stateless_reply(req, 482, source, out)
+            return
+        txn = tx.ServerTransaction(req, invite=req.method == "INVITE",
+                                   reliable=source[0] != "udp", config=self.timers, key=key)
+        self.server_txns[key] = txn
+        self.stats.server_txns += 1
+        in_dialog = req.to_tag is not None
+        ctx = ResponseContext(txn, req, source, in_dialog)
+        txn.context = ctx
+        self._run(txn, txn.start(), out)
+        if ctx.is_invite:
+            # §16.2: a stateful proxy answers 100 Trying to an INVITE at once,
+            # so the UAC stops retransmitting while the route decides.
+            self._respond(ctx, make_response(req, 100), out)
+        if to_us and req.method == "OPTIONS":
+            self._respond(ctx, make_response(req, 200, to_tag=self._tag(req), extra=[
+                ("allow", ALLOW), ("accept", "application/sdp"), ("supported", "path, outbound")]), out)
+            return
+        try:
+            followed_route = rules.process_route(req, self.local)
+            while followed_route and req.has_header("route") and self._top_route_is_mine(req):
+                req.pop_first("route")  # our second entry of a double Record-Route (RFC 5658)
+        except BadMessage as exc:
+            self._respond(ctx, make_response(req, exc.status or 400, _reason(exc), to_tag=self._tag(req)), out)
+            return
+        if in_dialog and (followed_route or req.has_header("route")):
+            # §16.12: an in-dialog request follows its route set; no logic asked.
+            self._relay(ctx, [], out)
+            return
+        if self.relay_to is not None:
+            ctx.next_hop = self.relay_to
+            ctx.record_route = not in_dialog
+            self._relay(ctx, [], out)
+            return
+        self._consult(("request", ctx), ON_REQUEST,
+                      request_event(ON_REQUEST, req, source, in_dialog=in_dialog, vars=None), None, out)
+        ctx.consulting = True
+
+    def _top_route_is_mine(self, req: Request) -> bool:
+        try:
+            return self.local.is_mine(parse_uri(rules.parse_name_addr(req.header("route")).uri))
+        except BadMessage:
+            return False
+
+    def _consult(self, entry, hook, event, route, out) -> None:
+        self._token += 1
+        self._consults[self._token] = entry
+        self.stats.consults += 1
+        out.append(Consult(self._token, hook, event, route))
+
+    def _apply_request_decision(self, ctx: ResponseContext, d: Decision, out) -> None:
+        if ctx.cancelled or ctx.final_sent or ctx.txn.terminated:
+            return  # CANCEL won the race: 487 was already sent
+        if d.vars is not None:
+            ctx.vars = d.vars
+        try:
+            record = self._apply_edits(ctx.request, d.edits)
+        except BadMessage as exc:
+            self.stats.script_decision_errors += 1
+            self._final(ctx, 500, f"Bad route decision: {exc.reason}"[:100], out)
+            return
+        ctx.record_route = record and not ctx.in_dialog
+        self._apply_verb(ctx, d, out)
+
+    def _apply_verb(self, ctx: ResponseContext, d: Decision, out) -> None:
+        verb = d.verb
+        if verb is None or verb == "relay":
+            ctx.parallel, ctx.timeout = d.parallel, d.timeout
+            self._relay(ctx, d.targets, out)
+        elif verb == "reply":
+            self._final(ctx, d.code, d.reason or None, out, extra=d.headers)
+        elif verb == "redirect":
+            extra = [("contact", f"<{c}>" if "<" not in c else c) for c in d.contacts]
+            self._final(ctx, 302, None, out, extra=extra)
+        elif verb == "drop":
+            # Keep the transaction a while so retransmissions are absorbed
+            # instead of reaching the route again, then forget it.
+            out.append(Arm(64 * self.timers.t1, ("forget", ctx.txn)))
+        else:
+            self._final(ctx, 500, "Unknown route decision", out)
+
+    def _apply_edits(self, req: Request, edits) -> bool:
+        record = False
+        for edit in edits:
+            verb = edit[0]
+            if verb == "set_ruri":
+                parse_uri(edit[1])
+                req.uri = edit[1]
+            elif verb == "set_header":
+                req.set_header(edit[1], edit[2])
+            elif verb == "add_header":
+                req.add_header(edit[1], edit[2])
+            elif verb == "remove_header":
+                req.remove_header(edit[1])
+            elif verb == "record_route":
+                record = True
+        return record
+
+    # ----------------------------------------------------------- relaying
+    def _relay(self, ctx: ResponseContext, targets: list[str], out) -> None:
+        if not targets:
+            targets = [ctx.request.uri]
+        if len(targets) > MAX_BRANCHES:
+            targets = targets[:MAX_BRANCHES]
+        if ctx.parallel:
+            ctx.serial = []
+            for target in targets:
+                self._start_branch(ctx, target, out)
+        else:
+            ctx.serial = list(targets[1:])
+            self._start_branch(ctx, targets[0], out)
+        self._check_complete(ctx, out)
+
+    def _start_branch(self, ctx: ResponseContext, target: str, out) -> None:
+        """§16.6: copy the request, retarget it, and send it on a new client transaction."""
+        req = ctx.request.copy()
+        try:
+            req.uri = target
+            hop = ctx.next_hop if ctx.next_hop is not None else rules.next_hop(req)
+            transport = hop.transport
+            if transport not in self.listen:
+                raise BadMessage(f"no {transport} transport to reach {hop}", 503)
+            dest = (transport, hop.host.strip("[]"), hop.port or 5060)
+        except BadMessage as exc:
+            branch = Branch(ctx, target, req, ("", "", 0))
+            ctx.branches.append(branch)
+            branch.final = self._synthetic(ctx, exc.status if exc.status in (416, 503) else 400, _reason(exc))
+            ctx.responses.append(branch.final)
+            return
+        rules.decrement_max_forwards(req)
+        in_transport = ctx.source[0]
+        if ctx.record_route:
+            # RFC 5658: when the transport changes, record both sides.
+            if in_transport != transport and in_transport in self.listen:
+                host, port = self.listen[in_transport]
+                req.add_header("record-route", rules.record_route_value(in_transport, host, port), first=True)
+            host, port = self.listen[transport]
+            req.add_header("record-route", rules.record_route_value(transport, host, port), first=True)
+        host, port = self.listen[transport]
+        branch_id = f"{rules.MAGIC_COOKIE}{rules.loop_hash(req, ctx.request.header('via'))}.{self.new_id()}"
+        req.add_header("via", rules.via_value(transport, host, port, branch_id), first=True)
+        branch = Branch(ctx, target, req, dest)
+        ctx.branches.append(branch)
+        txn = tx.ClientTransaction(req, invite=ctx.is_invite, reliable=transport != "udp",
+                                   config=self.timers, key=tx.client_key(branch_id, req.method),
+                                   context=branch)
+        branch.txn = txn
+        branch.data = req.serialize()
+        self.client_txns[txn.key] = txn
+        self.stats.client_txns += 1
+        self._run(txn, txn.start(), out)
+        timeout = ctx.timeout or (self.timers.c if ctx.is_invite else None)
+        if timeout:
+            branch.timer_gen += 1
+            out.append(Arm(timeout, ("branch", branch, branch.timer_gen)))
+
+    def _branch_timed_out(self, branch: Branch, out) -> None:
+        """A per-branch timeout (the route's, or Timer C, §16.8) expired."""
+        ctx = branch.ctx
+        if ctx.is_invite and branch.provisional and not branch.cancelled:
+            # CANCEL it; its 487 finishes the branch. Should neither the 487
+            # nor Timer B come, the next expiry gives up on it.
+            self._cancel_branch(branch, out)
+            branch.timer_gen += 1
+            out.append(Arm(64 * self.timers.t1, ("branch", branch, branch.timer_gen)))
+            return
+        branch.cancel_wanted = True  # if a 1xx shows up later, CANCEL it then
+        self._branch_final(branch, self._synthetic(ctx, 408), out)
+
+    def _cancel_branch(self, branch: Branch, out) -> None:
+        """§9.1: CANCEL a pending INVITE branch once it has had a provisional."""
+        if branch.cancelled or not branch.ctx.is_invite:
+            return
+        if not branch.provisional:
+            branch.cancel_wanted = True
+            return
+        branch.cancelled = True
+        inv = branch.request
+        cancel = Request("CANCEL", inv.uri)
+        cancel.headers = [("via", inv.header("via"))]
+        for k, v in inv.headers:
+            if k in ("route", "from", "to", "call-id"):
+                cancel.headers.append((k, v))
+        cancel.headers.append(("max-forwards", "70"))
+        cancel.headers.append(("cseq", f"{inv.cseq} CANCEL"))
+        cancel.call_id, cancel.cseq, cancel.cseq_method = inv.call_id, inv.cseq, "CANCEL"
+        transport = branch.dest[0]
+        txn = tx.ClientTransaction(cancel, invite=False, reliable=transport != "udp",
+                                   config=self.timers,
+                                   key=tx.client_key(inv.via.branch, "CANCEL"), context=None)
+        self.client_txns[txn.key] = txn
+        self._run(txn, txn.start(), out)
+
+    # ------------------------------------------------------ responses (§16.7)
+    def _on_response(self, resp: Response, out) -> None:
+        via = resp.via
+        if via is None:
+            self.stats.bad_dropped += 1
+            return
+        txn = self.client_txns.get((via.branch, resp.cseq_method))
+        if txn is None:
+            self._stray_response(resp, out)
+            return
+        self._run(txn, txn.on_response(resp.status, resp), out)
+
+    def _stray_response(self, resp: Response, out) -> None:
+        """§16.7 step 3 / §16.11: no transaction (e.g. a 2xx retransmission
+        after the client transaction ended) — forward 2xx statelessly if the
+        top Via is ours, drop the rest."""
+        self.stats.stray_responses += 1
+        via = resp.via
+        if not (200 <= resp.status < 300 and self.local.is_my_via(via.host, via.port)):
+            return
+        resp.pop_first("via")
+        if resp.via is not None:
+            self._send_response(resp, None, out)
+
+    def _on_branch_response(self, branch: Branch, resp: Response, status: int, out) -> None:
+        ctx = branch.ctx
+        if status < 200:
+            branch.provisional = True
+            if branch.cancel_wanted or ctx.cancelled or (ctx.final_sent and ctx.is_invite):
+                self._cancel_branch(branch, out)
+            if status == 100 or ctx.final_sent or branch.final is not None:
+                return  # §16.7 step 5: 100 is never forwarded
+            if ctx.timeout is None and ctx.is_invite:
+                branch.timer_gen += 1  # §16.8: a provisional resets Timer C
+                out.append(Arm(self.timers.c, ("branch", branch, branch.timer_gen)))
+            self._forward(ctx, resp, out)
+            return
+        if status < 300:
+            # §16.7 step 5: every 2xx goes upstream at once, even late ones.
+            if branch.final is None:
+                branch.final = resp
+            first = not ctx.final_sent
+            self._forward(ctx, resp, out)
+            if first and ctx.is_invite:
+                for other in ctx.pending():
+                    self._cancel_branch(other, out)
+                ctx.serial = []
+            return
+        if branch.final is not None:
+            return  # e.g. the 487 after we gave up on a timed-out branch
+        self._branch_final(branch, resp, out)
+
+    def _branch_final(self, branch: Branch, resp: Response, out) -> None:
+        ctx = branch.ctx
+        branch.final = resp
+        branch.timer_gen += 1
+        ctx.responses.append(resp)
+        if resp.status >= 600 and ctx.is_invite:
+            # §16.7 step 5: a 6xx ends the search.
+            for other in ctx.pending():
+                self._cancel_branch(other, out)
+            ctx.serial = []
+        self._check_complete(ctx, out)
+
+    def _check_complete(self, ctx: ResponseContext, out) -> None:
+        if ctx.final_sent or ctx.consulting or ctx.pending():
+            return
+        if ctx.serial and not ctx.cancelled:
+            self._start_branch(ctx, ctx.serial.pop(0), out)
+            self._check_complete(ctx, out)
+            return
+        if not ctx.responses:
+            return
+        best = choose_best(ctx.responses)
+        if (ON_FAILURE in ctx.hooks and not ctx.cancelled
+                and ctx.failures_asked < MAX_FAILURE_ROUNDS and best.status < 600):
+            ctx.failures_asked += 1
+            ctx.consulting = True
+            self._consult(("failure", ctx), ON_FAILURE,
+                          request_event(ON_FAILURE, ctx.request, ctx.source, in_dialog=ctx.in_dialog,
+                                        vars=ctx.vars, reply=best), ctx.route, out)
+            return
+        self._forward_best(ctx, best, out)
+
+    def _forward_best(self, ctx: ResponseContext, best: Response, out) -> None:
+        if best.status == 503:
+            # §16.7 step 6: a 503 from downstream becomes 500 upstream, or
+            # the UAC would think *we* are overloaded.
+            best = best.copy()
+            best.status, best.reason = 500, "Server Internal Error"
+        self._forward(ctx, best, out)
+
+    def _apply_failure_decision(self, ctx: ResponseContext, d: Decision, out) -> None:
+        if ctx.final_sent or ctx.txn.terminated:
+            return
+        if d.vars is not None:
+            ctx.vars = d.vars
+        try:
+            self._apply_edits(ctx.request, d.edits)
+        except BadMessage:
+            self.stats.script_decision_errors += 1
+        if d.verb is None:
+            self._forward_best(ctx, choose_best(ctx.responses), out)
+        elif d.verb == "relay":
+            ctx.responses = []
+            ctx.parallel, ctx.timeout = d.parallel, d.timeout
+            self._relay(ctx, d.targets, out)
+        else:
+            self._apply_verb(ctx, d, out)
+
+    def _forward(self, ctx: ResponseContext, resp: Response, out) -> None:
+        """Send a response from downstream upstream, through on_reply if the route has it."""
+        if ON_REPLY in ctx.hooks and resp.via is not None and not resp.local:
+            ctx.reply_queue.append(resp)
+            if len(ctx.reply_queue) == 1:
+                self._consult_reply(ctx, out)
+            return
+        self._forward_now(ctx, resp, out)
+
+    def _consult_reply(self, ctx, out) -> None:
+        resp = ctx.reply_queue[0]
+        self._consult(("reply", ctx), ON_REPLY,
+                      request_event(ON_REPLY, ctx.request, ctx.source, in_dialog=ctx.in_dialog,
+                                    vars=ctx.vars, reply=resp), ctx.route, out)
+
+    def _apply_reply_decision(self, ctx: ResponseContext, d: Decision, out) -> None:
+        resp = ctx.reply_queue.pop(0)
+        if d.vars is not None:
+            ctx.vars = d.vars
+        if not (d.verb == "drop" and resp.status < 200):
+            try:
+                self._apply_edits(resp, [e for e in d.edits if e[0] != "set_ruri"])
+            except BadMessage:
+                self.stats.script_decision_errors += 1
+            self._forward_now(ctx, resp, out)
+        if ctx.reply_queue:
+            self._consult_reply(ctx, out)
+
+    def _forward_now(self, ctx: ResponseContext, resp: Response, out) -> None:
+        if not resp.local:
+            resp.pop_first("via")  # §16.7 step 9: remove our Via
+        status = resp.status
+        txn = ctx.txn
+        if status >= 200:
+            if ctx.final_sent and status >= 300:
+                return
+            ctx.final_sent = True
+        if txn.terminated or (status >= 300 and txn.state not in ("Proceeding", "Trying")):
+            if 200 <= status < 300:
+                self._send_response(resp, ctx.source, out)  # §16.7 step 10
+            return
+        try:
+            self._run(txn, txn.respond(status, resp), out)
+        except tx.TransactionError:
+            if 200 <= status < 300:
+                self._send_response(resp, ctx.source, out)
+
+    # ----------------------------------------------------------- CANCEL, ACK
+    def _on_cancel(self, req: Request, source, out) -> None:
+        """§16.10: answer the CANCEL, then cancel every pending branch."""
+        key = self._server_key(req, "CANCEL")
+        txn = self.server_txns.get(key)
+        if txn is not None:
+            self._run(txn, txn.on_request(req), out)
+            return
+        invite = self.server_txns.get(self._server_key(req, "INVITE"))
+        if invite is None or invite.context is None:
+            self._stateless_reply(req, 481, source, out)
+            return
+        cancel_txn = tx.ServerTransaction(req, invite=False, reliable=source[0] != "udp",
+                                          config=self.timers, key=key)
+        cancel_txn.context = ResponseContext(cancel_txn, req, source, False)
+        self.server_txns[key] = cancel_txn
+        self._run(cancel_txn, cancel_txn.start(), out)
+        self._run(cancel_txn, cancel_txn.respond(200, make_response(req, 200, to_tag=self._tag(req))), out)
+        ctx: ResponseContext = invite.context
+        if ctx.final_sent:
+            return
+        ctx.cancelled = True
+        ctx.serial = []
+        if ctx.consulting or not ctx.branches:
+            self._final(ctx, 487, None, out)
+            return
+        for branch in ctx.pending():
+            self._cancel_branch(branch, out)
+
+    def _on_ack(self, req: Request, source, out) -> None:
+        txn = self.server_txns.get(self._server_key(req, "ACK"))
+        if txn is not None and txn.state != "Accepted":
+            self._run(txn, txn.on_request(req, is_ack=True), out)  # hop-by-hop, absorbed
+            return
+        self._route_ack(req, source, out)
+
+    def _route_ack(self, req: Request, source, out) -> None:
+        """An ACK for a 2xx is its own transaction, relayed end to end (§16.6)."""
+        if rules.max_forwards(req) == 0:
+            return
+        followed = rules.process_route(req, self.local)
+        while followed and req.has_header("route") and self._top_route_is_mine(req):
+            req.pop_first("route")
+        if followed or req.has_header("route"):
+            self._relay_stateless(req, None, out)
+        elif self.relay_to is not None:
+            self._relay_stateless(req, self.relay_to, out)
+        else:
+            self._consult(("ack", (req, source)), ON_REQUEST,
+                          request_event(ON_REQUEST, req, source, in_dialog=req.to_tag is not None,
+                                        vars=None), None, out)
+
+    def _apply_ack_decision(self, req: Request, d: Decision, out) -> None:
+        if d.verb not in (None, "relay"):
+            return  # an ACK cannot be answered: anything but relay drops it
+        try:
+            self._apply_edits(req, [e for e in d.edits if e[0] != "record_route"])
+            if d.targets:
+                req.uri = d.targets[0]
+            self._relay_stateless(req, None, out)
+        except BadMessage:
+            self.stats.script_decision_errors += 1
+
+    def _relay_stateless(self, req: Request, next_hop: URI | None, out) -> None:
+        hop = next_hop if next_hop is not None else rules.next_hop(req)
+        transport = hop.transport
+        if transport not in self.listen:
+            return
+        rules.decrement_max_forwards(req)
+        host, port = self.listen[transport]
+        # §16.11: a stateless branch must be the same for retransmissions.
+        seed = (req.via.branch or req.header("via")).encode("utf-8", "surrogateescape")
+        branch = rules.MAGIC_COOKIE + "sl" + hashlib.blake2s(seed, digest_size=8).hexdigest()
+        req.add_header("via", rules.via_value(transport, host, port, branch), first=True)
+        out.append(Transmit(req.serialize(), transport, hop.host.strip("[]"), hop.port or 5060))
+
+    # --------------------------------------------------------------- answers
+    def _final(self, ctx: ResponseContext, status: int, reason, out, extra=None) -> None:
+        """The proxy itself answers the request (a route's reply, a 487 …)."""
+        if ctx.final_sent and status >= 200:
+            return
+        resp = make_response(ctx.request, status, reason, to_tag=self._tag(ctx.request), extra=extra)
+        if status >= 200:
+            ctx.final_sent = True
+        self._respond(ctx, resp, out)
+
+    def _respond(self, ctx: ResponseContext, resp: Response, out) -> None:
+        txn = ctx.txn
+        if txn.terminated:
+            return
+        try:
+            self._run(txn, txn.respond(resp.status, resp), out)
+        except tx.TransactionError:
+            pass  # the transaction already has its final answer
+
+    def _synthetic(self, ctx: ResponseContext, status: int, reason=None) -> Response:
+        if ctx.cancelled and status == 408:
+            status, reason = 487, None
+        resp = make_response(ctx.request, status, reason, to_tag=self._tag(ctx.request))
+        resp.local = True
+        return resp
+
+    def _stateless_reply(self, req: Request, status: int, source, out) -> None:
+        resp = make_response(req, status, to_tag=self._tag(req))
+        self._send_response(resp, source, out)
+
+    def _send_response(self, resp: Response, source, out) -> None:
+        """§18.2.2: responses go back on the connection or to the Via's received/rport."""
+        host, port = rules.response_destination(resp.via)
+        transport = resp.via.transport.lower()
+        if source is not None and source[0] != "udp":
+            transport = source[0]
+        out.append(Transmit(resp.serialize(), transport, host, port))
+
+    def _tag(self, req: Request) -> str:
+        """A To tag for our own answers, the same for retransmissions."""
+        seed = f"{req.call_id}\0{req.from_tag}\0{req.via.branch if req.via else ''}"
+        return hashlib.blake2s(seed.encode("utf-8", "surrogateescape"), digest_size=6).hexdigest()
+
+    # ------------------------------------------------------ transaction actions
+    def _run(self, txn, actions, out) -> None:
+        """Execute what a transaction asked for."""
+        for action in actions:
+            cls = type(action)
+            if cls is tx.Send:
+                msg = action.message
+                if isinstance(txn, tx.ClientTransaction):
+                    branch = txn.context
+                    data = branch.data if branch is not None and msg is branch.request else msg.serialize()
+                    transport, host, port = branch.dest if branch is not None else self._cancel_dest(txn)
+                    out.append(Transmit(data, transport, host, port, txn))
+                else:
+                    ctx = txn.context
+                    source = ctx.source if ctx is not None else None
+                    self._send_response(msg, source, out)
+            elif cls is tx.StartTimer:
+                out.append(Arm(action.delay, ("txn", txn, action.name, action.generation)))
+            elif cls is tx.PassUp:
+                if isinstance(txn, tx.ClientTransaction):
+                    if txn.context is not None:  # CANCEL responses stop here
+                        self._on_branch_response(txn.context, action.message, action.status, out)
+                elif action.message is not txn.request and action.message.method == "ACK":
+                    # RFC 6026: an ACK matching an Accepted INVITE transaction
+                    # is the ACK for a 2xx that reused the branch.
+                    self._route_ack(action.message, txn.context.source, out)
+            elif cls is tx.SendAck:
+                ack = self._ack_for(txn.request, action.response)
+                branch = txn.context
+                out.append(Transmit(ack.serialize(), *branch.dest))
+            elif cls is tx.Timeout:
+                if isinstance(txn, tx.ClientTransaction) and txn.context is not None:
+                    branch = txn.context
+                    if branch.final is None:
+                        self._branch_final(branch, self._synthetic(branch.ctx, 408), out)
+            elif cls is tx.TransportError:
+                if isinstance(txn, tx.ClientTransaction) and txn.context is not None:
+                    branch = txn.context
+                    if branch.final is None:
+                        # §16.9: a transport error counts as a 503 from that branch.
+                        self._branch_final(branch, self._synthetic(branch.ctx, 503), out)
+            elif cls is tx.Terminated:
+                table = self.client_txns if isinstance(txn, tx.ClientTransaction) else self.server_txns
+                if table.get(txn.key) is txn:
+                    del table[txn.key]
+
+    def _cancel_dest(self, txn):
+        inv = self.client_txns.get(tx.client_key(txn.request.via.branch, "INVITE"))
+        if inv is not None and inv.context is not None:
+            return inv.context.dest
+        hop = rules.next_hop(txn.request.copy())
+        return hop.transport, hop.host.strip("[]"), hop.port or 5060
+
+    @staticmethod
+    def _ack_for(inv: Request, resp: Response) -> Request:
+        """§17.1.1.3: the ACK a client transaction sends for a 300-699."""
+        ack = Request("ACK", inv.uri)
+        ack.headers = [("via", inv.header("via"))]
+        for k, v in inv.headers:
+            if k in ("route", "from", "call-id"):
+                ack.headers.append((k, v))
+        ack.headers.append(("to", resp.header("to") or inv.header("to")))
+        ack.headers.append(("cseq", f"{inv.cseq} ACK"))
+        ack.headers.append(("max-forwards", "70"))
+        ack.call_id, ack.cseq, ack.cseq_method = inv.call_id, inv.cseq, "ACK"
+        return ack
+
+
+def _reason(exc: BadMessage) -> str:
+    from .message import reason_for
+    return reason_for(exc.status or 400)

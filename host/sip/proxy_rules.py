@@ -1,0 +1,175 @@
+"""Pure RFC 3261 §16 request processing steps for a stateful proxy.
+
+Each function does one numbered step of §16.3–§16.6 on a Request and knows
+nothing about transactions or sockets. `Local` describes the proxy's own
+addresses, used to recognise Route entries and Request-URIs meant for us.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from .errors import BadMessage
+from .headers import parse_name_addr, parse_via
+from .message import Request
+from .uri import URI, parse_uri
+
+MAGIC_COOKIE = "z9hG4bK"  # RFC 3261 §8.1.1.7
+DEFAULT_MAX_FORWARDS = 70
+
+
+class Local:
+    """The addresses this proxy answers on."""
+
+    __slots__ = ("hosts", "ports", "names")
+
+    def __init__(self, listen: list[tuple[str, str, int]], names: tuple[str, ...] = ()):
+        # listen: (transport, host, port)
+        self.hosts = {h.lower() for _, h, _ in listen} | {n.lower() for n in names}
+        self.ports = {p for _, _, p in listen}
+        self.names = names
+
+    def is_mine(self, uri: URI) -> bool:
+        host = uri.host.lower()
+        if host.startswith("["):
+            host = host[1:-1]
+        port = uri.port or (5061 if uri.scheme == "sips" else 5060)
+        return host in self.hosts and port in self.ports
+
+    def is_my_via(self, host: str, port: int | None) -> bool:
+        return host.lower().strip("[]") in self.hosts and (port or 5060) in self.ports
+
+
+def max_forwards(req: Request) -> int | None:
+    """§16.3 step 3: the Max-Forwards value, or None when absent."""
+    value = req.header("max-forwards")
+    if value is None:
+        return None
+    if not value.isdigit() or len(value) > 3 or int(value) > 255:
+        raise BadMessage(f"bad Max-Forwards {value[:20]!r}")
+    return int(value)
+
+
+def decrement_max_forwards(req: Request) -> None:
+    """§16.6 step 3."""
+    mf = max_forwards(req)
+    req.set_header("max-forwards", str(DEFAULT_MAX_FORWARDS if mf is None else mf - 1))
+
+
+def loop_hash(req: Request, via_below: str) -> str:
+    """§16.6 step 8: the part of our branch that detects loops — a hash over
+    the fields that stay the same when a request comes back to us unchanged.
+    `via_below` is the top Via as we received it (it ends up right below ours)."""
+    key = "\0".join((req.uri, req.header("to") or "", req.from_tag or "", req.call_id,
+                     str(req.cseq), via_below, req.header("proxy-require") or ""))
+    return hashlib.blake2s(key.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
+
+
+def detect_loop(req: Request, local: Local) -> bool:
+    """§16.3 step 4: a Via of ours whose branch carries the hash this request
+    would get now means it came back unchanged — a loop, not a spiral."""
+    vias = req.header_values("via")
+    for i, value in enumerate(vias[:-1]):
+        cookie = value.find("branch=" + MAGIC_COOKIE)
+        if cookie < 0:
+            continue
+        try:
+            via = parse_via(value)
+        except BadMessage:
+            continue
+        if not local.is_my_via(via.host, via.port):
+            continue
+        expected = MAGIC_COOKIE + loop_hash(req, vias[i + 1]) + "."
+        if (via.branch or "").startswith(expected):
+            return True
+    return False
+
+
+def process_route(req: Request, local: Local) -> bool:
+    """§16.4: undo a strict router's rewrite and remove our own top Route.
+    Returns True when a Route entry of ours was removed (the request follows
+    a route set we recorded)."""
+    removed = False
+    try:
+        ruri = parse_uri(req.uri)
+    except BadMessage:
+        ruri = None
+    if ruri is not None and local.is_mine(ruri) and "lr" not in ruri.params and req.has_header("route"):
+        # The previous hop was a strict router: it put our Record-Route URI
+        # in the Request-URI. The real one is the last Route value.
+        routes = req.header_values("route")
+        last = parse_name_addr(routes[-1]).uri
+        req.uri = last
+        req.headers = [h for h in req.headers if not (h[0] == "route" and h[1] is routes[-1])]
+        removed = True
+    top = req.header("route")
+    if top is not None:
+        uri = parse_uri(parse_name_addr(top).uri)
+        if local.is_mine(uri):
+            req.pop_first("route")
+            removed = True
+    return removed
+
+
+def next_hop(req: Request) -> URI:
+    """§16.6 step 7 / §8.1.2: the first Route (loose routing) or the Request-URI."""
+    top = req.header("route")
+    if top is not None:
+        uri = parse_uri(parse_name_addr(top).uri)
+        if "lr" not in uri.params:
+            # §16.6 step 6: the next hop is a strict router. Put the
+            # Request-URI at the end of the Route set and the strict
+            # router's URI in the Request-URI.
+            req.pop_first("route")
+            req.add_header("route", f"<{req.uri}>")
+            req.uri = str(uri)
+        return uri
+    return parse_uri(req.uri)
+
+
+def record_route_value(transport: str, host: str, port: int) -> str:
+    """§16.6 step 4: a URI that routes back to this proxy, with lr."""
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    tp = "" if transport == "udp" else f";transport={transport}"
+    return f"<sip:{host}:{port}{tp};lr>"
+
+
+def via_value(transport: str, host: str, port: int, branch: str) -> str:
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"SIP/2.0/{transport.upper()} {host}:{port};branch={branch}"
+
+
+def fix_received(req: Request, src_ip: str, src_port: int) -> None:
+    """RFC 3261 §18.2.1 and RFC 3581: note where the request really came from
+    in its top Via, so responses find their way back through NAT."""
+    via = req.via
+    if via is None:
+        return
+    changed = False
+    if via.host.strip("[]") != src_ip:
+        via.params["received"] = src_ip
+        changed = True
+    if "rport" in via.params:
+        via.params["rport"] = str(src_port)
+        if "received" not in via.params:
+            via.params["received"] = src_ip
+        changed = True
+    if changed:
+        for i, (k, _) in enumerate(req.headers):
+            if k == "via":
+                req.headers[i] = ("via", str(via))
+                break
+        req._via = via
+
+
+def response_destination(via) -> tuple[str, int]:
+    """§18.2.2 and RFC 3581 §4: where a response to this Via goes."""
+    host = via.params.get("received") or via.host
+    rport = via.params.get("rport")
+    if rport:
+        port = int(rport)
+    else:
+        port = via.port or 5060
+    return host.strip("[]"), port

@@ -1,0 +1,71 @@
+"""The one small interface every runtime adapter implements.
+
+A runtime runs the script of one route generation. The host's route registry
+(`host.routes`) owns generations, deadlines, fallbacks and restarts; a runtime
+only loads a script, hands it events and returns `Decision`s.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+from host.routes.verbs import Decision
+
+
+class LoadError(Exception):
+    """A route file that cannot become a generation: syntax error, missing hook,
+    failed compile, a worker that exits at start."""
+
+    def __init__(self, file: str | Path, line: int | None, message: str):
+        self.file, self.line, self.message = str(file), line, message
+        where = f"{self.file}:{line}" if line else self.file
+        super().__init__(f"{where}: {message}")
+
+
+class ScriptError(Exception):
+    """The script failed while handling one event (error, budget, memory).
+    The event gets the route's fallback. `damaged` asks the registry to recreate
+    the runtime before the next event."""
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
+                 damaged: bool = False, kind: str = "error"):
+        self.message, self.file, self.line = message, file, line
+        self.damaged, self.kind = damaged, kind  # kind: error|budget|memory|crash|protocol|timeout
+        where = f"{file}:{line}: " if file and line else (f"{file}: " if file else "")
+        super().__init__(f"{where}{message}")
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    """What the registry tells a runtime about the route it runs."""
+
+    route: str                 # route name (file stem, lower case)
+    path: Path                 # the route file
+    runtime: str               # "lua54", "luajit", "python", "perl", "java", "exec", "tcp"
+    deadline: float = 1.0      # seconds per event
+    pool: int = 1              # workers (external runtimes)
+    memory_mb: int = 64        # Lua state memory cap / worker address space
+    options: tuple = ()        # runtime-specific (key, value) pairs from routes.toml
+
+
+class Runtime(ABC):
+    """One loaded generation of one route."""
+
+    hooks: frozenset[str] = frozenset()
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Load and check the script; raise LoadError if it cannot serve."""
+
+    @abstractmethod
+    async def handle(self, hook: str, event: dict) -> Decision:
+        """Run one hook; raise ScriptError on failure. The caller applies the
+        per-event deadline by cancellation, so this must be cancel-safe."""
+
+    async def aclose(self) -> None:
+        """Release the runtime (stop workers, drop the Lua state)."""
+
+    def statistics(self) -> dict:
+        return {}

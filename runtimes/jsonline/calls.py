@@ -1,0 +1,75 @@
+"""Host calls a worker may make inside an event (PROTOCOL.md "Host calls").
+
+A table from op name to an async function over the store; an unknown op or a
+refused operation is an error *result*, never a protocol error, so a worker
+can probe for optional ops (e.g. registrar lookups, reserved for later).
+"""
+
+from __future__ import annotations
+
+from host.storage import Store, StoreError
+
+
+class CallError(Exception):
+    """Answered to the worker as {"type":"result","error":...}."""
+
+
+def _key(args, i=0):
+    if len(args) <= i or not isinstance(args[i], str) or not args[i]:
+        raise CallError("key must be a non-empty string")
+    return args[i]
+
+
+def _ttl(args, i):
+    ttl = args[i] if len(args) > i else None
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl <= 0):
+        raise CallError(f"ttl must be a positive number of seconds or null, got {ttl!r}")
+    return ttl
+
+
+def _arity(args, lo, hi, op):
+    if not lo <= len(args) <= hi:
+        raise CallError(f"{op} takes {lo}-{hi} arguments, got {len(args)}")
+
+
+async def _get(store: Store, args):
+    _arity(args, 1, 1, "kv.get")
+    return await store.get(_key(args))
+
+
+async def _set(store: Store, args):
+    _arity(args, 2, 3, "kv.set")
+    await store.set(_key(args), args[1], _ttl(args, 2))
+    return None
+
+
+async def _delete(store: Store, args):
+    _arity(args, 1, 1, "kv.delete")
+    return await store.delete(_key(args))
+
+
+async def _incr(store: Store, args):
+    _arity(args, 1, 3, "kv.incr")
+    delta = args[1] if len(args) > 1 and args[1] is not None else 1
+    if isinstance(delta, bool) or not isinstance(delta, int):
+        raise CallError(f"delta must be an integer, got {delta!r}")
+    return await store.incr(_key(args), delta, _ttl(args, 2))
+
+
+OPS = {
+    "kv.get": _get,
+    "kv.set": _set,
+    "kv.delete": _delete,
+    "kv.incr": _incr,
+}
+
+
+async def perform(store: Store, op: str, args: list):
+    """Run one call; raises CallError with the message for the worker."""
+    fn = OPS.get(op)
+    if fn is None:
+        raise CallError(f"unknown op {op!r}")
+    try:
+        return await fn(store, args)
+    except StoreError as e:
+        raise CallError(str(e)) from None

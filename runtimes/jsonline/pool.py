@@ -1,0 +1,304 @@
+"""What the stdio and TCP runtimes share: a set of slots, each keeping one
+live `Session` (a worker process or a connection to a logic server) up,
+restarting it with backoff, and a dispatcher choosing a session per event.
+
+Task model: `start()` spawns one trio *system task* that owns a nursery with
+one supervising task per slot, and returns once the slots have started (or
+raises LoadError). The runtime's tasks therefore outlive the caller of
+`start()` without the registry passing a nursery around; `aclose()` drains,
+stops the workers and waits for that task to end. When the trio run ends
+first, the system task is cancelled and the workers are killed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import trio
+
+from host.routes.verbs import Decision
+from host.storage import Store, shared_store
+from runtimes.base import LoadError, Runtime, RuntimeSpec, ScriptError
+from runtimes.jsonline.codec import MAX_LINE
+from runtimes.jsonline.session import HandshakeError, Session
+
+# Defaults, overridable per route in routes.toml options.
+MAX_IN_FLIGHT = 256     # per worker; beyond it handle() waits (backpressure)
+PING_INTERVAL = 1.0     # seconds; two missed pongs = hung (the issue's rule)
+START_TIMEOUT = 10.0    # hello -> ready; Java's JVM start fits well inside
+GRACE = 2.0             # shutdown -> exit before SIGTERM, then SIGTERM -> SIGKILL
+CRASH_LOOP = 5          # consecutive failed starts/short lives = route failed
+SHORT_LIFE = 1.0        # a worker dying sooner than this after ready counts as a failure
+MAX_BACKOFF = 5.0
+
+log = logging.getLogger("babelsip.runtimes")
+
+
+def restart_delay(failures: int) -> float:
+    """Seconds to wait before restart attempt after `failures` consecutive
+    failures: immediate after a worker that lived, then 50 ms doubling."""
+    if failures <= 0:
+        return 0.0
+    return min(0.05 * 2 ** (failures - 1), MAX_BACKOFF)
+
+
+@dataclass
+class Outcome:
+    ready: bool
+    kind: str
+    message: str
+    file: str | None = None
+    line: int | None = None
+    lived: float = 0.0
+
+
+class Link:
+    """One connection a slot opened. Subclasses: a process's pipes, a socket."""
+
+    stream: trio.abc.Stream
+    label: str
+
+    async def describe_end(self) -> str:
+        return "closed the connection"
+
+    async def finish(self, graceful: bool, grace: float) -> None:
+        """Release the connection; graceful = shutdown was sent."""
+        await self.stream.aclose()
+
+
+def _option(opts: dict, key: str, default, cast):
+    try:
+        return cast(opts.get(key, default))
+    except (TypeError, ValueError):
+        raise LoadError("routes.toml", None, f"option {key}: cannot use {opts.get(key)!r}") from None
+
+
+class PooledRuntime(Runtime):
+    balance = "least"           # or "failover": first ready slot in order
+    need_all_at_start = True    # stdio: every worker must start; tcp: one endpoint
+
+    def __init__(self, spec: RuntimeSpec, *, store: Store | None = None):
+        self.spec = spec
+        self.options = opts = dict(spec.options)
+        self.store = store if store is not None else shared_store()
+        self.cap = _option(opts, "max_in_flight", MAX_IN_FLIGHT, int)
+        self.ping_interval = _option(opts, "ping_interval", PING_INTERVAL, float)
+        self.start_timeout = _option(opts, "start_timeout", START_TIMEOUT, float)
+        self.grace = _option(opts, "grace", GRACE, float)
+        self.max_line = _option(opts, "max_line", MAX_LINE, int)
+        self.hooks = frozenset()
+        self.failure: str | None = None
+        self.restarts = 0
+        self.failures = {"crash": 0, "protocol": 0, "timeout": 0}
+        self._sessions: list[Session | None] = []
+        self._waiters = 0
+        self._changed = trio.Event()
+        self._closing = trio.Event()
+        self._done = trio.Event()
+        self._cancel: trio.CancelScope | None = None
+        self._start_pending = 0
+        self._start_ok = 0
+        self._start_error: LoadError | None = None
+        self._start_settled = trio.Event()
+
+    # ------------------------------------------------------------ subclass API
+    def slot_count(self) -> int:
+        raise NotImplementedError
+
+    async def prepare(self) -> None:
+        """Before any slot starts (e.g. compile); may raise LoadError."""
+
+    async def open_link(self, index: int, nursery: trio.Nursery) -> Link:
+        """Open slot `index`'s connection; raise OSError/LoadError on failure."""
+        raise NotImplementedError
+
+    def settings(self) -> dict:
+        """hello.settings: the route's options plus the host's limits."""
+        out = {k: v for k, v in self.options.items() if _jsonable(v)}
+        out.update(deadline=self.spec.deadline, ping_interval=self.ping_interval)
+        return out
+
+    # ------------------------------------------------------------ Runtime
+    async def start(self) -> None:
+        await self.prepare()
+        n = self.slot_count()
+        self._sessions = [None] * n
+        self._start_pending = n
+        trio.lowlevel.spawn_system_task(self._main, name=f"route {self.spec.route}")
+        await self._start_settled.wait()
+        if self._start_error is not None:
+            await self.aclose()
+            raise self._start_error
+
+    async def handle(self, hook: str, event: dict) -> Decision:
+        if hook not in self.hooks:
+            return Decision()  # the route does not implement it: "just return"
+        while True:
+            session = self._pick()
+            if session is not None:
+                return await session.request(hook, event)
+            if self._closing.is_set():
+                raise ScriptError(f"route {self.spec.route} is closing", kind="crash")
+            if self.failure is not None and not any(self._sessions):
+                raise ScriptError(f"route failed: {self.failure}", kind="crash", damaged=True)
+            # No worker ready or all at the cap: wait (the caller's deadline bounds it).
+            self._waiters += 1
+            try:
+                await self._changed.wait()
+            finally:
+                self._waiters -= 1
+
+    def _pick(self) -> Session | None:
+        best = None
+        for s in self._sessions:
+            if s is None or s.end is not None or s.in_flight >= self.cap:
+                continue
+            if self.balance == "failover":
+                return s
+            if best is None or s.in_flight < best.in_flight:
+                best = s
+                if not s.in_flight:
+                    break
+        return best
+
+    def _notify(self) -> None:
+        if self._waiters:
+            self._changed.set()
+            self._changed = trio.Event()
+
+    async def wait_idle(self) -> None:
+        """Return when no event is in flight."""
+        while any(s is not None and s.in_flight for s in self._sessions):
+            self._waiters += 1
+            try:
+                await self._changed.wait()
+            finally:
+                self._waiters -= 1
+
+    async def aclose(self) -> None:
+        """Drain in-flight events (bounded by the event deadline plus grace),
+        ask workers to shut down, then stop them: SIGTERM, SIGKILL."""
+        if self._closing.is_set():
+            await self._done.wait()
+            return
+        self._closing.set()
+        self._notify()
+        if not self._start_settled.is_set():  # closed while starting
+            self._start_settled.set()
+        with trio.move_on_after(self.spec.deadline + self.grace):
+            await self.wait_idle()
+        for s in self._sessions:
+            if s is not None:
+                s.shutdown()
+        with trio.move_on_after(2 * self.grace + 1):
+            await self._done.wait()
+        if self._cancel is not None:
+            self._cancel.cancel()
+        await self._done.wait()
+
+    def statistics(self) -> dict:
+        live = [s for s in self._sessions if s is not None]
+        return {
+            "workers": len(self._sessions),
+            "ready": sum(1 for s in live if s.end is None),
+            "in_flight": sum(s.in_flight for s in live),
+            "restarts": self.restarts,
+            "failures": dict(self.failures),
+            "failed": self.failure,
+        }
+
+    # ------------------------------------------------------------ supervision
+    async def _main(self) -> None:
+        try:
+            with trio.CancelScope() as self._cancel:
+                async with trio.open_nursery() as nursery:
+                    for i in range(len(self._sessions)):
+                        nursery.start_soon(self._slot, i)
+        except Exception:  # a system task must not raise; this is the supervisor
+            log.exception("route %s: runtime supervisor failed", self.spec.route)
+        finally:
+            self._start_settled.set()
+            self._done.set()
+
+    def _started(self, index: int, outcome: Outcome | None) -> None:
+        """First attempt of slot `index` is over (outcome None = ready)."""
+        if self._start_settled.is_set():
+            return
+        self._start_pending -= 1
+        if outcome is None:
+            self._start_ok += 1
+        elif self.need_all_at_start or self._start_pending == 0 and not self._start_ok:
+            self._start_error = LoadError(outcome.file or self.spec.path, outcome.line, outcome.message)
+        if (self._start_error is not None or self._start_pending == 0
+                or (not self.need_all_at_start and self._start_ok)):
+            self._start_settled.set()
+
+    async def _slot(self, index: int) -> None:
+        failures = 0
+        first = True
+        while not self._closing.is_set():
+            outcome = await self._run_once(index, first)
+            if self._closing.is_set():
+                return
+            if first:
+                first = False
+                if not outcome.ready:
+                    self._started(index, outcome)
+                    if self.need_all_at_start:
+                        return  # start() reports LoadError and closes us
+            if outcome.kind in self.failures:
+                self.failures[outcome.kind] += 1
+            healthy = outcome.ready and outcome.lived >= SHORT_LIFE
+            failures = 0 if healthy else failures + 1
+            log.warning("route %s: %s (%s); restart #%d", self.spec.route, outcome.message,
+                        outcome.kind, failures)
+            if failures >= CRASH_LOOP and not any(self._sessions):
+                self.failure = outcome.message
+                self._notify()
+            with trio.move_on_after(restart_delay(failures)):
+                await self._closing.wait()
+            self.restarts += 1
+
+    async def _run_once(self, index: int, first: bool) -> Outcome:
+        async with trio.open_nursery() as nursery:
+            try:
+                link = await self.open_link(index, nursery)
+            except (OSError, LoadError, trio.TooSlowError) as e:
+                nursery.cancel_scope.cancel()
+                if isinstance(e, LoadError):
+                    return Outcome(False, "crash", e.message, e.file, e.line)
+                return Outcome(False, "crash", f"cannot start: {e}")
+            session = Session(link.stream, route=self.spec.route, label=link.label,
+                              store=self.store, settings=self.settings(), max_line=self.max_line,
+                              ping_interval=self.ping_interval, start_timeout=self.start_timeout,
+                              notify=self._notify, describe_end=link.describe_end)
+            outcome = None
+            try:
+                try:
+                    await nursery.start(session.serve)
+                except HandshakeError as e:
+                    outcome = Outcome(False, "crash", e.message, e.file, e.line)
+                else:
+                    began = trio.current_time()
+                    self._sessions[index] = session
+                    self.hooks = session.hooks
+                    self.failure = None
+                    if first:
+                        self._started(index, None)
+                    self._notify()
+                    await session.closed.wait()
+                    kind, message = session.end
+                    outcome = Outcome(True, kind, f"{link.label}: {message}",
+                                      lived=trio.current_time() - began)
+            finally:
+                self._sessions[index] = None
+                with trio.CancelScope(shield=True):
+                    await link.finish(session.end is not None and session.end[0] == "shutdown"
+                                      or self._closing.is_set(), self.grace)
+                nursery.cancel_scope.cancel()
+        return outcome
+
+
+def _jsonable(v) -> bool:
+    return isinstance(v, (str, int, float, bool, type(None), list, dict, tuple))

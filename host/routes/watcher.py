@@ -28,7 +28,7 @@ log = logging.getLogger("babelsip.routes")
 
 STEP_MS = 10          # how often the Rust side looks at its event queue
 DEBOUNCE_MS = 100     # group an editor's write+rename into one batch
-READY_PROBE_MS = 200  # empty yields this often; the first proves the watcher is live
+READY_PROBE_MS = 100  # empty yields this often; the first proves the watcher is live
 
 
 def is_scratch_name(name: str) -> bool:

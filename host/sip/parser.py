@@ -1,184 +1,348 @@
 """Bytes to messages (RFC 3261 §7, §18.3, §25).
 
-`parse_message` takes one datagram or one framed stream message and raises only
-`BadMessage`. `StreamFramer` cuts a TCP byte stream into messages using
+`parse_message` takes one datagram or one framed stream message and raises
+only `BadMessage`. Its status hint says what the shell may answer: 400 for a
+malformed request, 505 for a bad version, 513 for one too large, and `None`
+when no answer is possible (any broken response, a request without a usable
+Via). `StreamFramer` cuts a TCP byte stream into messages using
 Content-Length, accepting several messages per segment and messages split
-across segments.
+anywhere across segments.
+
+The hot path works on whole strings with str/bytes methods and compiled
+regular expressions; per-header work is a dict lookup for the name and a
+strip for the value.
 """
 
 from __future__ import annotations
 
+import re
+
 from .errors import BadMessage
-from .headers import COMPACT, SPLIT_ON_PARSE, split_commas
+from .headers import COMPACT, SPLIT_ON_PARSE, TOKEN_RE, parse_via, split_commas
 from .message import Message, Request, Response
 
-MAX_MESSAGE = 65535      # largest datagram; also our cap for one stream message
-MAX_HEADERS = 256        # header lines; more is an attack, not a call
-_TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
+__all__ = ["parse_message", "StreamFramer", "MAX_MESSAGE", "MAX_HEADERS", "MAX_LINE"]
+
+MAX_MESSAGE = 65535   # largest UDP datagram; also our cap for one stream message
+MAX_HEADERS = 256     # header lines; more is an attack, not a call
+MAX_LINE = 8192       # one (unfolded) header line, the common HTTP server limit
+
+# Control characters are not allowed anywhere in the header block (RFC 3261
+# §25.1: TEXT-UTF8 and LWS only); HTAB and the line feeds are. Checked after
+# CRLF has become LF, so a bare CR is caught here too.
+_CTL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+# §7.3.1: a line starting with whitespace continues the previous one, and
+# the folding is equivalent to one SP.
+_FOLD = re.compile(r"[ \t]*\n[ \t]+")
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+_VIA_LINE = re.compile(rb"\n(?:via|v)[ \t]*:", re.I)
+_DIGITS = re.compile(r"[0-9]+")
+_CSEQ = re.compile(r"([0-9]{1,10})[ \t]+([A-Za-z0-9\-.!%*_+`'~]+)")
+_CALL_ID = re.compile(r"[!-~]+")  # RFC 3261 callid: printable ASCII, no LWS
+_REQUEST_URI = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*:[!#-;=?-\[\]-~]+")
+_VERSION = re.compile(r"SIP/[0-9]+\.[0-9]+", re.I)
+
+# Raw header name (as written before the colon) -> lower-case long key.
+# Filled as names are seen; bounded, because names come from the wire.
+_NAMES: dict[str, str] = {}
+_NAMES_MAX = 2048
+_KNOWN_METHODS = {"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK",
+                  "SUBSCRIBE", "NOTIFY", "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE"}
+# Fields whose presence and count the parser checks while it walks the headers.
+_WATCHED = frozenset({"content-length", "call-id", "cseq", "via", "from", "to"})
 
 
 def parse_message(data: bytes, *, stream: bool = False) -> Message:
     """Parse one message. On a datagram a missing Content-Length means "the
-    rest", a shorter body is an error and extra bytes are dropped (§18.3)."""
+    rest", a body shorter than Content-Length is an error and extra bytes are
+    dropped (§18.3). With `stream=True` a missing Content-Length means no body."""
+    try:
+        return _parse(bytes(data), stream)
+    except BadMessage as exc:
+        if exc.status is not None and not _answerable(data):
+            exc.status = None
+        raise
+
+
+def _answerable(data: bytes) -> bool:
+    """Whether a reply could be routed at all: only requests are answered
+    (§18.3 discards broken responses), and only along a Via (§18.2.2)."""
+    head = bytes(data[:MAX_MESSAGE]).lstrip(b"\r\n")
+    if head[:4].upper() == b"SIP/":
+        return False
+    return _VIA_LINE.search(head) is not None
+
+
+def _parse(data: bytes, stream: bool) -> Message:
     if len(data) > MAX_MESSAGE:
         raise BadMessage("message too large", 513)
-    end = data.find(b"\r\n\r\n")
-    if end >= 0:
-        head, body = data[:end], data[end + 4:]
-    else:
-        # Tolerate bare LF line ends, as robust parsers do (RFC 4475 §3.1.1.1 spirit).
-        end = data.find(b"\n\n")
-        if end < 0:
-            if data.endswith(b"\r\n") or data.endswith(b"\n"):
-                head, body = data.rstrip(b"\r\n"), b""
-            else:
-                raise BadMessage("no end of headers", None if not data.strip() else 400)
-        else:
-            head, body = data[:end], data[end + 2:]
-    text = head.decode("utf-8", "surrogateescape").lstrip("\r\n")
+    if data[:1] in (b"\r", b"\n"):
+        data = data.lstrip(b"\r\n")  # §7.5: ignore CRLFs before the start line
+    head, body = _split_head(data)
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadMessage("header block is not UTF-8") from None
+    if "\r" in text:
+        text = text.replace("\r\n", "\n")
+    if _CTL.search(text) is not None:
+        raise BadMessage("control character in header block")
+    if "\n " in text or "\n\t" in text:
+        text = _FOLD.sub(" ", text)
     lines = text.split("\n")
-    first = lines[0].rstrip("\r")
-    msg = _start_line(first)
+    if len(lines) > MAX_HEADERS + 1:
+        raise BadMessage("too many header lines", 513)
+    if len(text) > MAX_LINE and any(len(line) > MAX_LINE for line in lines):
+        raise BadMessage("header line too long", 513)
+    msg = _start_line(lines[0])
+
     headers = msg.headers
-    unfolded: list[str] = []
+    append = headers.append
+    names = _NAMES
+    content_length = call_id = cseq = None
+    vias: list[str] = []
+    n_from = n_to = 0
     for line in lines[1:]:
-        line = line.rstrip("\r")
-        if line[:1] in (" ", "\t"):
-            if not unfolded:
-                raise BadMessage("continuation line before any header")
-            unfolded[-1] += " " + line.strip()  # §7.3.1: folding is one space
-        elif line:
-            unfolded.append(line)
-    if len(unfolded) > MAX_HEADERS:
-        raise BadMessage("too many headers", 513)
-    content_length = None
-    for line in unfolded:
         colon = line.find(":")
         if colon <= 0:
             raise BadMessage(f"malformed header line {line[:60]!r}")
-        name = line[:colon].strip().lower()
-        if not name or not all(c in _TOKEN_CHARS for c in name):
-            raise BadMessage(f"bad header name {line[:colon][:40]!r}")
-        key = COMPACT.get(name, name)
-        value = line[colon + 1:].strip()
-        if key in SPLIT_ON_PARSE:
-            for part in split_commas(value):
-                headers.append((key, part))
-        else:
-            headers.append((key, value))
-            if key == "content-length":
-                if not value.isdigit():
-                    raise BadMessage(f"bad Content-Length {value[:20]!r}")
-                if content_length is not None and int(value) != content_length:
-                    raise BadMessage("conflicting Content-Length headers")
-                content_length = int(value)
+        raw = line[:colon]
+        key = names.get(raw)
+        if key is None:
+            key = _learn_name(raw)
+        value = line[colon + 1:].strip(" \t")
+        if key in SPLIT_ON_PARSE and "," in value:
+            parts = split_commas(value)
+            headers.extend([(key, part) for part in parts])
+            if key == "via":
+                vias.extend(parts)
+            continue
+        append((key, value))
+        if key in _WATCHED:
+            if key == "via":
+                vias.append(value)
+            elif key == "call-id":
+                if call_id is not None:
+                    raise BadMessage("more than one Call-ID")
+                call_id = value
+            elif key == "cseq":
+                if cseq is not None:
+                    raise BadMessage("more than one CSeq")
+                cseq = value
+            elif key == "from":
+                n_from += 1
+            elif key == "to":
+                n_to += 1
+            else:
+                content_length = _content_length(value, content_length)
+
+    _check_fields(msg, call_id, cseq, n_from, n_to)
+    _check_vias(msg, vias)
+
     if content_length is not None:
         if len(body) < content_length:
             raise BadMessage("body shorter than Content-Length")
-        body = body[:content_length]
+        if len(body) > content_length:
+            body = body[:content_length]  # §18.3: extra datagram bytes are dropped
     elif stream:
         body = b""  # §18.3: on a stream a missing Content-Length means no body
     msg.body = body
-    _cache_fields(msg)
     return msg
 
 
+def _split_head(data: bytes) -> tuple[bytes, bytes]:
+    """Header block and body, at the first empty line. CRLF is the rule; bare
+    LF line ends are tolerated, as robust parsers do."""
+    end = data.find(b"\r\n\r\n")
+    if end >= 0:
+        head = data[:end]
+        if b"\n\n" not in head and b"\n\r\n" not in head:
+            return head, data[end + 4:]
+    m = _HEAD_END.search(data)
+    if m is not None:
+        return data[:m.start()], data[m.end():]
+    if data.endswith(b"\n") and data.strip():
+        return data.rstrip(b"\r\n"), b""  # headers only, final empty line missing
+    raise BadMessage("no end of header block")
+
+
+def _learn_name(raw: str) -> str:
+    name = raw.rstrip(" \t")  # HCOLON allows whitespace before the colon
+    if TOKEN_RE.fullmatch(name) is None:
+        raise BadMessage(f"bad header name {raw[:40]!r}")
+    key = name.lower()
+    key = COMPACT.get(key, key)
+    if len(_NAMES) < _NAMES_MAX:
+        _NAMES[raw] = key
+    return key
+
+
 def _start_line(line: str) -> Message:
-    if line.startswith("SIP/"):
+    if line[:4].upper() == "SIP/":
+        # Status-Line = SIP-Version SP Status-Code SP Reason-Phrase (§7.2)
         version, _, rest = line.partition(" ")
-        code, _, reason = rest.partition(" ")
-        if version != "SIP/2.0":
+        if version.upper() != "SIP/2.0":
             raise BadMessage(f"unsupported version {version[:20]!r}", None)
-        if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
-            raise BadMessage(f"bad status code {code[:20]!r}", None)
-        return Response(int(code), reason.strip())
+        code, sp, reason = rest[:3], rest[3:4], rest[4:]
+        if not code.isdigit() or not code.isascii() or sp not in ("", " ") \
+                or not 100 <= int(code) <= 699:
+            raise BadMessage(f"bad status line {line[:40]!r}", None)
+        return Response(int(code), reason.strip(" \t"))
+    # Request-Line = Method SP Request-URI SP SIP-Version (§7.1), single spaces.
     parts = line.split(" ")
     if len(parts) != 3 or not all(parts):
         raise BadMessage(f"malformed request line {line[:80]!r}")
     method, uri, version = parts
-    if not all(c in _TOKEN_CHARS for c in method):
+    if method not in _KNOWN_METHODS and TOKEN_RE.fullmatch(method) is None:
         raise BadMessage(f"bad method {method[:20]!r}")
     if version != "SIP/2.0":
         if version.upper() == "SIP/2.0":
-            version = "SIP/2.0"  # the version string is case-insensitive (§7.1)
-        elif version.upper().startswith("SIP/"):
+            version = "SIP/2.0"  # the version is case-insensitive (§7.1)
+        elif _VERSION.fullmatch(version):
             raise BadMessage(f"unsupported version {version[:20]!r}", 505)
         else:
             raise BadMessage(f"malformed request line {line[:80]!r}")
+    if _REQUEST_URI.fullmatch(uri) is None:
+        # The scheme itself is judged by validate.check_request (416).
+        raise BadMessage(f"malformed Request-URI {uri[:80]!r}")
     return Request(method, uri, version=version)
 
 
-def _cache_fields(msg: Message) -> None:
-    """Pull Call-ID and CSeq out once; every later layer reads these fields."""
-    call_id = cseq = None
-    for k, v in msg.headers:
-        if k == "call-id":
-            if call_id is not None:
-                raise BadMessage("more than one Call-ID")
-            call_id = v
-        elif k == "cseq":
-            if cseq is not None:
-                raise BadMessage("more than one CSeq")
-            cseq = v
+def _content_length(value: str, previous: int | None) -> int:
+    # A value longer than ten digits cannot fit any message we accept and
+    # would only cost int() time.
+    if len(value) > 10 or _DIGITS.fullmatch(value) is None:
+        raise BadMessage(f"bad Content-Length {value[:20]!r}")
+    length = int(value)
+    if previous is not None and previous != length:
+        raise BadMessage("conflicting Content-Length headers")
+    return length
+
+
+def _check_fields(msg: Message, call_id, cseq, n_from: int, n_to: int) -> None:
+    """The fields every message needs (§8.1.1); Call-ID and CSeq are cached on
+    the message because every later layer reads them."""
     if not call_id:
         raise BadMessage("missing Call-ID")
+    if _CALL_ID.fullmatch(call_id) is None:
+        raise BadMessage(f"bad Call-ID {call_id[:40]!r}")
     if not cseq:
         raise BadMessage("missing CSeq")
-    num, _, method = cseq.partition(" ")
-    method = method.strip()
-    if not num.isdigit() or len(num) > 10 or int(num) >= 2 ** 31 or not method:
+    m = _CSEQ.fullmatch(cseq)
+    if m is None:
         raise BadMessage(f"bad CSeq {cseq[:40]!r}")
-    msg.call_id, msg.cseq, msg.cseq_method = call_id, int(num), method
+    num = int(m.group(1))
+    if num >= 2 ** 31:  # §8.1.1.5: the sequence number is below 2**31
+        raise BadMessage(f"CSeq number too large {cseq[:40]!r}")
+    method = m.group(2)
+    for name, count in (("From", n_from), ("To", n_to)):
+        if count != 1:
+            raise BadMessage(f"missing {name}" if not count else f"more than one {name}")
+    msg.call_id, msg.cseq, msg.cseq_method = call_id, num, method
     if isinstance(msg, Request) and method != msg.method:
         raise BadMessage("CSeq method does not match the request method")
 
 
-class StreamFramer:
-    """Cuts messages out of a byte stream (RFC 3261 §18.3)."""
+def _check_vias(msg: Message, vias: list[str]) -> None:
+    """Parse the top Via once (every layer wants it), and for a response the
+    second one too: that is where a proxy forwards it (§16.7 step 3). A
+    request whose top Via is missing or unreadable cannot be answered."""
+    if not vias:
+        raise BadMessage("missing Via", None)
+    try:
+        msg._via = parse_via(vias[0])
+    except BadMessage as exc:
+        exc.status = None
+        raise
+    if len(vias) > 1 and isinstance(msg, Response):
+        parse_via(vias[1])
 
-    __slots__ = ("_buf", "max_size")
+
+class StreamFramer:
+    """Cuts messages out of a byte stream (RFC 3261 §18.3).
+
+    `feed` returns the complete raw messages available so far. When the
+    stream cannot be framed any more (no sane Content-Length, a message over
+    `max_size`) it raises BadMessage(status=None) and the connection must be
+    closed; messages completed earlier in the same call are returned first and
+    the error is raised by the next call.
+    """
+
+    __slots__ = ("_buf", "max_size", "_scanned", "_need", "_error")
 
     def __init__(self, max_size: int = MAX_MESSAGE):
         self._buf = bytearray()
         self.max_size = max_size
+        self._scanned = 0     # bytes of the buffer already searched for the head end
+        self._need = None     # total size of the current message once its head is known
+        self._error: BadMessage | None = None
 
     def feed(self, data: bytes) -> list[bytes]:
-        """Add bytes; return the complete raw messages now available.
-        Raises BadMessage(None) when the stream cannot be framed any more
-        (the connection must then be closed)."""
+        if self._error is not None:
+            raise self._error
         buf = self._buf
         buf += data
-        out = []
-        while True:
-            # Keep-alive CRLFs between messages (RFC 5626 §3.5.1) are skipped.
-            skip = 0
-            while skip < len(buf) and buf[skip] in (13, 10):
-                skip += 1
-            if skip:
+        out: list[bytes] = []
+        try:
+            while self._next(buf, out):
+                pass
+        except BadMessage as exc:
+            exc.status = None
+            if not out:
+                raise
+            self._error = exc
+        return out
+
+    def _next(self, buf: bytearray, out: list[bytes]) -> bool:
+        """Cut one message if it is complete; False when more bytes are needed."""
+        if self._need is None:
+            if buf[:1] in (b"\r", b"\n"):
+                # CRLF keep-alives between messages (RFC 5626 §3.5.1) and
+                # CRLFs before a start line (§7.5) are skipped.
+                skip = len(buf) - len(buf.lstrip(b"\r\n"))
                 del buf[:skip]
-            end = buf.find(b"\r\n\r\n")
+                self._scanned = 0
+            start = max(0, self._scanned - 3)
+            end = buf.find(b"\n\n", start)
+            end_crlf = buf.find(b"\n\r\n", start)
+            if end < 0 or 0 <= end_crlf < end:
+                end, sep = end_crlf, 3
+            else:
+                sep = 2
             if end < 0:
+                self._scanned = len(buf)
                 if len(buf) > self.max_size:
                     raise BadMessage("header block too large on stream", None)
-                return out
-            length = _content_length(bytes(buf[:end]))
-            total = end + 4 + length
-            if total > self.max_size:
+                return False
+            length = _stream_content_length(bytes(buf[:end]))
+            self._need = end + sep + length
+            if self._need > self.max_size:
                 raise BadMessage("message too large on stream", None)
-            if len(buf) < total:
-                return out
-            out.append(bytes(buf[:total]))
-            del buf[:total]
+        if len(buf) < self._need:
+            return False
+        out.append(bytes(buf[:self._need]))
+        del buf[:self._need]
+        self._need = None
+        self._scanned = 0
+        return True
+
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as a message."""
+        return len(self._buf)
 
 
-def _content_length(head: bytes) -> int:
-    for line in head.split(b"\r\n")[1:]:
-        colon = line.find(b":")
-        if colon > 0:
-            name = line[:colon].strip().lower()
-            if name in (b"content-length", b"l"):
-                value = line[colon + 1:].strip()
-                if not value.isdigit():
-                    raise BadMessage("bad Content-Length on stream", None)
-                return int(value)
-    return 0
+_STREAM_CL = re.compile(rb"\n(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*)", re.I)
+
+
+def _stream_content_length(head: bytes) -> int:
+    """Content-Length from a raw header block; absent means 0. Several equal
+    values are fine, different ones make the stream unframeable."""
+    length = None
+    for m in _STREAM_CL.finditer(head):
+        value = m.group(1).strip(b" \t")
+        if not value.isdigit() or len(value) > 10:
+            raise BadMessage("bad Content-Length on stream", None)
+        if length is not None and int(value) != length:
+            raise BadMessage("conflicting Content-Length on stream", None)
+        length = int(value)
+    return length or 0

@@ -26,7 +26,7 @@ import math
 import re
 import time
 
-from host.routes.verbs import HOOKS, ON_REQUEST, Decision, Recorder, VerbError
+from host.routes.verbs import HOOKS, ON_REQUEST, VERBS, Decision, Recorder, VerbError
 from runtimes.base import LoadError, Runtime, RuntimeSpec, ScriptError
 
 from .bridge import header_values, to_python
@@ -40,7 +40,8 @@ DEFAULT_INSTRUCTIONS = 10_000_000
 # the next event would most likely fail too.
 DAMAGED_MEMORY_SHARE = 0.9
 
-_MISSING = object()
+# How many arguments each verb takes (optional ones included).
+_ARITY = {name: len(verb.params) for name, verb in VERBS.items()}
 
 
 class LuaRuntime(Runtime):
@@ -155,16 +156,18 @@ class LuaRuntime(Runtime):
     # ------------------------------------------------------ called from Lua
 
     def _call_verb(self, name, a=None, b=None, c=None):
-        """req:<verb>(...) -> None, or the error message Lua raises at the script's line."""
-        args = [a, b, c]
-        while args and args[-1] is None:
-            args.pop()
+        """req:<verb>(...) -> None, or the error message Lua raises at the script's line.
+
+        Calls the Recorder method directly (not Recorder.apply): Lua always
+        passes the verb's full parameter list, missing ones as nil/None, which
+        the Recorder's own checks accept or reject by name.
+        """
+        args = (a, b, c)[:_ARITY[name]]
         table_type = self._table_type
         try:
-            for i, arg in enumerate(args):
-                if type(arg) is table_type:
-                    args[i] = to_python(arg, table_type)
-            self._recorder.apply(name, args)
+            if table_type in map(type, args):
+                args = [to_python(arg, table_type) for arg in args]
+            getattr(self._recorder, name)(*args)
         except VerbError as exc:
             return str(exc)
         except ValueError as exc:  # to_python: table nested too deeply

@@ -1,0 +1,538 @@
+"""runtimes.lua: the in-process Lua runtime, with real Lua through lupa."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from pathlib import Path
+
+import pytest
+
+from host.routes.verbs import ON_FAILURE, ON_REPLY, ON_REQUEST
+from runtimes.base import LoadError, RuntimeSpec, ScriptError
+from runtimes.lua import LuaRuntime
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _has(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+needs_luajit = pytest.mark.skipif(not _has("lupa.luajit21"), reason="lupa built without LuaJIT")
+RUNTIMES = ["lua54", pytest.param("luajit", marks=needs_luajit)]
+
+
+def event(hook=ON_REQUEST, **overrides) -> dict:
+    ev = {
+        "hook": hook, "method": "INVITE", "ruri": "sip:bob@example.com",
+        "ruri_user": "bob", "ruri_host": "example.com", "call_id": "c1@host",
+        "cseq": 7, "from_uri": "sip:alice@example.org", "from_tag": "ft1",
+        "to_uri": "sip:bob@example.com", "to_tag": "", "source_ip": "192.0.2.10",
+        "source_port": 5070, "transport": "udp", "in_dialog": False,
+        "headers": [
+            ["Via", "SIP/2.0/UDP 192.0.2.10:5070;branch=z9hG4bK1"],
+            ["From", "<sip:alice@example.org>;tag=ft1"],
+            ["To", "<sip:bob@example.com>"],
+            ["Call-ID", "c1@host"],
+            ["X-Tenant", "acme"],
+            ["Route", "<sip:a.example.net;lr>"],
+            ["route", "<sip:b.example.net;lr>"],
+        ],
+        "body": "v=0\r\n", "vars": {},
+    }
+    if hook != ON_REQUEST:
+        ev["reply"] = {"code": 486, "reason": "Busy Here",
+                       "headers": [["Retry-After", "30"], ["Contact", "<sip:vm@x>"]]}
+    ev.update(overrides)
+    return ev
+
+
+@pytest.fixture
+def make(tmp_path):
+    """make(source, runtime="lua54", **spec) -> a started LuaRuntime."""
+    started = []
+
+    async def make(source: str, runtime: str = "lua54", name: str = "main.lua", **spec_args):
+        path = tmp_path / name
+        path.write_text(source)
+        rt = LuaRuntime(RuntimeSpec(route=path.stem, path=path, runtime=runtime, **spec_args))
+        await rt.start()
+        started.append(rt)
+        return rt
+
+    return make
+
+
+async def decide(make, body: str, hook=ON_REQUEST, ev=None, **spec):
+    """Run `body` as the script's hook for one event; return the Decision."""
+    args = "req" if hook == ON_REQUEST else "req, reply"
+    src = f"function on_request(req) end\nfunction {hook}({args})\n{body}\nend\n"
+    rt = await make(src, **spec)
+    return await rt.handle(hook, ev or event(hook))
+
+
+# ----------------------------------------------------------------- verbs
+
+
+async def test_reply_with_reason_and_headers(make):
+    d = await decide(make, 'req:reply(486, "Busy Here", {{"Retry-After", "60"}, {"X-A", "b"}})')
+    assert (d.verb, d.code, d.reason) == ("reply", 486, "Busy Here")
+    assert d.headers == [("Retry-After", "60"), ("X-A", "b")]
+
+
+async def test_reply_headers_as_a_map(make):
+    d = await decide(make, 'req:reply(404, nil, {["X-Why"] = "gone"})')
+    assert (d.code, d.reason, d.headers) == (404, "", [("X-Why", "gone")])
+
+
+async def test_relay_one_target_defaults_to_parallel(make):
+    d = await decide(make, 'req:relay("sip:bob@10.0.0.1:5060")')
+    assert (d.verb, d.targets, d.parallel, d.timeout) == ("relay", ["sip:bob@10.0.0.1:5060"], True, None)
+
+
+async def test_relay_several_targets_serial_with_timeout(make):
+    d = await decide(make, 'req:relay({"sip:a@h1", "sip:b@h2"}, {mode = "serial", timeout = 2.5})')
+    assert (d.targets, d.parallel, d.timeout) == (["sip:a@h1", "sip:b@h2"], False, 2.5)
+
+
+async def test_relay_without_target_means_request_uri(make):
+    d = await decide(make, "req:relay()")
+    assert (d.verb, d.targets) == ("relay", [])
+
+
+async def test_redirect_single_and_list(make):
+    d = await decide(make, 'req:redirect("sip:bob@elsewhere")')
+    assert (d.verb, d.contacts) == ("redirect", ["sip:bob@elsewhere"])
+    d = await decide(make, 'req:redirect({"sip:a@x", "sip:b@y"})')
+    assert d.contacts == ["sip:a@x", "sip:b@y"]
+
+
+async def test_drop(make):
+    d = await decide(make, "req:drop()")
+    assert d.verb == "drop"
+
+
+async def test_edits_are_recorded_in_order(make):
+    d = await decide(make, """
+        req:set_ruri("sip:carol@example.net")
+        req:set_header("X-Tenant", "other")
+        req:add_header("X-Trace", "1")
+        req:remove_header("X-Debug")
+        req:record_route()
+    """)
+    assert d.verb is None
+    assert d.edits == [("set_ruri", "sip:carol@example.net"), ("set_header", "X-Tenant", "other"),
+                       ("add_header", "X-Trace", "1"), ("remove_header", "X-Debug"),
+                       ("record_route",)]
+
+
+async def test_no_decision_leaves_verb_empty(make):
+    d = await decide(make, "local x = 1")
+    assert d.verb is None and d.edits == [] and d.vars is None
+
+
+async def test_hook_the_script_does_not_define_gives_default_decision(make):
+    rt = await make("function on_request(req) req:drop() end")
+    assert rt.hooks == frozenset({ON_REQUEST})
+    d = await rt.handle(ON_FAILURE, event(ON_FAILURE))
+    assert d.verb is None
+
+
+@pytest.mark.parametrize("hook, body, verb", [
+    (ON_REPLY, "req:reply(500)", "reply"),
+    (ON_REPLY, 'req:relay("sip:x@y")', "relay"),
+    (ON_FAILURE, "req:drop()", "drop"),
+    (ON_FAILURE, "req:record_route()", "record_route"),
+    (ON_REPLY, 'req:set_ruri("sip:x@y")', "set_ruri"),
+])
+async def test_verb_in_wrong_hook_names_verb_and_hook(make, hook, body, verb):
+    with pytest.raises(ScriptError) as info:
+        await decide(make, body, hook=hook)
+    err = info.value
+    assert err.kind == "error" and not err.damaged
+    assert f"{verb}()" in err.message and hook in err.message
+    assert err.line == 3  # the body line, counted in the generated script
+
+
+async def test_bad_arguments_and_second_decision_are_script_errors(make):
+    with pytest.raises(ScriptError, match="code must be an integer"):
+        await decide(make, 'req:reply("soon")')
+    with pytest.raises(ScriptError, match="already has a decision"):
+        await decide(make, 'req:reply(404)\nreq:drop()')
+    with pytest.raises(ScriptError, match="mode must be"):
+        await decide(make, 'req:relay("sip:a@b", {mode = "random"})')
+    with pytest.raises(ScriptError, match="managed by the SIP core"):
+        await decide(make, 'req:set_header("Via", "x")')
+
+
+# ----------------------------------------------------------------- reads
+
+
+async def test_every_field_reads_from_the_event(make):
+    d = await decide(make, """
+        for _, k in ipairs({"method", "ruri", "ruri_user", "ruri_host", "from_uri", "from_tag",
+                            "to_uri", "to_tag", "call_id", "cseq", "source_ip", "source_port",
+                            "transport", "in_dialog", "body"}) do
+          req.vars[k] = req[k]
+          req.vars[k .. "_type"] = type(req[k])
+        end
+    """)
+    ev = event()
+    for k in ("method", "ruri", "ruri_user", "ruri_host", "from_uri", "from_tag", "to_uri",
+              "to_tag", "call_id", "cseq", "source_ip", "source_port", "transport",
+              "in_dialog", "body"):
+        assert d.vars[k] == ev[k], k
+    assert d.vars["cseq_type"] == "number" and d.vars["source_port_type"] == "number"
+    assert d.vars["in_dialog_type"] == "boolean" and d.vars["method_type"] == "string"
+
+
+async def test_unknown_and_missing_fields_read_as_nil(make):
+    ev = event()
+    del ev["body"]
+    d = await decide(make, """
+        req.vars.a = req.headers_raw == nil
+        req.vars.b = req.body == nil
+        req.vars.c = req.hook == nil
+    """, ev=ev)
+    assert d.vars == {"a": True, "b": True, "c": True}
+
+
+async def test_header_lookup_is_case_insensitive_and_knows_compact_forms(make):
+    d = await decide(make, """
+        req.vars.tenant = req:header("x-tenant")
+        req.vars.from_compact = req:header("f")
+        req.vars.callid = req:header("CALL-ID")
+        req.vars.callid_compact = req:header("i")
+        req.vars.missing = req:header("X-Nope") == nil
+        local routes = req:headers("Route")
+        req.vars.n_routes = #routes
+        req.vars.route2 = routes[2]
+        req.vars.n_none = #req:headers("X-Nope")
+    """)
+    assert d.vars == {"tenant": "acme", "from_compact": "<sip:alice@example.org>;tag=ft1",
+                      "callid": "c1@host", "callid_compact": "c1@host", "missing": True,
+                      "n_routes": 2, "route2": "<sip:b.example.net;lr>", "n_none": 0}
+
+
+@pytest.mark.parametrize("hook", [ON_FAILURE, ON_REPLY])
+async def test_reply_object_in_failure_and_reply_hooks(make, hook):
+    d = await decide(make, """
+        req.vars.code = reply.code
+        req.vars.reason = reply.reason
+        req.vars.retry = reply:header("retry-after")
+        req.vars.contact = reply:header("m")
+        req.vars.method = req.method
+    """, hook=hook)
+    assert d.vars == {"code": 486, "reason": "Busy Here", "retry": "30",
+                      "contact": "<sip:vm@x>", "method": "INVITE"}
+
+
+async def test_req_is_read_only_and_cannot_be_used_after_its_event(make):
+    with pytest.raises(ScriptError, match="read-only"):
+        await decide(make, 'req.ruri = "sip:x@y"')
+    rt = await make("""
+        function on_request(req)
+          if saved then saved:drop() end
+          saved = req
+        end
+    """)
+    assert (await rt.handle(ON_REQUEST, event())).verb is None
+    with pytest.raises(ScriptError, match="outside the event"):
+        await rt.handle(ON_REQUEST, event())
+
+
+# ------------------------------------------------------------------ vars
+
+
+async def test_vars_round_trip(make):
+    rt = await make("""
+        function on_request(req)
+          req.vars.count = (req.vars.count or 0) + 1
+          req.vars.flag = true
+          req.vars.old = nil
+          req.vars.ratio = 0.5
+        end
+    """)
+    d = await rt.handle(ON_REQUEST, event(vars={"count": 2, "old": "x", "keep": "k"}))
+    assert d.vars == {"count": 3, "flag": True, "ratio": 0.5, "keep": "k"}
+    assert type(d.vars["count"]) is int
+
+
+async def test_vars_read_but_unchanged_come_back_as_none(make):
+    d = await decide(make, "local x = req.vars.a", ev=event(vars={"a": "1"}))
+    assert d.vars is None
+
+
+async def test_vars_reject_tables(make):
+    with pytest.raises(ScriptError, match="only strings, numbers and booleans"):
+        await decide(make, "req.vars.list = {1, 2}")
+
+
+# ----------------------------------------------------------------- loading
+
+
+async def test_syntax_error_reports_its_line(make):
+    with pytest.raises(LoadError) as info:
+        await make("function on_request(req)\n  local x = 1\n  if x then\n    x = = 2\n  end\nend\n")
+    assert info.value.line == 4
+    assert "main.lua" in info.value.file and "near" in info.value.message
+
+
+async def test_missing_on_request_is_a_load_error(make):
+    with pytest.raises(LoadError, match="on_request"):
+        await make("function on_failure(req, reply) end")
+
+
+async def test_error_while_running_the_chunk_is_a_load_error(make):
+    with pytest.raises(LoadError) as info:
+        await make("local t = nil\n\nlocal x = t.field\nfunction on_request(req) end")
+    assert info.value.line == 3
+
+
+async def test_endless_chunk_is_stopped_at_load(make):
+    with pytest.raises(LoadError, match="budget|deadline"):
+        await make("while true do end\nfunction on_request(req) end", deadline=0.3)
+
+
+async def test_hooks_lists_what_the_script_defines(make):
+    rt = await make("function on_request(r) end\nfunction on_reply(r, p) end\non_failure = 3")
+    assert rt.hooks == frozenset({ON_REQUEST, ON_REPLY})
+
+
+async def test_binary_chunks_are_refused(make, tmp_path):
+    path = tmp_path / "bin.lua"
+    path.write_bytes(b"\x1bLuaT\x00garbage")
+    rt = LuaRuntime(RuntimeSpec(route="bin", path=path, runtime="lua54"))
+    with pytest.raises(LoadError, match="binary|attempt to load"):
+        await rt.start()
+
+
+# --------------------------------------------------------------- errors
+
+
+async def test_runtime_error_reports_the_script_line(make):
+    rt = await make("function on_request(req)\n  local t = nil\n  return t.x\nend\n")
+    with pytest.raises(ScriptError) as info:
+        await rt.handle(ON_REQUEST, event())
+    err = info.value
+    assert (err.kind, err.line, err.damaged) == ("error", 3, False)
+    assert err.file.endswith("main.lua") and "index" in err.message
+    # The state is kept: the next event runs on the same runtime.
+    with pytest.raises(ScriptError):
+        await rt.handle(ON_REQUEST, event())
+    assert rt.statistics()["errors"] == 2 and rt.statistics()["events"] == 2
+
+
+async def test_error_in_a_helper_reports_where_it_was_raised(make):
+    rt = await make(
+        "local function check(req)\n  req:reply(99)\nend\n"
+        "function on_request(req)\n  check(req)\nend\n")
+    with pytest.raises(ScriptError) as info:
+        await rt.handle(ON_REQUEST, event())
+    assert info.value.line == 2
+
+
+async def test_non_string_error_still_gets_a_line_from_the_traceback(make):
+    rt = await make("function on_request(req)\n\n  error({code = 1})\nend\n")
+    with pytest.raises(ScriptError) as info:
+        await rt.handle(ON_REQUEST, event())
+    assert info.value.line == 3 and "table" in info.value.message
+
+
+# --------------------------------------------------------------- sandbox
+
+
+async def test_dangerous_globals_are_gone(make):
+    names = ["os", "io", "require", "load", "loadstring", "dofile", "loadfile", "package",
+             "debug", "collectgarbage", "python", "jit", "ffi", "newproxy"]
+    lua_list = ", ".join(f'"{n}"' for n in names)
+    d = await decide(make, f"""
+        for _, n in ipairs({{{lua_list}}}) do req.vars[n] = _G[n] == nil end
+        req.vars.dump = string.dump == nil
+        req.vars.dump_method = ("x").dump == nil
+        req.vars.req_mt = getmetatable(req) == false
+        req.vars.class = req.__class__ == nil
+        req.vars.dict = req.__dict__ == nil
+    """)
+    assert all(d.vars.values()) and len(d.vars) == len(names) + 5, d.vars
+
+
+async def test_finalizers_cannot_be_armed(make):
+    with pytest.raises(ScriptError, match="__gc"):
+        await decide(make, "setmetatable({}, {__gc = function() while true do end end})")
+
+
+async def test_python_objects_never_reach_the_script(make):
+    # Every value a script can get from req is a plain Lua value.
+    d = await decide(make, """
+        local kinds = {}
+        for _, k in ipairs({"method", "cseq", "in_dialog", "vars", "header", "relay"}) do
+          kinds[#kinds + 1] = type(req[k])
+        end
+        req.vars.kinds = table.concat(kinds, ",")
+        req.vars.headers = type(req:headers("Via"))
+    """)
+    assert d.vars["kinds"] == "string,number,boolean,table,function,function"
+    assert d.vars["headers"] == "table"
+
+
+async def test_print_goes_to_the_route_log(make, caplog):
+    caplog.set_level(logging.INFO, logger="babelsip.route")
+    await decide(make, 'print("hello", 42, nil)')
+    assert any("hello\t42\tnil" in r.getMessage() for r in caplog.records)
+
+
+# ---------------------------------------------------------------- budget
+
+RUNAWAYS = {
+    "loop": "while true do end",
+    "coroutine_resume": "local co = coroutine.create(function() while true do end end)\n"
+                        "coroutine.resume(co)\nwhile true do end",
+    "coroutine_resume_loop": "while true do coroutine.resume(coroutine.create(function() "
+                             "while true do end end)) end",
+    "coroutine_wrap": "coroutine.wrap(function() while true do end end)()",
+    "pcall": "while true do pcall(function() while true do end end) end",
+    "xpcall_handler": "xpcall(function() error('x') end, function(e) while true do end end)\n"
+                      "while true do end",
+    "pcall_in_coroutine": "coroutine.wrap(function() while true do pcall(function() "
+                          "while true do end end) end end)()",
+    "sort_comparator": "local t = {} for i = 1, 100 do t[i] = i end\n"
+                       "table.sort(t, function(a, b) while true do end end)",
+}
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("name", sorted(RUNAWAYS))
+async def test_runaway_is_stopped_by_the_deadline(make, runtime, name):
+    deadline = 0.2
+    rt = await make("function on_request(req)\n" + RUNAWAYS[name] + "\nend\n", runtime=runtime,
+                    deadline=deadline, options=(("instructions", 10**12),))
+    t0 = time.monotonic()
+    with pytest.raises(ScriptError) as info:
+        await rt.handle(ON_REQUEST, event())
+    elapsed = time.monotonic() - t0
+    assert info.value.kind == "budget" and "deadline" in info.value.message
+    assert elapsed < deadline + 0.3
+    assert not info.value.damaged
+    assert rt.statistics()["budget_stops"] == 1
+
+
+async def test_instruction_budget_stops_a_loop_before_the_deadline(make):
+    rt = await make("function on_request(req)\n  local i = 0\n  while true do i = i + 1 end\nend",
+                    deadline=5.0, options=(("instructions", 200_000),))
+    t0 = time.monotonic()
+    with pytest.raises(ScriptError) as info:
+        await rt.handle(ON_REQUEST, event())
+    assert time.monotonic() - t0 < 1.0
+    assert info.value.kind == "budget" and "200000 instructions" in info.value.message
+    assert info.value.line == 3
+
+
+async def test_runtime_serves_normally_after_a_budget_stop(make):
+    rt = await make("function on_request(req)\n"
+                    "  if req.ruri_user == 'loop' then while true do end end\n"
+                    "  req:relay()\nend\n", deadline=0.1)
+    with pytest.raises(ScriptError):
+        await rt.handle(ON_REQUEST, event(ruri_user="loop"))
+    assert (await rt.handle(ON_REQUEST, event())).verb == "relay"
+
+
+@pytest.mark.parametrize("protected", [False, True])
+async def test_unbounded_allocation_is_a_memory_error_and_a_fresh_runtime_works(make, protected):
+    grow = 't = {} while true do t[#t + 1] = string.rep("x", 1000) .. #t end'
+    body = f"pcall(function() {grow} end)\nwhile true do end" if protected else grow
+    src = "function on_request(req)\n" + body + "\nend\n"
+    rt = await make(src, memory_mb=8, deadline=2.0)
+    with pytest.raises(ScriptError) as info:
+        await rt.handle(ON_REQUEST, event())
+    assert info.value.kind in ("memory", "budget")
+    assert info.value.damaged  # the registry recreates the state
+    fresh = await make("function on_request(req) req:relay() end", memory_mb=8, name="fresh.lua")
+    assert (await fresh.handle(ON_REQUEST, event())).verb == "relay"
+
+
+async def test_statistics_report_memory(make):
+    rt = await make("function on_request(req) end", memory_mb=16)
+    stats = rt.statistics()
+    assert 0 < stats["memory_used"] < stats["memory_limit"] == 16 * 1024 * 1024
+
+
+# ---------------------------------------------------------------- luajit
+
+
+@needs_luajit
+async def test_luajit_runs_with_the_jit_off_and_the_same_api(make):
+    rt = await make("function on_request(req)\n"
+                    "  req.vars.v = _VERSION\n  req.vars.n = req.cseq + 1\n"
+                    "  req:relay({req.ruri}, {mode = 'serial'})\nend")
+    d = await rt.handle(ON_REQUEST, event())
+    assert d.targets == ["sip:bob@example.com"] and not d.parallel
+    assert d.vars == {"v": "Lua 5.4", "n": 8}
+    jit = await make("function on_request(req) req.vars.v = _VERSION end",
+                     runtime="luajit", name="jit.lua")
+    assert (await jit.handle(ON_REQUEST, event())).vars["v"] == "Lua 5.1"
+
+
+# -------------------------------------------------------------- examples
+
+
+async def start_example(name: str, runtime="lua54") -> LuaRuntime:
+    path = EXAMPLES / name / "routes" / "main.lua"
+    rt = LuaRuntime(RuntimeSpec(route="main", path=path, runtime=runtime))
+    await rt.start()
+    return rt
+
+
+async def test_quickstart_example(make):
+    rt = await start_example("quickstart")
+    assert rt.hooks == frozenset({ON_REQUEST, ON_FAILURE})
+
+    d = await rt.handle(ON_REQUEST, event())
+    assert (d.verb, d.targets, d.timeout) == ("relay", ["sip:bob@example.com"], 30.0)
+    assert ("record_route",) in d.edits
+
+    d = await rt.handle(ON_REQUEST, event(ruri_user="blocked", ruri="sip:blocked@example.com"))
+    assert (d.verb, d.code) == ("reply", 403)
+
+    d = await rt.handle(ON_FAILURE, event(ON_FAILURE))  # 486 Busy Here
+    assert d.verb == "relay" and d.targets == ["sip:bob@voicemail.example.com"]
+    assert d.vars == {"tried_voicemail": True}
+
+    d = await rt.handle(ON_FAILURE, event(ON_FAILURE, vars={"tried_voicemail": True}))
+    assert d.verb is None  # already tried: the best response goes upstream
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+async def test_intensive_example(runtime):
+    rt = await start_example("intensive", runtime)
+
+    d = await rt.handle(ON_REQUEST, event(ruri_user="+33 1 23 45", ruri="sip:+33123@example.com"))
+    assert d.targets == ["sip:003312345@127.0.0.1:5091"] and d.timeout == 5.0
+    assert d.vars == {"number": "003312345", "prefix": "0033", "attempt": 1}
+
+    d = await rt.handle(ON_REQUEST, event(ruri_user="004420"))
+    assert d.targets == ["sip:004420@127.0.0.1:5092"]
+    d = await rt.handle(ON_REQUEST, event(ruri_user="0049"))
+    assert d.targets == ["sip:0049@127.0.0.1:5093"]
+    d = await rt.handle(ON_REQUEST, event(ruri_user="0123"))
+    assert d.targets == ["sip:0123@127.0.0.1:5091"]
+    d = await rt.handle(ON_REQUEST, event(ruri_user="alice"))
+    assert (d.verb, d.code) == ("reply", 404)
+    d = await rt.handle(ON_REQUEST, event(method="MESSAGE"))
+    assert d.verb is None
+
+    # Serial failover: 503 from alpha -> beta; a busy callee is passed on.
+    calling = {"number": "003312345", "prefix": "0033", "attempt": 1}
+    failed = event(ON_FAILURE, vars=calling, reply={"code": 503, "reason": "Unavailable", "headers": []})
+    d = await rt.handle(ON_FAILURE, failed)
+    assert d.targets == ["sip:003312345@127.0.0.1:5092"] and d.vars["attempt"] == 2
+    failed["vars"] = d.vars
+    assert (await rt.handle(ON_FAILURE, failed)).verb is None  # both gateways tried
+    busy = event(ON_FAILURE, vars=calling)  # 486
+    assert (await rt.handle(ON_FAILURE, busy)).verb is None

@@ -24,7 +24,7 @@ are case-insensitive too.
 
     [routes.main]                           # per-route settings, all optional
     runtime = "luajit"          # default by extension: .lua lua54, .py python,
-                                # .pl perl, .java java, executable+shebang exec, .tcp tcp
+                                # .pl perl, .java java, .remote tcp, executable+shebang exec
     deadline = 0.5              # seconds one event may take (default 1.0)
     fallback = 503              # answer when the script fails: a code (default 500),
     # fallback = { code = 503, reason = "Service Unavailable", retry_after = 30 }

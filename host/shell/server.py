@@ -146,7 +146,8 @@ class Server:
             if route is None:
                 route = registry.select(action.event)
             decision = await route.handle(action.hook, action.event)
-            hooks = route.hooks
+            gen = route.generation
+            hooks = gen.runtime.hooks if gen is not None else frozenset()
         self._execute(self.core.decided(action.token, decision, route, hooks))
 
     def statistics(self) -> dict:

@@ -103,8 +103,14 @@ def split_commas(value: str) -> list[str]:
 # generic-param = token [ EQUAL gen-value ]; gen-value = token / host /
 # quoted-string (RFC 3261 §25.1). Colons and brackets are admitted in values
 # for IPv6 hosts (Via received=2001:db8::1, maddr=[::1]).
+_GEN_VALUE_CHARS = rf"[{_TOKEN_CHARS}:\[\]]+"
 _PARAM = re.compile(
-    rf'[ \t]*;[ \t]*(?:({_TOKEN})(?:[ \t]*=[ \t]*({_QUOTED}|[{_TOKEN_CHARS}:\[\]]+))?)?[ \t]*'
+    rf'[ \t]*;[ \t]*(?:({_TOKEN})(?:[ \t]*=[ \t]*({_QUOTED}|{_GEN_VALUE_CHARS}))?)?[ \t]*'
+)
+# The same grammar for a whole parameter list without quoted strings, the
+# common case: one match checks it all, str.split does the rest.
+_PLAIN_PARAMS = re.compile(
+    rf"(?:[ \t]*;[ \t]*(?:{_TOKEN}(?:[ \t]*=[ \t]*{_GEN_VALUE_CHARS})?)?)*[ \t]*"
 )
 
 
@@ -116,6 +122,15 @@ def parse_params(text: str) -> dict[str, str | None]:
         return params
     if text.lstrip(" \t")[:1] != ";":
         text = ";" + text
+    if '"' not in text:
+        if _PLAIN_PARAMS.fullmatch(text) is None:
+            raise BadMessage(f"malformed parameters {text[:80]!r}")
+        for item in text.split(";"):
+            name, eq, value = item.partition("=")
+            name = name.strip(" \t")
+            if name:
+                params[name.lower()] = value.strip(" \t") if eq else None
+        return params
     pos, n, match = 0, len(text), _PARAM.match
     while pos < n:
         m = match(text, pos)
@@ -166,7 +181,11 @@ class Via:
 
 
 # via-parm = sent-protocol LWS sent-by *( SEMI via-params ) with LWS allowed
-# around the slashes and the colon (RFC 3261 §25.1 SLASH, COLON).
+# around the slashes and the colon (RFC 3261 §25.1 SLASH, COLON). The first
+# expression is the form everyone sends; the second the whole grammar.
+_VIA_COMPACT = re.compile(
+    rf"SIP/2\.0/({_TOKEN}) (\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-_.]+)(?::([0-9]{{1,5}}))?(;.*)?", re.S
+)
 _VIA = re.compile(
     rf"SIP[ \t]*/[ \t]*2\.0[ \t]*/[ \t]*({_TOKEN})[ \t]+"
     r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-_.]+)(?:[ \t]*:[ \t]*([0-9]{1,5}))?[ \t]*(;.*)?",
@@ -175,7 +194,9 @@ _VIA = re.compile(
 
 
 def parse_via(value: str) -> Via:
-    m = _VIA.fullmatch(value.strip(" \t"))
+    m = _VIA_COMPACT.fullmatch(value)
+    if m is None:
+        m = _VIA.fullmatch(value.strip(" \t"))
     if m is None:
         raise BadMessage(f"malformed Via {value[:80]!r}")
     transport, host, port, ptext = m.groups()

@@ -27,10 +27,9 @@ MAX_MESSAGE = 65535   # largest UDP datagram; also our cap for one stream messag
 MAX_HEADERS = 256     # header lines; more is an attack, not a call
 MAX_LINE = 8192       # one (unfolded) header line, the common HTTP server limit
 
-# Control characters are not allowed anywhere in the header block (RFC 3261
-# §25.1: TEXT-UTF8 and LWS only); HTAB and the line feeds are. Checked after
-# CRLF has become LF, so a bare CR is caught here too.
-_CTL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+# Control characters are not allowed in a header line (RFC 3261 §25.1:
+# TEXT-UTF8 and LWS only); HTAB is. A stray CR or LF inside a line is one.
+_CTL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # §7.3.1: a line starting with whitespace continues the previous one, and
 # the folding is equivalent to one SP.
 _FOLD = re.compile(r"[ \t]*\n[ \t]+")
@@ -79,22 +78,11 @@ def _parse(data: bytes, stream: bool) -> Message:
     if data[:1] in (b"\r", b"\n"):
         data = data.lstrip(b"\r\n")  # §7.5: ignore CRLFs before the start line
     head, body = _split_head(data)
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        raise BadMessage("header block is not UTF-8") from None
-    if "\r" in text:
-        text = text.replace("\r\n", "\n")
-    if _CTL.search(text) is not None:
-        raise BadMessage("control character in header block")
-    if "\n " in text or "\n\t" in text:
-        text = _FOLD.sub(" ", text)
-    lines = text.split("\n")
-    if len(lines) > MAX_HEADERS + 1:
-        raise BadMessage("too many header lines", 513)
-    if len(text) > MAX_LINE and any(len(line) > MAX_LINE for line in lines):
-        raise BadMessage("header line too long", 513)
-    msg = _start_line(lines[0])
+    lines = _header_lines(head)
+    first = lines[0]
+    if not first.isprintable():
+        _check_controls(first)
+    msg = _start_line(first)
 
     headers = msg.headers
     append = headers.append
@@ -106,6 +94,8 @@ def _parse(data: bytes, stream: bool) -> Message:
         colon = line.find(":")
         if colon <= 0:
             raise BadMessage(f"malformed header line {line[:60]!r}")
+        if not line.isprintable():
+            _check_controls(line)
         raw = line[:colon]
         key = names.get(raw)
         if key is None:
@@ -164,6 +154,41 @@ def _split_head(data: bytes) -> tuple[bytes, bytes]:
     if data.endswith(b"\n") and data.strip():
         return data.rstrip(b"\r\n"), b""  # headers only, final empty line missing
     raise BadMessage("no end of header block")
+
+
+def _header_lines(head: bytes) -> list[str]:
+    """The header block as unfolded lines, start line first."""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadMessage("header block is not UTF-8") from None
+    lines = text.split("\r\n")
+    if head.count(b"\n") != len(lines) - 1:
+        # Bare LF line ends somewhere: normalise (a bare CR stays and is
+        # refused as a control character).
+        lines = text.replace("\r\n", "\n").split("\n")
+        sep = "\n"
+    else:
+        sep = "\r\n"
+    if sep + " " in text or sep + "\t" in text:
+        # §7.3.1: a line starting with whitespace continues the previous
+        # one; the fold counts as one SP.
+        text = _FOLD.sub(" ", "\n".join(lines))
+        lines = text.split("\n")
+        if lines[0][:1] in (" ", "\t"):
+            raise BadMessage("header block starts with whitespace")
+    if len(lines) > MAX_HEADERS + 1:
+        raise BadMessage("too many header lines", 513)
+    if len(head) > MAX_LINE and any(len(line) > MAX_LINE for line in lines):
+        raise BadMessage("header line too long", 513)
+    return lines
+
+
+def _check_controls(line: str) -> None:
+    """Called for the rare line str.isprintable() refuses: HTAB and printable
+    non-ASCII are fine, control characters are not (§25.1)."""
+    if _CTL.search(line) is not None:
+        raise BadMessage(f"control character in header line {line[:60]!r}")
 
 
 def _learn_name(raw: str) -> str:

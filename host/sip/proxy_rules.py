@@ -89,12 +89,14 @@ def process_route(req: Request, local: Local) -> bool:
     """§16.4: undo a strict router's rewrite and remove our own top Route.
     Returns True when a Route entry of ours was removed (the request follows
     a route set we recorded)."""
+    if not req.has_header("route"):
+        return False
     removed = False
     try:
         ruri = parse_uri(req.uri)
     except BadMessage:
         ruri = None
-    if ruri is not None and local.is_mine(ruri) and "lr" not in ruri.params and req.has_header("route"):
+    if ruri is not None and local.is_mine(ruri) and "lr" not in ruri.params:
         # The previous hop was a strict router: it put our Record-Route URI
         # in the Request-URI. The real one is the last Route value.
         routes = req.header_values("route")

@@ -91,7 +91,10 @@ def _javac_error(spec: RuntimeSpec, stderr: str) -> LoadError:
 
 LANGUAGES: dict[str, Language] = {
     "python": Language("python", _python, 256, {"PYTHONPATH": str(SDK_ROOT / "python"),
-                                                 "PYTHONDONTWRITEBYTECODE": "1"}),
+                                                 "PYTHONDONTWRITEBYTECODE": "1",
+                                                 # glibc reserves 64 MiB of address space per
+                                                 # thread arena; RLIMIT_AS makes that count
+                                                 "MALLOC_ARENA_MAX": "2"}),
     "perl": Language("perl", _perl, 256),
     "java": Language("java", _java, 4096),
     "exec": Language("exec", _exec, 256),

@@ -24,6 +24,7 @@ from babelsip_sdk.request import Request, Store, StoreError
 PROTOCOL_VERSION = 1
 SDK_NAME = "babelsip-python/0.1.0"
 READ_SIZE = 1 << 16
+THREAD_STACK = 1 << 20
 
 _active = None  # the session of this process, for log()
 
@@ -123,7 +124,11 @@ class Session:
         self.settings = hello.get("settings") or {}
         self.send({"type": "ready", "protocol": PROTOCOL_VERSION, "sdk": SDK_NAME,
                    "hooks": sorted(self.route.hooks)})
+        self.flush()  # 'ready' must precede anything a handler thread writes
         if self.route.concurrency > 1:
+            # Small stacks: the host caps the worker's address space, and
+            # 8 MiB per thread (the default) would exhaust it at ~30 threads.
+            threading.stack_size(THREAD_STACK)
             self._pool = ThreadPoolExecutor(self.route.concurrency, thread_name_prefix="route")
         for msg in rest:
             self._dispatch(msg)

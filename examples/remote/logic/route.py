@@ -1,0 +1,31 @@
+"""The route logic, served over TCP: run it on the logic host with
+
+    PYTHONPATH=sdk/python python -m babelsip_sdk serve --listen 127.0.0.1:7001 examples/remote/logic/route.py
+
+Several hosts (and several connections) share this one process; handlers run
+on threads, so anything they share must be thread-safe.
+"""
+
+import os
+import socket
+
+CONCURRENCY = 8
+SERVER = os.environ.get("LOGIC_NAME") or socket.gethostname()
+
+DIRECTORY = {
+    "alice": "sip:alice@10.0.0.11",
+    "bob": "sip:bob@10.0.0.12",
+}
+
+
+def on_request(req):
+    if req.method == "OPTIONS" and req.ruri_user == "":
+        req.reply(200, "OK", [["X-Logic-Server", SERVER]])
+        return
+    target = DIRECTORY.get(req.ruri_user)
+    if target is None:
+        req.reply(404, "Not Found")
+        return
+    req.record_route()
+    req.add_header("X-Logic-Server", SERVER)
+    req.relay(target)

@@ -1,0 +1,155 @@
+"""TcpRuntime against real `python -m babelsip_sdk serve` logic servers."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+from runtimes.base import LoadError, RuntimeSpec, ScriptError
+from runtimes.jsonline import TcpRuntime
+
+SDK = Path(__file__).resolve().parents[2] / "sdk" / "python"
+ROUTE = """
+import os, time
+CONCURRENCY = 8  # handlers on threads: pings are answered while one sleeps
+def on_request(req):
+    if req.ruri_user == "slow":
+        time.sleep(0.5)
+    req.reply(200, os.environ["SERVER_NAME"])
+"""
+
+
+def start_server(route: Path, name: str, port: int = 0):
+    env = dict(os.environ, PYTHONPATH=str(SDK), SERVER_NAME=name)
+    proc = subprocess.Popen([sys.executable, "-m", "babelsip_sdk", "serve", "--listen",
+                             f"127.0.0.1:{port}", str(route)], env=env, stderr=subprocess.PIPE)
+    line = proc.stderr.readline().decode()
+    m = re.search(r"on 127\.0\.0\.1:(\d+)", line)
+    assert m, line
+    return proc, int(m.group(1))
+
+
+@pytest.fixture
+def servers(tmp_path):
+    route = tmp_path / "logic.py"
+    route.write_text(ROUTE)
+    procs = []
+
+    def start(name, port=0):
+        proc, port = start_server(route, name, port)
+        procs.append(proc)
+        return proc, port
+
+    yield start
+    for p in procs:
+        p.kill()
+        p.wait()
+        p.stderr.close()
+
+
+def event(user="bob"):
+    return {"hook": "on_request", "method": "INVITE", "ruri": f"sip:{user}@x", "ruri_user": user,
+            "headers": [], "vars": {}}
+
+
+def spec(tmp_path, endpoints, **opts):
+    options = (("endpoints", tuple(endpoints)), ("ping_interval", 0.2), ("grace", 0.3)) + tuple(opts.items())
+    return RuntimeSpec("remote", tmp_path / "remote.remote", "tcp", options=options)
+
+
+async def test_failover_between_two_servers_and_back(servers, tmp_path):
+    a, port_a = servers("A")
+    b, port_b = servers("B")
+    rt = TcpRuntime(spec(tmp_path, [f"127.0.0.1:{port_a}", f"127.0.0.1:{port_b}"]))
+    await rt.start()
+    try:
+        with trio.fail_after(5):
+            while rt.statistics()["ready"] < 2:
+                await trio.sleep(0.02)
+        assert (await rt.handle("on_request", event())).reason == "A"   # primary first
+        outcome = []
+
+        async def slow():
+            try:
+                await rt.handle("on_request", event("slow"))
+                outcome.append("ok")
+            except ScriptError as e:
+                outcome.append(e.kind)
+
+        async with trio.open_nursery() as n:
+            n.start_soon(slow)
+            await trio.sleep(0.1)
+            a.kill()            # the primary stops with an event in flight
+            a.wait()
+        assert outcome == ["crash"]
+        with trio.fail_after(3):
+            assert (await rt.handle("on_request", event())).reason == "B"
+        stats = rt.statistics()
+        assert [e["up"] for e in stats["endpoints"]] == [False, True]
+        # the primary comes back on its port: reconnect with backoff, then traffic returns
+        servers("A2", port_a)
+        with trio.fail_after(8):
+            while (await rt.handle("on_request", event())).reason != "A2":
+                await trio.sleep(0.1)
+    finally:
+        await rt.aclose()
+
+
+async def test_least_balance_uses_both(servers, tmp_path):
+    _, pa = servers("A")
+    _, pb = servers("B")
+    rt = TcpRuntime(spec(tmp_path, [f"127.0.0.1:{pa}", f"127.0.0.1:{pb}"], balance="least"))
+    await rt.start()
+    names = []
+
+    async def one():
+        names.append((await rt.handle("on_request", event("slow"))).reason)
+
+    try:
+        with trio.fail_after(5):
+            while rt.statistics()["ready"] < 2:
+                await trio.sleep(0.02)
+        async with trio.open_nursery() as n:
+            for _ in range(4):
+                n.start_soon(one)
+        assert sorted(set(names)) == ["A", "B"]
+    finally:
+        await rt.aclose()
+
+
+async def test_start_with_one_endpoint_down_then_all_down(servers, tmp_path):
+    _, port = servers("A")
+    with trio.socket.socket() as s:          # a port with nobody listening
+        await s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    rt = TcpRuntime(spec(tmp_path, [f"127.0.0.1:{dead}", f"127.0.0.1:{port}"]))
+    await rt.start()
+    try:
+        assert (await rt.handle("on_request", event())).reason == "A"
+    finally:
+        await rt.aclose()
+    with pytest.raises(LoadError, match="cannot start"):
+        await TcpRuntime(spec(tmp_path, [f"127.0.0.1:{dead}"])).start()
+
+
+async def test_remote_file_lists_endpoints(servers, tmp_path):
+    _, port = servers("A")
+    path = tmp_path / "lcr.remote"
+    path.write_text(f'endpoints = ["127.0.0.1:{port}"]\nbalance = "least"\n')
+    rt = TcpRuntime(RuntimeSpec("lcr", path, "tcp"))
+    await rt.start()
+    try:
+        assert rt.balance == "least"
+        assert (await rt.handle("on_request", event())).reason == "A"
+    finally:
+        await rt.aclose()
+    path.write_text('endpoints = ["nohost"]\n')
+    with pytest.raises(LoadError, match="HOST:PORT"):
+        await TcpRuntime(RuntimeSpec("lcr", path, "tcp")).start()
+    path.write_text("endpoints = [\n")
+    with pytest.raises(LoadError, match="bad TOML"):
+        await TcpRuntime(RuntimeSpec("lcr", path, "tcp")).start()

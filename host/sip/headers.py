@@ -272,8 +272,10 @@ def _bracketed(value: str, display: str | None, lt: int) -> NameAddr:
         raise BadMessage(f"unterminated <...> in {value[:80]!r}")
     uri = value[lt + 1:gt].strip(" \t")
     check_absolute_uri(uri)
-    rest = value[gt + 1:]
-    return NameAddr(display, uri, parse_params(rest) if rest.strip(" \t") else {})
+    rest = value[gt + 1:].lstrip(" \t")
+    if rest and rest[0] != ";":
+        raise BadMessage(f"junk after <...> in {value[:80]!r}")
+    return NameAddr(display, uri, parse_params(rest) if rest else {})
 
 
 def tag_of(value: str | None) -> str | None:

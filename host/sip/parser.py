@@ -24,7 +24,8 @@ from .message import Message, Request, Response
 __all__ = ["parse_message", "StreamFramer", "MAX_MESSAGE", "MAX_HEADERS", "MAX_LINE"]
 
 MAX_MESSAGE = 65535   # largest UDP datagram; also our cap for one stream message
-MAX_HEADERS = 256     # header lines; more is an attack, not a call
+MAX_HEADERS = 256     # header lines, and values after splitting comma lists;
+                      # more is an attack, not a call
 MAX_LINE = 8192       # one (unfolded) header line, the common HTTP server limit
 
 # Control characters are not allowed in a header line (RFC 3261 §25.1:
@@ -77,8 +78,7 @@ def _parse(data: bytes, stream: bool) -> Message:
         raise BadMessage("message too large", 513)
     if data[:1] in (b"\r", b"\n"):
         data = data.lstrip(b"\r\n")  # §7.5: ignore CRLFs before the start line
-    head, body = _split_head(data)
-    lines = _header_lines(head)
+    lines, body = _head_lines(data)
     first = lines[0]
     if not first.isprintable():
         _check_controls(first)
@@ -104,6 +104,8 @@ def _parse(data: bytes, stream: bool) -> Message:
         if key in SPLIT_ON_PARSE and "," in value:
             parts = split_commas(value)
             headers.extend([(key, part) for part in parts])
+            if len(headers) > MAX_HEADERS:  # a comma list counts value by value
+                raise BadMessage("too many header values", 513)
             if key == "via":
                 vias.extend(parts)
             continue
@@ -140,43 +142,47 @@ def _parse(data: bytes, stream: bool) -> Message:
     return msg
 
 
-def _split_head(data: bytes) -> tuple[bytes, bytes]:
-    """Header block and body, at the first empty line. CRLF is the rule; bare
-    LF line ends are tolerated, as robust parsers do."""
+def _head_lines(data: bytes) -> tuple[list[str], bytes]:
+    """The header block as unfolded lines (start line first) and the body.
+    CRLF is the rule (§7); bare LF line ends are tolerated, as robust parsers
+    do, at the price of a second, slower pass."""
     end = data.find(b"\r\n\r\n")
     if end >= 0:
-        head = data[:end]
-        if b"\n\n" not in head and b"\n\r\n" not in head:
-            return head, data[end + 4:]
+        head, body = data[:end], data[end + 4:]
+        text = _decode(head)
+        lines = text.split("\r\n")
+        # Every LF belongs to a CRLF, so no earlier empty line hides in `head`.
+        if head.count(b"\n") == len(lines) - 1:
+            if "\r\n " in text or "\r\n\t" in text:
+                lines = _unfold("\n".join(lines))
+            return _check_size(head, lines), body
     m = _HEAD_END.search(data)
     if m is not None:
-        return data[:m.start()], data[m.end():]
-    if data.endswith(b"\n") and data.strip():
-        return data.rstrip(b"\r\n"), b""  # headers only, final empty line missing
-    raise BadMessage("no end of header block")
+        head, body = data[:m.start()], data[m.end():]
+    elif data.endswith(b"\n") and data.strip():
+        head, body = data.rstrip(b"\r\n"), b""  # no final empty line: no body
+    else:
+        raise BadMessage("no end of header block")
+    # A bare CR left after this is refused later as a control character.
+    text = _decode(head).replace("\r\n", "\n")
+    lines = _unfold(text) if "\n " in text or "\n\t" in text else text.split("\n")
+    return _check_size(head, lines), body
 
 
-def _header_lines(head: bytes) -> list[str]:
-    """The header block as unfolded lines, start line first."""
+def _decode(head: bytes) -> str:
     try:
-        text = head.decode("utf-8")
+        return head.decode("utf-8")
     except UnicodeDecodeError:
         raise BadMessage("header block is not UTF-8") from None
-    lines = text.split("\r\n")
-    if head.count(b"\n") != len(lines) - 1:
-        # Bare LF line ends somewhere: normalise (a bare CR stays and is
-        # refused as a control character).
-        lines = text.replace("\r\n", "\n").split("\n")
-        sep = "\n"
-    else:
-        sep = "\r\n"
-    if sep + " " in text or sep + "\t" in text:
-        # §7.3.1: a line starting with whitespace continues the previous
-        # one; the fold counts as one SP.
-        text = _FOLD.sub(" ", "\n".join(lines))
-        lines = text.split("\n")
-        if lines[0][:1] in (" ", "\t"):
-            raise BadMessage("header block starts with whitespace")
+
+
+def _unfold(text: str) -> list[str]:
+    """§7.3.1: a line starting with whitespace continues the previous one,
+    and the fold counts as one SP. `text` has LF line ends."""
+    return _FOLD.sub(" ", text).split("\n")
+
+
+def _check_size(head: bytes, lines: list[str]) -> list[str]:
     if len(lines) > MAX_HEADERS + 1:
         raise BadMessage("too many header lines", 513)
     if len(head) > MAX_LINE and any(len(line) > MAX_LINE for line in lines):
@@ -327,13 +333,14 @@ class StreamFramer:
                 skip = len(buf) - len(buf.lstrip(b"\r\n"))
                 del buf[:skip]
                 self._scanned = 0
+            # The head ends at the first empty line: "\r\n\r\n" normally,
+            # "\n\n" when bare LFs are used. Look for the bare form only
+            # before the CRLF one, so bodies are not scanned twice.
             start = max(0, self._scanned - 3)
-            end = buf.find(b"\n\n", start)
-            end_crlf = buf.find(b"\n\r\n", start)
-            if end < 0 or 0 <= end_crlf < end:
-                end, sep = end_crlf, 3
-            else:
-                sep = 2
+            end, sep = buf.find(b"\n\r\n", start), 3
+            bare = buf.find(b"\n\n", start, end if end >= 0 else len(buf))
+            if bare >= 0:
+                end, sep = bare, 2
             if end < 0:
                 self._scanned = len(buf)
                 if len(buf) > self.max_size:

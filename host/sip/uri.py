@@ -185,29 +185,24 @@ def parse_hostport(text: str) -> tuple[str, int | None]:
     return host, int(port_text)
 
 
-_HOST_CHARS = re.compile(r"[A-Za-z0-9\-_.]+")
+# hostname = *( domainlabel "." ) toplabel [ "." ] (§25.1); labels of at
+# most 63 characters that neither start nor end with "-" (RFC 1035). The
+# rule that a toplabel starts with a letter is not enforced, so IPv4
+# addresses match too. Underscores are tolerated: real deployments use them.
+_HOSTNAME = re.compile(r"(?:(?!-)[A-Za-z0-9_-]{1,63}(?<!-)\.)*(?!-)[A-Za-z0-9_-]{1,63}(?<!-)\.?")
 
 
 def valid_host(host: str) -> bool:
-    """hostname / IPv4address / IPv6reference (RFC 3261 §25.1). Underscores
-    are tolerated in labels: they occur in real deployments."""
-    if host[0] == "[":
-        if host[-1] != "]":
+    """hostname / IPv4address / IPv6reference (RFC 3261 §25.1)."""
+    if host[:1] == "[":
+        if host[-1] != "]" or "%" in host:
             return False
         try:
             ipaddress.IPv6Address(host[1:-1])
         except ValueError:
             return False
-        return "%" not in host
-    if _HOST_CHARS.fullmatch(host) is None:
-        return False
-    labels = host.split(".")
-    if labels[-1] == "" and len(labels) > 1:
-        labels.pop()  # a fully qualified name may end with a dot
-    for label in labels:
-        if not label or label[0] == "-" or label[-1] == "-" or len(label) > 63:
-            return False
-    return True
+        return True
+    return _HOSTNAME.fullmatch(host) is not None
 
 
 def _split_params(text: str) -> dict[str, str | None]:

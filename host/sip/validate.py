@@ -31,15 +31,22 @@ def check_request(req: Request, supported: frozenset[str] = SUPPORTED_OPTION_TAG
     status to answer (400, 416, 420 with an Unsupported header in `.headers`)."""
     if req.via is None:
         raise BadMessage("missing Via", None)
+    # One pass over the headers collects everything the checks need.
+    found: dict[str, list[str]] = {"from": [], "to": [], "max-forwards": [], "proxy-require": []}
+    for key, value in req.headers:
+        bucket = found.get(key)
+        if bucket is not None:
+            bucket.append(value)
     for name in ("from", "to"):
-        values = req.header_values(name)
+        values = found[name]
         if len(values) != 1:
             raise BadMessage(f"{'missing' if not values else 'more than one'} {name.title()}")
         _check_address(name, values[0])
-    _check_max_forwards(req)
+    _check_max_forwards(found["max-forwards"])
     ruri = parse_uri(req.uri)  # 416 for another scheme, 400 when malformed
     _check_request_uri(ruri)
-    _check_proxy_require(req, supported)
+    if found["proxy-require"]:
+        _check_proxy_require(found["proxy-require"], supported)
 
 
 def _check_address(name: str, value: str) -> None:
@@ -53,8 +60,7 @@ def _check_address(name: str, value: str) -> None:
     # already checked for shape by parse_name_addr.
 
 
-def _check_max_forwards(req: Request) -> None:
-    values = req.header_values("max-forwards")
+def _check_max_forwards(values: list[str]) -> None:
     if not values:
         return  # §16.6 step 3: the proxy adds one
     if len(values) > 1:
@@ -72,10 +78,7 @@ def _check_request_uri(ruri: URI) -> None:
         raise BadMessage("headers in Request-URI")
 
 
-def _check_proxy_require(req: Request, supported: frozenset[str]) -> None:
-    values = req.header_values("proxy-require")
-    if not values:
-        return
+def _check_proxy_require(values: list[str], supported: frozenset[str]) -> None:
     unsupported: list[str] = []
     for value in values:
         for tag in split_commas(value):

@@ -58,6 +58,87 @@ G.setmetatable = function(t, mt)
   return setmetatable(t, mt)
 end
 
+-- Lua's pattern matcher is C code the count hook never interrupts, and it
+-- backtracks: `("a"):rep(20000):find(".-b")` runs for seconds, and every extra
+-- quantifier multiplies the cost by the subject length. Subjects (headers,
+-- bodies) come from the network, so a pattern's worst case is bounded before it
+-- runs: about len^(q+1) steps for q quantifiers (len^q when anchored with ^;
+-- a quantifier that ends the pattern does not count).
+local byte = string.byte
+local s_find, s_match, s_gmatch, s_gsub = string.find, string.match, string.gmatch, string.gsub
+
+local function set_end(p, i, n)      -- i at "["; index just after the matching "]"
+  i = i + 1
+  if byte(p, i) == 94 then i = i + 1 end            -- ^
+  repeat                                            -- the first "]" is literal
+    if i > n then return i end
+    if byte(p, i) == 37 then i = i + 1 end          -- %x inside a set
+    i = i + 1
+  until byte(p, i) == 93
+  return i + 1
+end
+
+local function quantifiers(p)
+  local n, q, i = #p, 0, 1
+  local anchored = byte(p, 1) == 94
+  if anchored then i = 2 end
+  while i <= n do
+    local c, class = byte(p, i), true
+    if c == 40 or c == 41 then i, class = i + 1, false              -- ( )
+    elseif c == 37 then                                             -- %
+      local d = byte(p, i + 1)
+      if d == 98 then i, class = i + 4, false                       -- %bxy
+      elseif d == 102 then i, class = set_end(p, i + 2, n), false   -- %f[set]
+      else i = i + 2 end
+    elseif c == 91 then i = set_end(p, i, n)                        -- [set]
+    else i = i + 1 end
+    if class then
+      local nx = byte(p, i)
+      if nx == 42 or nx == 43 or nx == 45 then                      -- * + -
+        i = i + 1
+        -- A quantifier with nothing but ")" after it never backtracks.
+        if not s_find(p, "^%)*$", i) then q = q + 1 end
+      elseif nx == 63 then i = i + 1 end                            -- ?
+    end
+  end
+  return anchored and q or q + 1
+end
+
+local PATTERN_STEPS = host.pattern_steps
+local exponents, cached = {}, 0
+
+local function check_pattern(fname, s, p)
+  if PATTERN_STEPS <= 0 or type(s) ~= "string" or type(p) ~= "string" then return end
+  local k = exponents[p]
+  if not k then
+    k = quantifiers(p)
+    if cached >= 512 then exponents, cached = {}, 0 end
+    exponents[p], cached = k, cached + 1
+  end
+  if k > 1 and (#s + 1) ^ k > PATTERN_STEPS then
+    error(fname .. "(): pattern too costly for a " .. #s .. "-byte subject (worst case ~"
+          .. #s .. "^" .. k .. " steps): anchor it with ^, use fewer * + - "
+          .. "quantifiers, or shorten the subject", 3)
+  end
+end
+
+string.find = function(s, p, init, plain)
+  if not plain then check_pattern("string.find", s, p) end
+  return s_find(s, p, init, plain)
+end
+string.match = function(s, p, init)
+  check_pattern("string.match", s, p)
+  return s_match(s, p, init)
+end
+string.gmatch = function(s, p, ...)
+  check_pattern("string.gmatch", s, p)
+  return s_gmatch(s, p, ...)
+end
+string.gsub = function(s, p, r, n)
+  check_pattern("string.gsub", s, p)
+  return s_gsub(s, p, r, n)
+end
+
 G.print = function(...)
   local parts = {}
   for i = 1, select("#", ...) do parts[i] = tostring((select(i, ...))) end
@@ -94,7 +175,16 @@ local function after_protected(ok, ...)
 end
 
 G.pcall = function(f, ...) return after_protected(raw_pcall(f, ...)) end
-G.xpcall = function(f, h, ...) return after_protected(raw_xpcall(f, h, ...)) end
+-- A message handler called for an error the hook raised runs with hooks
+-- disabled (Lua 5.4 ldo.c: the hook's allowhook=0 is still in force), so the
+-- script's handler is skipped once the budget is spent.
+G.xpcall = function(f, h, ...)
+  local function handler(e)
+    if spent then return e end
+    return h(e)
+  end
+  return after_protected(raw_xpcall(f, handler, ...))
+end
 
 -- Lua 5.2+ keeps a debug hook per coroutine and a new coroutine starts without
 -- one, so each coroutine body installs the hook on itself before running.

@@ -13,6 +13,8 @@ cancellation cannot interrupt a synchronous call.
 
 Options (RuntimeSpec.options, from routes.toml):
   ("instructions", N)  Lua VM instructions per event (default 10 million).
+  ("pattern_steps", N) worst-case steps allowed to one Lua pattern match (default
+                       100 million; 0 turns the check off).
   ("jit", True)        LuaJIT only, for trusted scripts: leave the JIT on. Compiled
                        traces ignore debug hooks, so a hot loop is then stopped by
                        neither the instruction budget nor the deadline, and it blocks
@@ -36,6 +38,10 @@ from .sandbox import HOOK_EVERY, install_prelude, lupa_module, new_state
 # decision needs, low enough that a runaway script costs little.
 DEFAULT_INSTRUCTIONS = 10_000_000
 
+# Worst-case steps a string.find/match/gmatch/gsub may take (see prelude.lua);
+# Lua's matcher does ~100-500 M steps/s, so this is well under a second.
+DEFAULT_PATTERN_STEPS = 100_000_000
+
 # After a failed event, a state this close to its memory cap is recreated:
 # the next event would most likely fail too.
 DAMAGED_MEMORY_SHARE = 0.9
@@ -51,6 +57,7 @@ class LuaRuntime(Runtime):
         self.spec = spec
         options = dict(spec.options)
         self._instructions = int(options.get("instructions", DEFAULT_INSTRUCTIONS))
+        self._pattern_steps = int(options.get("pattern_steps", DEFAULT_PATTERN_STEPS))
         self._jit_on = bool(options.get("jit", False)) and spec.runtime == "luajit"
         self._ticks = max(1, math.ceil(self._instructions / HOOK_EVERY))
         self._file = str(spec.path)
@@ -87,7 +94,7 @@ class LuaRuntime(Runtime):
         api = install_prelude(
             lua, clock=time.monotonic, verb=self._call_verb, header=self._find_header,
             vars_in=self._vars_in, vars_out=self._vars_out, log=self._log_line,
-            jit_on=self._jit_on)
+            jit_on=self._jit_on, pattern_steps=self._pattern_steps)
         try:
             result = api.load_script(source, self._chunkname, self._ticks,
                                      time.monotonic() + spec.deadline)

@@ -54,11 +54,13 @@ def new_state(module: ModuleType, memory_mb: int):
     )
 
 
-def install_prelude(lua, *, clock, verb, header, vars_in, vars_out, log, jit_on: bool):
+def install_prelude(lua, *, clock, verb, header, vars_in, vars_out, log, jit_on: bool,
+                    pattern_steps: int):
     """Run prelude.lua in `lua` with the host callbacks; return its API table
     (load_script, dispatch)."""
     host = lua.table_from({
         "clock": clock, "verb": verb, "header": header, "vars_in": vars_in,
         "vars_out": vars_out, "log": log, "hook_every": HOOK_EVERY, "jit_on": jit_on,
+        "pattern_steps": pattern_steps,
     })
     return lua.execute(PRELUDE_SOURCE, host)

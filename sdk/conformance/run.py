@@ -44,6 +44,7 @@ SDKS = {
                {"PYTHONPATH": str(REPO / "sdk" / "python")}),
     "perl": (["perl", f"-I{REPO / 'sdk' / 'perl'}", str(REPO / "sdk" / "perl" / "runner.pl"), "{route}"],
              HERE / "routes" / "perl", {}),
+    "java": ([str(REPO / "sdk" / "java" / "babelsip-java"), "{route}"], HERE / "routes" / "java", {}),
     "node": ([str(HERE / "workers" / "conformance.js")], None, {}),
 }
 

@@ -62,6 +62,21 @@ def free_port(host: str = LOCALHOST) -> int:
     raise RuntimeError("no port free for both UDP and TCP")
 
 
+def wait_port_bound(port: int, transport: str = "udp", host: str = LOCALHOST,
+                    timeout: float = 5.0) -> bool:
+    """Wait until some process has bound host:port (our own bind attempt fails)."""
+    kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        with socket.socket(socket.AF_INET, kind) as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                return True
+        time.sleep(0.02)
+    return False
+
+
 # --------------------------------------------------------------------------
 # processes
 
@@ -86,7 +101,7 @@ class SippResult:
     """What one sipp run reports: its exit code and its cumulative counters."""
 
     name: str
-    returncode: int
+    returncode: int | None  # None: still running (a snapshot)
     created: int
     successful: int
     failed: int
@@ -172,6 +187,12 @@ class SippProcess:
             counters=counters, errors=errors, screen=screen)
         return self.result
 
+    def snapshot(self) -> SippResult:
+        """The counters of the last statistics dump (`-fd` sets how often sipp
+        dumps), without stopping sipp."""
+        self.proc.poll()
+        return self._result()
+
     def wait(self, timeout: float | None = None) -> SippResult:
         """Wait for sipp to finish on its own (it has its own -timeout too)."""
         limit = self.timeout + 10 if timeout is None else timeout
@@ -249,6 +270,17 @@ def start_sipp(scenario: str, workdir: Path, *, name: str | None = None, port: i
     return SippProcess(argv, workdir, name, timeout)
 
 
+def start_sipp_server(scenario: str, workdir: Path, *, port: int, transport: str = "udp",
+                      **options) -> SippProcess:
+    """`start_sipp` for a uas: returns once its port is bound."""
+    server = start_sipp(scenario, workdir, port=port, transport=transport, **options)
+    if not wait_port_bound(port, transport):
+        server.kill()
+        raise RuntimeError(f"sipp {scenario} did not bind {transport}:{port}:\n"
+                           + server.snapshot().screen[-2000:])
+    return server
+
+
 def run_sipp(scenario: str, workdir: Path, **options) -> SippResult:
     """Run sipp to completion (a uac, typically) and return its counters."""
     with start_sipp(scenario, workdir, **options) as sipp:
@@ -287,13 +319,14 @@ def options_request(host: str, port: int, local_port: int, *, call_id: str | Non
 
 
 def udp_exchange(port: int, datagrams: list[bytes], *, host: str = LOCALHOST,
-                 settle: float = 1.0, deadline: float = 10.0) -> list[bytes]:
-    """Send datagrams from one socket and collect every reply until none came for
-    `settle` seconds (or `deadline` passed)."""
+                 local_port: int = 0, settle: float = 1.0, deadline: float = 10.0) -> list[bytes]:
+    """Send datagrams from one socket (bound to `local_port`, which their Via
+    should name: replies go to the Via's sent-by, RFC 3261 §18.2.2) and collect
+    every reply until none came for `settle` seconds (or `deadline` passed)."""
     replies = []
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        sock.bind((LOCALHOST, 0))
+        sock.bind((LOCALHOST, local_port))
         for data in datagrams:
             sock.sendto(data, (host, port))
         end = time.monotonic() + deadline

@@ -382,6 +382,35 @@ async def test_python_objects_never_reach_the_script(make):
     assert d.vars["headers"] == "table"
 
 
+@pytest.mark.parametrize("call", [
+    'string.rep("a", 20000):find(".-b")',
+    'string.rep("a", 2000):match("(.-)x(.-)y")',
+    'for w in string.rep("a", 20000):gmatch("a*b") do end',
+    'string.gsub(string.rep("a", 20000), "%d+x", "")',
+])
+async def test_backtracking_patterns_on_long_subjects_are_refused(make, call):
+    # The pattern matcher is C code the count hook cannot interrupt.
+    t0 = time.monotonic()
+    with pytest.raises(ScriptError, match="pattern too costly") as info:
+        await decide(make, call)
+    assert time.monotonic() - t0 < 0.5 and info.value.line == 3
+
+
+async def test_ordinary_patterns_still_work(make):
+    d = await decide(make, """
+        local body = string.rep("a=1\\r\\n", 2000) .. "m=audio 4000 RTP/AVP 0"
+        req.vars.port = body:match("m=audio (%d+)")
+        req.vars.anchored = body:match("^(.-)\\r\\n")
+        req.vars.plain = body:find(".-", 1, true) == nil
+        req.vars.user = ("+33 1"):gsub("[%s]", "")
+        local n = 0
+        for line in body:gmatch("[^\\r\\n]+") do n = n + 1 end
+        req.vars.lines = n
+    """)
+    assert d.vars == {"port": "4000", "anchored": "a=1", "plain": True, "user": "+331",
+                      "lines": 2001}
+
+
 async def test_print_goes_to_the_route_log(make, caplog):
     caplog.set_level(logging.INFO, logger="babelsip.route")
     await decide(make, 'print("hello", 42, nil)')

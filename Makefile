@@ -1,0 +1,86 @@
+# babelsip: `make run` serves examples/quickstart on 127.0.0.1:5060 (UDP+TCP),
+# `make test` runs the whole suite, `make bench` compares against Kamailio.
+# On a fresh Debian machine as root, missing system packages are installed
+# with apt-get; elsewhere they are reported and the tests needing them skip.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Re-install only when the packaging changed (editable install: code changes
+# need nothing).
+STAMP := $(VENV)/.babelsip-installed
+PACKAGING := pyproject.toml $(wildcard setup.py)
+
+RUN_ARGS ?= --listen udp:127.0.0.1:5060 --listen tcp:127.0.0.1:5060 --routes examples/quickstart/routes
+PYTEST_ARGS ?=
+BENCH_ARGS ?=
+
+# Debian packages the tests use, each with the check that says it is there.
+TEST_DEBS := sip-tester perl libcpanel-json-xs-perl default-jdk-headless redis-server
+have_sip-tester := command -v sipp
+have_perl := command -v perl
+have_libcpanel-json-xs-perl := perl -MCpanel::JSON::XS -e 1
+have_default-jdk-headless := command -v javac
+have_redis-server := command -v redis-server
+have_kamailio := command -v kamailio || test -x /usr/sbin/kamailio
+have_python3-venv := $(PYTHON) -c "import ensurepip, venv"
+
+# $(call apt_ensure,package ...): install those whose check fails (root + apt only).
+define apt_ensure
+	@missing=""; \
+	for pkg in $(1); do \
+	  case $$pkg in \
+	    sip-tester) check='$(have_sip-tester)';; \
+	    perl) check='$(have_perl)';; \
+	    libcpanel-json-xs-perl) check='$(have_libcpanel-json-xs-perl)';; \
+	    default-jdk-headless) check='$(have_default-jdk-headless)';; \
+	    redis-server) check='$(have_redis-server)';; \
+	    kamailio) check='$(have_kamailio)';; \
+	    python3-venv) check='$(have_python3-venv)';; \
+	    *) check=false;; \
+	  esac; \
+	  eval "$$check" >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "apt-get install:$$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q --no-install-recommends $$missing \
+	    || { apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; }; \
+	else \
+	  echo "warning: missing system packages:$$missing (not root, or no apt-get); tests that need them will skip"; \
+	fi
+endef
+
+.PHONY: run test bench venv deps test-deps bench-deps clean
+
+run: venv
+	$(VENV)/bin/babelsip run $(RUN_ARGS)
+
+test: venv test-deps
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: venv bench-deps
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+venv: $(STAMP)
+
+$(PY):
+	$(call apt_ensure,python3-venv)
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(PACKAGING) | $(PY)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+test-deps:
+	$(call apt_ensure,$(TEST_DEBS))
+
+bench-deps:
+	$(call apt_ensure,sip-tester kamailio)
+
+deps: test-deps bench-deps
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache bench/results

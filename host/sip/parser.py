@@ -55,7 +55,10 @@ _WATCHED = frozenset({"content-length", "call-id", "cseq", "via", "from", "to"})
 def parse_message(data: bytes, *, stream: bool = False) -> Message:
     """Parse one message. On a datagram a missing Content-Length means "the
     rest", a body shorter than Content-Length is an error and extra bytes are
-    dropped (§18.3). With `stream=True` a missing Content-Length means no body."""
+    dropped (§18.3). With `stream=True` a missing Content-Length means no body.
+
+    Call-ID, CSeq and the top Via are parsed and cached on the message (for a
+    response the second Via is checked too), so `msg.via` cannot raise later."""
     try:
         return _parse(bytes(data), stream)
     except BadMessage as exc:

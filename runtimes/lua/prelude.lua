@@ -311,6 +311,9 @@ local function on_error(e)
     if not info then break end
     if info.source == script_source then err_line = info.currentline; break end
   end
+  -- The hook stays armed: to-be-closed variables (__close) still run while
+  -- the error unwinds, and they are script code.
+  guard = false
   return e
 end
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import trio
 
+from host.routes.settings import ConfigError
 from host.sip.errors import BadMessage
 from host.sip.uri import parse_uri
 
@@ -71,7 +72,17 @@ def main(argv: list[str] | None = None) -> int:
     config = ServerConfig(listen=listen, relay_to=args.relay_to,
                           routes_dir=str(args.routes) if args.routes else None)
     try:
-        trio.run(_serve, config)
+        try:
+            trio.run(_serve, config)
+        except BaseExceptionGroup as group:
+            # Surface a bind or configuration error as itself for a clear message.
+            leaf = _first_leaf(group, (OSError, ConfigError))
+            if leaf is None:
+                raise
+            raise leaf from None
+    except ConfigError as exc:
+        print(f"babelsip: error: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             print(f"babelsip: error: address already in use ({exc})", file=sys.stderr)
@@ -88,14 +99,14 @@ async def _serve(config) -> None:
     server = Server(config)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
-        try:
-            await nursery.start(server.run)
-        except BaseExceptionGroup as group:
-            # Surface bind errors as themselves for a clear CLI message.
-            oserrors = group.subgroup(OSError)
-            if oserrors is not None:
-                raise oserrors.exceptions[0] from None
-            raise
+        await nursery.start(server.run)
+
+
+def _first_leaf(group: BaseExceptionGroup, kind: type) -> BaseException | None:
+    sub = group.subgroup(kind)
+    while isinstance(sub, BaseExceptionGroup):
+        sub = sub.exceptions[0]
+    return sub
 
 
 async def _stop_on_signal(scope: trio.CancelScope) -> None:

@@ -29,7 +29,7 @@ local raw_pcall, raw_xpcall = pcall, xpcall
 local concat = table.concat
 local unpack = table.unpack or unpack
 local load = load
-local sethook, getinfo = debug.sethook, debug.getinfo
+local sethook, gethook, getinfo = debug.sethook, debug.gethook, debug.getinfo
 local co_create, co_wrap, co_resume, co_close =
       coroutine.create, coroutine.wrap, coroutine.resume, coroutine.close
 
@@ -188,6 +188,9 @@ end
 
 -- Lua 5.2+ keeps a debug hook per coroutine and a new coroutine starts without
 -- one, so each coroutine body installs the hook on itself before running.
+-- LuaJIT's hook is global: there, setting it again would only reset the
+-- instruction count, and a loop creating coroutines would never be stopped.
+local _, per_thread_hooks = co_resume(co_create(function() return gethook() ~= on_count end))
 local function hooked(f, who)
   if type(f) ~= "function" then
     error("bad argument #1 to '" .. who .. "' (function expected)", 3)
@@ -197,8 +200,10 @@ local function hooked(f, who)
     return f(...)
   end
 end
-coroutine.create = function(f) return co_create(hooked(f, "create")) end
-coroutine.wrap = function(f) return co_wrap(hooked(f, "wrap")) end
+if per_thread_hooks then
+  coroutine.create = function(f) return co_create(hooked(f, "create")) end
+  coroutine.wrap = function(f) return co_wrap(hooked(f, "wrap")) end
+end
 coroutine.resume = function(co, ...) return after_protected(co_resume(co, ...)) end
 if co_close then
   coroutine.close = function(co) return after_protected(co_close(co)) end
@@ -356,7 +361,7 @@ local function run_hook(fn, req, rep)
   if vars_tbl then collect_vars() end
 end
 
-local api = {}
+local api = {per_thread_hooks = per_thread_hooks}
 
 -- Compile and run the script's chunk under the budget.
 -- Returns "ok", hooks... | "syntax", message | kind, message, line.

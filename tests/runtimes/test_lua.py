@@ -431,6 +431,7 @@ RUNAWAYS = {
                       "while true do end",
     "pcall_in_coroutine": "coroutine.wrap(function() while true do pcall(function() "
                           "while true do end end) end end)()",
+    "coroutine_spam": "while true do coroutine.wrap(function() end)() end",
     "sort_comparator": "local t = {} for i = 1, 100 do t[i] = i end\n"
                        "table.sort(t, function(a, b) while true do end end)",
 }
@@ -450,6 +451,23 @@ async def test_runaway_is_stopped_by_the_deadline(make, runtime, name):
     assert elapsed < deadline + 0.3
     assert not info.value.damaged
     assert rt.statistics()["budget_stops"] == 1
+
+
+@pytest.mark.parametrize("body", [
+    "local x <close> = setmetatable({}, {__close = function() while true do end end})\n"
+    "while true do end",
+    "local co = coroutine.create(function()\n"
+    "  local x <close> = setmetatable({}, {__close = function() while true do end end})\n"
+    "  coroutine.yield()\nend)\ncoroutine.resume(co)\ncoroutine.close(co)",
+])
+async def test_close_handlers_cannot_outlive_the_budget(make, body):
+    # Lua 5.4 runs __close while an error unwinds, i.e. after the hook fired.
+    rt = await make("function on_request(req)\n" + body + "\nend\n", deadline=0.2,
+                    options=(("instructions", 10**12),))
+    t0 = time.monotonic()
+    with pytest.raises(ScriptError) as info:
+        await rt.handle(ON_REQUEST, event())
+    assert info.value.kind == "budget" and time.monotonic() - t0 < 0.5
 
 
 async def test_instruction_budget_stops_a_loop_before_the_deadline(make):

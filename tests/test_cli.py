@@ -1,0 +1,85 @@
+"""`babelsip` command line: argument errors, a port in use, a clean stop."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from host.cli import parse_listen
+
+CMD = [sys.executable, "-m", "host"]
+
+
+def run(*args, timeout=20):
+    return subprocess.run(CMD + list(args), capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("udp:127.0.0.1:5060", ("udp", "127.0.0.1", 5060)),
+    ("TCP:0.0.0.0:5070", ("tcp", "0.0.0.0", 5070)),
+    ("udp:[::1]:5060", ("udp", "::1", 5060)),
+])
+def test_parse_listen(text, expected):
+    assert parse_listen(text) == expected
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--listen", "sctp:127.0.0.1:5060", "--relay-to", "sip:a@b"], "expected udp:HOST:PORT"),
+    (["run", "--listen", "udp:127.0.0.1:99999", "--relay-to", "sip:a@b"], "expected udp:HOST:PORT"),
+    (["run", "--relay-to", "http://example.com"], "unsupported URI scheme"),
+    (["run", "--routes", "/nonexistent/dir"], "not a directory"),
+    (["run", "--relay-to", "sip:a@b", "--routes", "."], "not allowed with"),
+    (["run"], "give --routes DIR or --relay-to URI"),
+])
+def test_bad_arguments_exit_non_zero_with_a_clear_message(args, message):
+    result = run(*args)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_port_in_use_is_reported():
+    busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    busy.bind(("127.0.0.1", 0))
+    port = busy.getsockname()[1]
+    try:
+        result = run("run", "--listen", f"udp:127.0.0.1:{port}", "--relay-to", "sip:127.0.0.1:5090")
+    finally:
+        busy.close()
+    assert result.returncode == 1
+    assert "address already in use" in result.stderr
+
+
+def test_sigterm_stops_the_server_cleanly():
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    proc = subprocess.Popen(CMD + ["run", "--listen", f"udp:127.0.0.1:{port}", "--relay-to", "sip:127.0.0.1:5090"],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 15
+        lines = []
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            lines.append(line)
+            if "listening on udp" in line:
+                break
+        assert any("listening on udp" in l for l in lines)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_bad_routes_toml_at_start_is_reported_with_file_and_line(tmp_path):
+    (tmp_path / "main.lua").write_text("function on_request(req) end\n")
+    (tmp_path / "routes.toml").write_text('default = "main"\n[[match]]\nroute = "main"\nmethod = [1, 2\n')
+    result = run("run", "--listen", "udp:127.0.0.1:0", "--routes", str(tmp_path))
+    assert result.returncode == 2
+    assert "routes.toml:5: TOML syntax" in result.stderr  # file:line, end of the unclosed array

@@ -10,6 +10,29 @@ from __future__ import annotations
 
 from .headers import Via, display_name, header_key, parse_via, split_commas, tag_of, SPLIT_ON_PARSE
 
+# Header names as callers spell them -> our keys. Names come mostly from code,
+# so this stays small; the bound keeps a script from growing it without end.
+_KEYS: dict[str, str] = {}
+_DISPLAY: dict[str, str] = {}
+
+
+def _key(name: str) -> str:
+    key = _KEYS.get(name)
+    if key is None:
+        key = header_key(name)
+        if len(_KEYS) < 1024:
+            _KEYS[name] = key
+    return key
+
+
+def _display(key: str) -> str:
+    name = _DISPLAY.get(key)
+    if name is None:
+        name = display_name(key)
+        if len(_DISPLAY) < 1024:
+            _DISPLAY[key] = name
+    return name
+
 
 class Message:
     __slots__ = ("headers", "body", "_via", "call_id", "cseq", "cseq_method")
@@ -25,23 +48,26 @@ class Message:
     # --- header access -------------------------------------------------
     def header(self, name: str) -> str | None:
         """First value of a header (name in any case, compact forms accepted)."""
-        key = header_key(name)
+        key = _KEYS.get(name) or _key(name)
         for k, v in self.headers:
             if k == key:
                 return v
         return None
 
     def header_values(self, name: str) -> list[str]:
-        key = header_key(name)
+        key = _KEYS.get(name) or _key(name)
         return [v for k, v in self.headers if k == key]
 
     def has_header(self, name: str) -> bool:
-        key = header_key(name)
-        return any(k == key for k, _ in self.headers)
+        key = _KEYS.get(name) or _key(name)
+        for k, _ in self.headers:
+            if k == key:
+                return True
+        return False
 
     def add_header(self, name: str, value: str, *, first: bool = False) -> None:
         """Append a header (or put it before every other instance of the same name)."""
-        key = header_key(name)
+        key = _key(name)
         values = split_commas(value) if key in SPLIT_ON_PARSE else [value]
         if first:
             for i, (k, _) in enumerate(self.headers):
@@ -57,7 +83,7 @@ class Message:
 
     def set_header(self, name: str, value: str) -> None:
         """Replace every instance with one value, at the first instance's place."""
-        key = header_key(name)
+        key = _key(name)
         for i, (k, _) in enumerate(self.headers):
             if k == key:
                 self.headers[i] = (key, value)
@@ -69,15 +95,28 @@ class Message:
             self._via = None
 
     def remove_header(self, name: str) -> int:
-        key = header_key(name)
+        key = _key(name)
         before = len(self.headers)
         self.headers = [h for h in self.headers if h[0] != key]
         if key == "via":
             self._via = None
         return before - len(self.headers)
 
+    def push_front(self, key: str, value: str) -> None:
+        """Put a single-valued header of our own (our Via, our Record-Route)
+        on top; `key` is already a lower-case long name."""
+        headers = self.headers
+        at = 0
+        for i, (k, _) in enumerate(headers):
+            if k == key:
+                at = i  # keep rows of one name together, ours first
+                break
+        headers.insert(at, (key, value))
+        if key == "via":
+            self._via = None
+
     def pop_first(self, name: str) -> str | None:
-        key = header_key(name)
+        key = _key(name)
         for i, (k, v) in enumerate(self.headers):
             if k == key:
                 del self.headers[i]
@@ -111,9 +150,10 @@ class Message:
     def serialize(self) -> bytes:
         lines = [self.start_line()]
         append = lines.append
+        names = _DISPLAY
         for k, v in self.headers:
             if k != "content-length":
-                append(f"{display_name(k)}: {v}")
+                append(f"{names.get(k) or _display(k)}: {v}")
         append(f"Content-Length: {len(self.body)}\r\n\r\n")
         return "\r\n".join(lines).encode("utf-8", "surrogateescape") + self.body
 

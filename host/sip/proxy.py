@@ -363,12 +363,12 @@ class ProxyCore:
             # RFC 5658: when the transport changes, record both sides.
             if in_transport != transport and in_transport in self.listen:
                 host, port = self.listen[in_transport]
-                req.add_header("record-route", rules.record_route_value(in_transport, host, port), first=True)
+                req.push_front("record-route", rules.record_route_value(in_transport, host, port))
             host, port = self.listen[transport]
-            req.add_header("record-route", rules.record_route_value(transport, host, port), first=True)
+            req.push_front("record-route", rules.record_route_value(transport, host, port))
         host, port = self.listen[transport]
         branch_id = f"{rules.MAGIC_COOKIE}{rules.loop_hash(req, ctx.request.header('via'))}.{self.new_id()}"
-        req.add_header("via", rules.via_value(transport, host, port, branch_id), first=True)
+        req.push_front("via", rules.via_value(transport, host, port, branch_id))
         branch = Branch(ctx, target, req, dest)
         ctx.branches.append(branch)
         txn = tx.ClientTransaction(req, invite=ctx.is_invite, reliable=transport != "udp",
@@ -651,7 +651,7 @@ class ProxyCore:
         # §16.11: a stateless branch must be the same for retransmissions.
         seed = (req.via.branch or req.header("via")).encode("utf-8", "surrogateescape")
         branch = rules.MAGIC_COOKIE + "sl" + hashlib.blake2s(seed, digest_size=8).hexdigest()
-        req.add_header("via", rules.via_value(transport, host, port, branch), first=True)
+        req.push_front("via", rules.via_value(transport, host, port, branch))
         out.append(Transmit(req.serialize(), transport, hop.host.strip("[]"), hop.port or 5060))
 
     # --------------------------------------------------------------- answers

@@ -212,7 +212,8 @@ end
 ------------------------------------------------------------------------------
 -- Events.
 
-local cur_ev, cur_reply, cur_req, vars_tbl = nil, nil, nil, nil
+local cur_ev, cur_reply, cur_req, cur_rep = nil, nil, nil, nil
+local vars_touched = false           -- req.vars was read or assigned this event
 local script_source = nil            -- "@name.lua" of the loaded script
 local err_line = nil
 
@@ -271,9 +272,10 @@ local REQ_MT = {
       error("req." .. tostring(k) .. " read outside the event it belongs to", 2)
     end
     if k == "vars" then
-      vars_tbl = vars_in()
-      rawset(t, "vars", vars_tbl)
-      return vars_tbl
+      local vars = vars_in()
+      rawset(t, "vars", vars)
+      vars_touched = true
+      return vars
     end
     if FIELDS[k] then
       local v = read(cur_ev, k)
@@ -282,7 +284,12 @@ local REQ_MT = {
     end
     return nil
   end,
-  __newindex = function(_, k)
+  __newindex = function(t, k, v)
+    if k == "vars" and (v == nil or type(v) == "table") and rawequal(t, cur_req) then
+      rawset(t, k, v)
+      vars_touched = true
+      return
+    end
     error("req." .. tostring(k) .. " is read-only: use req:set_ruri(), req:set_header() "
           .. "or req.vars", 2)
   end,
@@ -293,6 +300,9 @@ local REPLY_MT = {
   __index = function(t, k)
     local m = REPLY[k]
     if m then return m end
+    if not rawequal(t, cur_rep) then
+      error("reply." .. tostring(k) .. " read outside the event it belongs to", 2)
+    end
     if k == "code" or k == "reason" then
       local v = read(cur_reply, k)
       rawset(t, k, v)
@@ -333,15 +343,33 @@ local function classify(e)
   return "error", msg, err_line
 end
 
-local function arm(ticks, dl)
+-- Run f(...) as script code under a fresh budget. The hook may still fire on
+-- the instruction between the xpcall returning and `guard = true`; the outer
+-- pcall catches that error (the hook cannot fire again within EVERY
+-- instructions), so nothing escapes to Python.
+local function protected(f, ...)
+  guard = false
+  local ok, e = raw_xpcall(f, on_error, ...)
+  guard = true
+  return ok, e
+end
+
+local function run_budgeted(ticks, dl, f, ...)
   ticks_left, deadline, spent, oom, err_line = ticks, dl, false, false, nil
+  local fine, ok, e = raw_pcall(protected, f, ...)
+  guard = true
+  if not fine then return false, ok end
+  return ok, e
 end
 
 -- Send the simple contents of req.vars back to the host, flat.
 local MAX_VARS = 256
-local function collect_vars()
+local function collect_vars(req)
+  local vars = rawget(req, "vars")
+  if vars == nil then vars = {} end                 -- req.vars = nil clears them
+  if type(vars) ~= "table" then error("req.vars must be a table, got a " .. type(vars), 0) end
   local flat, n = {}, 0
-  for k, v in next, vars_tbl do
+  for k, v in next, vars do
     if type(k) ~= "string" then
       error("req.vars: keys must be strings, got a " .. type(k), 0)
     end
@@ -358,7 +386,7 @@ end
 
 local function run_hook(fn, req, rep)
   fn(req, rep)
-  if vars_tbl then collect_vars() end
+  if vars_touched then collect_vars(req) end
 end
 
 local api = {per_thread_hooks = per_thread_hooks}
@@ -369,10 +397,7 @@ function api.load_script(src, chunkname, ticks, dl)
   script_source = chunkname
   local fn, err = load(src, chunkname, "t", G)   -- "t": never accept bytecode
   if not fn then return "syntax", err end
-  arm(ticks, dl)
-  guard = false
-  local ok, e = raw_xpcall(fn, on_error)
-  guard = true
+  local ok, e = run_budgeted(ticks, dl, fn)
   if not ok then return classify(e) end
   local found = {}
   for _, h in next, {"on_request", "on_failure", "on_reply"} do
@@ -385,15 +410,12 @@ end
 function api.dispatch(hook, ev, reply, ticks, dl)
   local fn = rawget(G, hook)
   if type(fn) ~= "function" then return end
-  cur_ev, cur_reply, vars_tbl = ev, reply, nil
+  cur_ev, cur_reply, vars_touched = ev, reply, false
   local req = setmetatable({}, REQ_MT)
   local rep = reply and setmetatable({}, REPLY_MT) or nil
-  cur_req = req
-  arm(ticks, dl)
-  guard = false
-  local ok, e = raw_xpcall(run_hook, on_error, fn, req, rep)
-  guard = true
-  cur_ev, cur_reply, cur_req, vars_tbl = nil, nil, nil, nil
+  cur_req, cur_rep = req, rep
+  local ok, e = run_budgeted(ticks, dl, run_hook, fn, req, rep)
+  cur_ev, cur_reply, cur_req, cur_rep = nil, nil, nil, nil
   if ok then return end
   return classify(e)
 end

@@ -26,6 +26,9 @@ from tests.e2e import sipp
 SIPP_TIMEOUT = 60.0          # seconds: a sipp run that takes longer fails
 UAS_TIMEOUT = SIPP_TIMEOUT + 60
 STATS_EVERY = ["-fd", "1"]   # sipp dumps its CSV counters every second (default 60 s)
+# A uac aborts (and fails) a call on an unexpected message at once, instead of
+# waiting for its -timeout with the call stuck (what -nd alone does).
+ABORT_UNEXPECTED = ["-default_behaviors", "abortunexp"]
 
 
 def write_atomically(path: Path, text: str, *, executable: bool = False) -> None:
@@ -173,7 +176,7 @@ def start_uac(server: RoutesServer, *, name: str, calls: int, rate: float,
               timeout: float = SIPP_TIMEOUT, extra: list[str] | None = None) -> sipp.SippProcess:
     """A sipp uac placing `calls` calls at `rate` calls/s through `server`;
     `service` is the request-URI user (sipp -s)."""
-    more = list(STATS_EVERY) + (["-s", service] if service else []) + list(extra or [])
+    more = STATS_EVERY + ABORT_UNEXPECTED + (["-s", service] if service else []) + list(extra or [])
     return sipp.start_sipp(scenario, server.workdir, name=name, port=sipp.free_port(),
                            remote=(sipp.LOCALHOST, server.port), calls=calls, rate=rate,
                            timeout=timeout, extra=more)

@@ -115,19 +115,32 @@ def assert_clean(server: rs.RoutesServer, uac: sipp.SippResult, calls: int, *uas
 # every SDK
 
 
-@pytest.mark.parametrize("file", [
-    "main.py",
-    pytest.param("main.pl", marks=needs_perl),
-    pytest.param("Main.java", marks=needs_java),
-    pytest.param("main.js", marks=needs_node),
-], ids=["python", "perl", "java", "exec-node"])
-def test_sdk_route_relays_300_calls(tmp_path, file):
+NODE_DEFAULT_MEMORY = (
+    "BUG: an executable route in Node.js cannot start with the default settings: the "
+    "exec runtime's RLIMIT_AS floor is 256 MiB (runtimes/jsonline/languages.py, "
+    "LANGUAGES['exec'].min_memory_mb) and V8 needs ~1 GiB of address space just to "
+    "start ('Fatal process OOM in Failed to reserve virtual memory for CodeRange', "
+    "SIGTRAP), so the route is failed at load")
+
+
+@pytest.mark.parametrize("file, toml", [
+    ("main.py", ""),
+    pytest.param("main.pl", "", marks=needs_perl),
+    pytest.param("Main.java", "", marks=needs_java),
+    pytest.param("main.js", "", marks=[needs_node, pytest.mark.xfail(strict=True, reason=NODE_DEFAULT_MEMORY)]),
+    pytest.param("main.js", "[routes.main]\nmemory_mb = 1024\n", marks=needs_node),
+], ids=["python", "perl", "java", "exec-node", "exec-node-1g"])
+def test_sdk_route_relays_300_calls(tmp_path, file, toml):
     calls = 300
     with rs.uas(tmp_path, "uas") as (uas_port, uas):
-        routes = rs.make_routes(tmp_path / "routes", {file: relay_route(file, uas_port)},
-                                executables=("main.js",))
+        files = {file: relay_route(file, uas_port)}
+        if toml:
+            files["routes.toml"] = toml
+        routes = rs.make_routes(tmp_path / "routes", files, executables=("main.js",))
         # Java: javac of the SDK (first run) and of the route happen at load.
         with rs.routes_server(routes, tmp_path, ready_timeout=60) as server:
+            # Routes are loaded before the server listens: fail fast, and clearly.
+            assert server.log_lines(r"route main: generation 1 loaded"), server.why()
             uac = rs.run_uac(server, name="uac", calls=calls, rate=150)
             (uas_result,) = rs.stop_all(uas)
     assert_clean(server, uac, calls, uas_result)
@@ -137,12 +150,23 @@ def test_sdk_route_relays_300_calls(tmp_path, file):
 # a worker killed mid-run
 
 
+SLOW_RELAY_PY = """\
+import time
+
+
+def on_request(req):
+    time.sleep(0.02)   # some work, so that a worker has events in flight when it dies
+    req.record_route()
+    req.relay(f"sip:{{req.ruri_user}}@127.0.0.1:{port}")
+"""
+
+
 def test_kill_9_of_a_worker_mid_run(tmp_path):
     calls, rate = 600, 100
     toml = "[routes.main]\npool = 2\n"
     with rs.uas(tmp_path, "uas") as (uas_port, uas):
         routes = rs.make_routes(tmp_path / "routes", {
-            "main.py": relay_route("main.py", uas_port), "routes.toml": toml})
+            "main.py": SLOW_RELAY_PY.format(port=uas_port), "routes.toml": toml})
         with rs.routes_server(routes, tmp_path) as server:
             before = server.workers("babelsip_sdk.runner")
             assert len(before) == 2, f"expected 2 workers, found {before}\n" + server.why()
@@ -163,6 +187,8 @@ def test_kill_9_of_a_worker_mid_run(tmp_path):
     assert result.successful + result.failed == calls, server.why(result)
     assert result.failed <= 0.05 * calls, server.why(result)
     assert set(result.failure_reasons) <= {"FailedUnexpectedMessage"}, server.why(result)
+    if result.failed:
+        assert server.log_lines(r"route main#\d+ on_request: .*\[crash\]"), server.why(result)
     assert after.successful == 200 and after.failed == 0, server.why(after)
     assert uas_result.successful == result.successful + 200, server.why(result, after, uas_result)
     assert server.alive(), server.why(result, after)
@@ -295,10 +321,13 @@ def test_perl_route_hot_reload_under_load(tmp_path):
 LOGIC_ROUTE = """\
 import os
 
+import time
+
 TARGET = os.environ["E2E_TARGET"]   # each logic server relays to its own uas
 
 
 def on_request(req):
+    time.sleep(0.005)   # some work, so that events are in flight when a server dies
     req.record_route()
     req.relay(f"sip:{req.ruri_user}@{TARGET}")
 """

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import trio
 
 from host.routes.verbs import ON_FAILURE, ON_REPLY, ON_REQUEST
 from runtimes.base import LoadError, RuntimeSpec, ScriptError
@@ -264,6 +265,15 @@ async def test_vars_round_trip(make):
     assert type(d.vars["count"]) is int
 
 
+async def test_vars_can_be_replaced_or_cleared(make):
+    d = await decide(make, 'req.vars = {a = "1"}', ev=event(vars={"b": 2}))
+    assert d.vars == {"a": "1"}
+    d = await decide(make, "local _ = req.vars.b\nreq.vars = nil", ev=event(vars={"b": 2}))
+    assert d.vars == {}
+    with pytest.raises(ScriptError, match="read-only"):
+        await decide(make, "req.vars = 3")
+
+
 async def test_vars_read_but_unchanged_come_back_as_none(make):
     d = await decide(make, "local x = req.vars.a", ev=event(vars={"a": "1"}))
     assert d.vars is None
@@ -419,6 +429,24 @@ async def test_print_goes_to_the_route_log(make, caplog):
 
 # ---------------------------------------------------------------- budget
 
+
+def _finish(coro):
+    """Drive handle()'s coroutine to the end; it never suspends (runs Lua inline)."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise AssertionError("handle() suspended")
+
+
+async def handle_bounded(rt, ev, limit=3.0):
+    """rt.handle(ON_REQUEST, ev) in a worker thread, so that a sandbox hole makes
+    the test fail after `limit` seconds instead of hanging the suite."""
+    with trio.fail_after(limit):
+        return await trio.to_thread.run_sync(_finish, rt.handle(ON_REQUEST, ev),
+                                             abandon_on_cancel=True)
+
 RUNAWAYS = {
     "loop": "while true do end",
     "coroutine_resume": "local co = coroutine.create(function() while true do end end)\n"
@@ -445,7 +473,7 @@ async def test_runaway_is_stopped_by_the_deadline(make, runtime, name):
                     deadline=deadline, options=(("instructions", 10**12),))
     t0 = time.monotonic()
     with pytest.raises(ScriptError) as info:
-        await rt.handle(ON_REQUEST, event())
+        await handle_bounded(rt, event())
     elapsed = time.monotonic() - t0
     assert info.value.kind == "budget" and "deadline" in info.value.message
     assert elapsed < deadline + 0.3
@@ -466,7 +494,7 @@ async def test_close_handlers_cannot_outlive_the_budget(make, body):
                     options=(("instructions", 10**12),))
     t0 = time.monotonic()
     with pytest.raises(ScriptError) as info:
-        await rt.handle(ON_REQUEST, event())
+        await handle_bounded(rt, event())
     assert info.value.kind == "budget" and time.monotonic() - t0 < 0.5
 
 
@@ -475,7 +503,7 @@ async def test_instruction_budget_stops_a_loop_before_the_deadline(make):
                     deadline=5.0, options=(("instructions", 200_000),))
     t0 = time.monotonic()
     with pytest.raises(ScriptError) as info:
-        await rt.handle(ON_REQUEST, event())
+        await handle_bounded(rt, event())
     assert time.monotonic() - t0 < 1.0
     assert info.value.kind == "budget" and "200000 instructions" in info.value.message
     assert info.value.line == 3

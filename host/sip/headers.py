@@ -113,6 +113,10 @@ _PLAIN_PARAMS = re.compile(
     rf"(?:[ \t]*;[ \t]*(?:{_TOKEN}(?:[ \t]*=[ \t]*{_GEN_VALUE_CHARS})?)?)*[ \t]*"
 )
 
+# The form nearly everyone sends: no whitespace, no quotes, no empty
+# elements, so str.split alone takes it apart once this has matched.
+_SIMPLE_PARAMS = re.compile(rf"(?:;{_TOKEN}(?:={_GEN_VALUE_CHARS})?)+")
+
 
 def parse_params(text: str) -> dict[str, str | None]:
     """';a=b;c' (leading ';' optional) -> {'a': 'b', 'c': None}; names
@@ -120,8 +124,13 @@ def parse_params(text: str) -> dict[str, str | None]:
     params: dict[str, str | None] = {}
     if not text:
         return params
-    if text.lstrip(" \t")[:1] != ";":
+    if text[:1] != ";" and text.lstrip(" \t")[:1] != ";":
         text = ";" + text
+    if _SIMPLE_PARAMS.fullmatch(text) is not None:
+        for item in text[1:].split(";"):
+            name, eq, value = item.partition("=")
+            params[name.lower()] = value if eq else None
+        return params
     if '"' not in text:
         if _PLAIN_PARAMS.fullmatch(text) is None:
             raise BadMessage(f"malformed parameters {text[:80]!r}")
@@ -193,7 +202,14 @@ _VIA = re.compile(
 )
 
 
+_TRANSPORTS = frozenset({"UDP", "TCP", "TLS", "SCTP", "WS", "WSS"})
+
+
 def parse_via(value: str) -> Via:
+    if value[:8] == "SIP/2.0/":
+        via = _parse_via_fast(value)
+        if via is not None:
+            return via
     m = _VIA_COMPACT.fullmatch(value)
     if m is None:
         m = _VIA.fullmatch(value.strip(" \t"))
@@ -207,6 +223,33 @@ def parse_via(value: str) -> Via:
         if not 0 < port < 65536:
             raise BadMessage(f"bad port in Via {value[:80]!r}")
     return Via(transport.upper(), host, port, parse_params(ptext) if ptext else {})
+
+
+def _parse_via_fast(value: str) -> Via | None:
+    """'SIP/2.0/UDP host[:port][;params]' with an upper-case well-known
+    transport and a plain host, cut with str methods; None lets the
+    expressions decide. Every piece is checked as strictly as _VIA_COMPACT
+    does, so a Via taken here parses the same there."""
+    sp = value.find(" ", 8)
+    if sp < 0:
+        return None
+    transport = value[8:sp]
+    if transport not in _TRANSPORTS:
+        return None
+    semi = value.find(";", sp)
+    hostport = value[sp + 1:semi] if semi >= 0 else value[sp + 1:]
+    host, colon, port = hostport.partition(":")
+    if not host or host[0] == "[" or not valid_host(host):
+        return None
+    if colon:
+        if not (0 < len(port) <= 5 and port.isascii() and port.isdigit()):
+            return None
+        port = int(port)
+        if not 0 < port < 65536:
+            return None
+    else:
+        port = None
+    return Via(transport, host, port, parse_params(value[semi:]) if semi >= 0 else {})
 
 
 class NameAddr:

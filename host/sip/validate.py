@@ -32,21 +32,50 @@ def check_request(req: Request, supported: frozenset[str] = SUPPORTED_OPTION_TAG
     if req.via is None:
         raise BadMessage("missing Via", None)
     # One pass over the headers collects everything the checks need.
-    found: dict[str, list[str]] = {"from": [], "to": [], "max-forwards": [], "proxy-require": []}
+    froms: list[str] = []
+    tos: list[str] = []
+    max_forwards: list[str] = []
+    proxy_require: list[str] = []
     for key, value in req.headers:
-        bucket = found.get(key)
-        if bucket is not None:
-            bucket.append(value)
-    for name in ("from", "to"):
-        values = found[name]
+        if key in _CHECKED:
+            if key == "from":
+                froms.append(value)
+            elif key == "to":
+                tos.append(value)
+            elif key == "max-forwards":
+                max_forwards.append(value)
+            else:
+                proxy_require.append(value)
+    for name, values in (("from", froms), ("to", tos)):
         if len(values) != 1:
             raise BadMessage(f"{'missing' if not values else 'more than one'} {name.title()}")
-        _check_address(name, values[0])
-    _check_max_forwards(found["max-forwards"])
-    ruri = parse_uri(req.uri)  # 416 for another scheme, 400 when malformed
-    _check_request_uri(ruri)
-    if found["proxy-require"]:
-        _check_proxy_require(found["proxy-require"], supported)
+        if values[0] not in _GOOD_ADDRESSES:
+            _check_address(name, values[0])
+            _remember(_GOOD_ADDRESSES, values[0])
+    _check_max_forwards(max_forwards)
+    if req.uri not in _GOOD_REQUEST_URIS:
+        ruri = parse_uri(req.uri)  # 416 for another scheme, 400 when malformed
+        _check_request_uri(ruri)
+        _remember(_GOOD_REQUEST_URIS, req.uri)
+    if proxy_require:
+        _check_proxy_require(proxy_require, supported)
+
+
+_CHECKED = frozenset({"from", "to", "max-forwards", "proxy-require"})
+
+# From/To values and Request-URIs that passed their checks. Every request of
+# a dialog repeats the same From, To and (remote target) Request-URI, and
+# the checks are pure functions of the text, so a set lookup replaces a
+# parse. Bounded, because the values come from the wire.
+_GOOD_ADDRESSES: set[str] = set()
+_GOOD_REQUEST_URIS: set[str] = set()
+_GOOD_MAX = 4096
+
+
+def _remember(good: set[str], value: str) -> None:
+    if len(good) >= _GOOD_MAX:
+        good.clear()
+    good.add(value)
 
 
 def _check_address(name: str, value: str) -> None:

@@ -91,6 +91,7 @@ class LuaRuntime(Runtime):
             raise LoadError(self._file, None, f"cannot read the script: {exc}") from None
 
         lua = new_state(module, spec.memory_mb)
+        self._table_type = type(lua.table())
         api = install_prelude(
             lua, clock=time.monotonic, verb=self._call_verb, header=self._find_header,
             vars_in=self._vars_in, vars_out=self._vars_out, log=self._log_line,
@@ -112,7 +113,6 @@ class LuaRuntime(Runtime):
 
         self._lua, self._module = lua, module
         self._dispatch = api.dispatch
-        self._table_type = type(lua.table())
         self.hooks = hooks
 
     async def aclose(self) -> None:

@@ -554,6 +554,13 @@ async def test_luajit_runs_with_the_jit_off_and_the_same_api(make):
     assert (await jit.handle(ON_REQUEST, event())).vars["v"] == "Lua 5.1"
 
 
+@needs_luajit
+async def test_luajit_jit_on_is_an_explicit_option(make):
+    rt = await make("function on_request(req) req:relay() end", runtime="luajit",
+                    options=(("jit", True),))
+    assert (await rt.handle(ON_REQUEST, event())).verb == "relay"
+
+
 # -------------------------------------------------------------- examples
 
 

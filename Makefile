@@ -59,7 +59,7 @@ run: venv
 	$(VENV)/bin/babelsip run $(RUN_ARGS)
 
 test: venv test-deps
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -o faulthandler_timeout=300 $(PYTEST_ARGS)
 
 bench: venv bench-deps
 	$(PY) bench/run.py $(BENCH_ARGS)

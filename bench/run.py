@@ -61,7 +61,7 @@ class Slot:
 class System:
     name: str
     about: str
-    start: Callable[[Slot], sipp.ProxyProcess]
+    start: Callable[[Slot], sipp.ProxyProcess] | None  # None: no proxy, uac -> uas
 
 
 def babelsip_relay(slot: Slot) -> sipp.ProxyProcess:
@@ -103,6 +103,7 @@ def command_system(name: str, template: str) -> System:
 
 
 SYSTEMS = {s.name: s for s in (
+    System("direct", "no proxy: sipp uac -> sipp uas (the load generator's ceiling right now)", None),
     System("babelsip", "babelsip run --relay-to (static mode, record-routed)", babelsip_relay),
     System("babelsip-lua", "babelsip run --routes bench/routes/lua", babelsip_routes("lua")),
     System("babelsip-python", "babelsip run --routes bench/routes/python", babelsip_routes("python")),
@@ -169,30 +170,36 @@ class Step:
     note: str = ""
 
 
-def run_step(system: str, proxy: sipp.ProxyProcess, slot: Slot, rate: int,
+def run_step(system: str, proxy: sipp.ProxyProcess | None, slot: Slot, rate: int,
              duration: float) -> Step:
     calls = max(1, int(rate * duration))
     stepdir = slot.workdir / f"{rate}"
+    log_mark = proxy.log_mark() if proxy else 0
     with sipp.start_sipp_server("uas", stepdir, name="uas", port=slot.uas_port,
                                 timeout=duration + 90, extra=["-fd", "1"]) as uas:
-        cpu0, t0 = tree_cpu_seconds(proxy.pid), time.monotonic()
+        cpu0, t0 = tree_cpu_seconds(proxy.pid) if proxy else 0.0, time.monotonic()
         uac = sipp.run_sipp(
-            "uac", stepdir, name="uac", port=sipp.free_port(), remote=(sipp.LOCALHOST, slot.port),
+            "uac", stepdir, name="uac", port=sipp.free_port(),
+            remote=(sipp.LOCALHOST, slot.port if proxy else slot.uas_port),
             calls=calls, rate=rate, timeout=duration + 40,
             # a call waiting 4 s for a message is lost anyway: end it, end the step sooner
             extra=["-recv_timeout", "4000", "-max_socket", "4096"])
-        cpu1, t1 = tree_cpu_seconds(proxy.pid), time.monotonic()
+        cpu1, t1 = tree_cpu_seconds(proxy.pid) if proxy else 0.0, time.monotonic()
         time.sleep(1.2)  # one more periodic dump of the uas counters (-fd 1)
         uas_stats = uas.snapshot()
     retrans = uac.retransmissions + uas_stats.retransmissions
     passed = (uac.successful >= PASS_SUCCESS * calls and retrans <= PASS_RETRANS * calls
               and uac.returncode in (0, 1))
     note = ""
-    if not proxy.alive():
+    if proxy is not None and not proxy.alive():
         passed, note = False, f"{system} died: " + proxy.log()[-300:]
     elif uac.returncode not in (0, 1):
         note = f"sipp rc={uac.returncode}"
-    elif uac.failure_reasons:
+    elif not passed and proxy is not None:
+        # the first complaint the proxy logged during the step, if any
+        errors = [line for line in proxy.log_since(log_mark) if "ERROR" in line or "CRITICAL" in line]
+        note = f"proxy log: {errors[0].strip()[:120]}" if errors else ""
+    if not note and uac.failure_reasons:
         note = " ".join(f"{k[6:]}={v}" for k, v in uac.failure_reasons.items())
     response = _seconds(uac.counters.get("ResponseTime1(C)", ""))
     return Step(system, rate, calls, uac.successful, uac.failed, retrans,
@@ -293,14 +300,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"#   {name}: {systems[name].about}")
     steps: list[Step] = []
     with tempfile.TemporaryDirectory(prefix="babelsip-bench-") as tmp:
-        proxies: dict[str, sipp.ProxyProcess] = {}
+        proxies: dict[str, sipp.ProxyProcess | None] = {}
         slots: dict[str, Slot] = {}
         try:
             for name in chosen:
                 slot = Slot(sipp.free_port(), sipp.free_port(), Path(tmp) / name)
                 slot.workdir.mkdir(parents=True)
                 try:
-                    proxies[name] = systems[name].start(slot)
+                    start = systems[name].start
+                    proxies[name] = start(slot) if start else None
                 except Exception as exc:  # a system that cannot start is reported, not fatal
                     print(f"# {name} did not start: {str(exc)[:2000]}", file=sys.stderr)
                     continue
@@ -320,13 +328,15 @@ def main(argv: list[str] | None = None) -> int:
                         print_step(step)
                         steps.append(step)
                         time.sleep(1.0)  # let lingering transactions drain
-                        if step.passed or not proxies[name].alive():
+                        proxy = proxies[name]
+                        if step.passed or (proxy is not None and not proxy.alive()):
                             break
                     if not step.passed and not args.keep_going:
                         climbing.remove(name)
         finally:
             for proxy in proxies.values():
-                proxy.stop()
+                if proxy is not None:
+                    proxy.stop()
 
     ran = [name for name in chosen if any(s.system == name for s in steps)]
     summary = summarize(steps, ran, args.reference if args.reference in ran else None)

@@ -127,10 +127,7 @@ def parse_params(text: str) -> dict[str, str | None]:
     if text[:1] != ";" and text.lstrip(" \t")[:1] != ";":
         text = ";" + text
     if _SIMPLE_PARAMS.fullmatch(text) is not None:
-        for item in text[1:].split(";"):
-            name, eq, value = item.partition("=")
-            params[name.lower()] = value if eq else None
-        return params
+        return split_simple_params(text)
     if '"' not in text:
         if _PLAIN_PARAMS.fullmatch(text) is None:
             raise BadMessage(f"malformed parameters {text[:80]!r}")
@@ -149,6 +146,15 @@ def parse_params(text: str) -> dict[str, str | None]:
         if name is not None:
             params[name.lower()] = m.group(2)
         pos = m.end()
+    return params
+
+
+def split_simple_params(text: str) -> dict[str, str | None]:
+    """Parameters already known to match _SIMPLE_PARAMS (';a=b;c')."""
+    params: dict[str, str | None] = {}
+    for item in text[1:].split(";"):
+        name, eq, value = item.partition("=")
+        params[name.lower()] = value if eq else None
     return params
 
 

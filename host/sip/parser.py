@@ -10,7 +10,10 @@ anywhere across segments.
 
 The hot path works on whole strings with str/bytes methods and compiled
 regular expressions; per-header work is a dict lookup for the name and a
-strip for the value.
+strip for the value. When the optional C scanner (`_speedups`, built from
+_scan.c through cffi) is present, one C call checks a plain message head and
+returns where everything lies, so Python only slices; the scanner leaves
+anything unusual to the pure-Python path, which stays the reference.
 """
 
 from __future__ import annotations
@@ -18,10 +21,17 @@ from __future__ import annotations
 import re
 
 from .errors import BadMessage
-from .headers import COMPACT, SPLIT_ON_PARSE, TOKEN_RE, parse_via, split_commas
+from .headers import (COMPACT, SPLIT_ON_PARSE, TOKEN_RE, Via, parse_via, split_commas,
+                      split_simple_params)
 from .message import Message, Request, Response
 
-__all__ = ["parse_message", "StreamFramer", "MAX_MESSAGE", "MAX_HEADERS", "MAX_LINE"]
+try:
+    from ._speedups import ffi as _ffi, lib as _lib
+except ImportError:  # not built (no compiler): the pure-Python path does it all
+    _ffi = _lib = None
+
+__all__ = ["parse_message", "StreamFramer", "MAX_MESSAGE", "MAX_HEADERS", "MAX_LINE",
+           "accelerated", "use_accelerator"]
 
 MAX_MESSAGE = 65535   # largest UDP datagram; also our cap for one stream message
 MAX_HEADERS = 256     # header lines, and values after splitting comma lists;
@@ -67,6 +77,43 @@ def parse_message(data: bytes, *, stream: bool = False) -> Message:
         raise
 
 
+def accelerated() -> bool:
+    """Whether the C scanner is built and importable."""
+    return _lib is not None
+
+
+def use_accelerator(enabled: bool) -> None:
+    """Switch the C scanner on or off (tests and benchmarks compare the two)."""
+    global _use_c
+    _use_c = enabled and _lib is not None
+
+
+_use_c = _lib is not None
+
+# The scanner's output (see _scan.c): _FIXED ints, then 5 per header line
+# (id, name start, name end, value start, value end).
+_FIXED = 20
+_SCAN_CAP = _FIXED + 5 * MAX_HEADERS
+# Lower-case long names of the scanner's well-known header ids; ids 1-5 are
+# the SPLIT_ON_PARSE headers. tests/sip/test_speedups.py checks the C table.
+_SCAN_KEYS = (
+    None, "via", "route", "record-route", "contact", "path", "from", "to", "call-id",
+    "cseq", "content-length", "max-forwards", "content-type", "subject", "supported",
+    "allow", "user-agent", "expires", "require", "proxy-require", "server", "accept",
+    "authorization", "proxy-authorization", "www-authenticate", "proxy-authenticate",
+    "date", "event", "allow-events", "session-expires", "p-asserted-identity", "rseq",
+    "rack", "content-encoding", "refer-to", "referred-by", "timestamp", "organization",
+    "min-se", "privacy", "reason", "accept-language", "accept-encoding", "warning",
+    "unsupported", "retry-after", "in-reply-to", "priority", "mime-version",
+    "content-disposition",
+)
+_SPLIT_IDS = 5
+# A fresh output array per call keeps parse_message safe to call from
+# several threads (cffi releases the GIL during the call); not clearing it
+# saves the memset, the scanner writes every int it reports.
+_new_ints = _ffi.new_allocator(should_clear_after_alloc=False) if _ffi else None
+
+
 def _answerable(data: bytes) -> bool:
     """Whether a reply could be routed at all: only requests are answered
     (§18.3 discards broken responses), and only along a Via (§18.2.2)."""
@@ -81,6 +128,11 @@ def _parse(data: bytes, stream: bool) -> Message:
         raise BadMessage("message too large", 513)
     if data[:1] in (b"\r", b"\n"):
         data = data.lstrip(b"\r\n")  # §7.5: ignore CRLFs before the start line
+    if _use_c:
+        out = _new_ints("int32_t[]", _SCAN_CAP)
+        n = _lib.bs_scan(data, len(data), out, _SCAN_CAP)
+        if n > 0:
+            return _parse_scanned(data, _ffi.unpack(out, n), stream)
     lines, body = _head_lines(data)
     first = lines[0]
     if not first.isprintable():
@@ -139,6 +191,76 @@ def _parse(data: bytes, stream: bool) -> Message:
             raise BadMessage("body shorter than Content-Length")
         if len(body) > content_length:
             body = body[:content_length]  # §18.3: extra datagram bytes are dropped
+    elif stream:
+        body = b""  # §18.3: on a stream a missing Content-Length means no body
+    msg.body = body
+    return msg
+
+
+def _parse_scanned(data: bytes, v: list[int], stream: bool) -> Message:
+    """Build the message from the C scanner's offsets. The scanner accepted
+    the head only if it is plain ASCII with CRLF lines, no folding, token
+    names, exactly one From/To/Call-ID/CSeq with valid syntax, no Via list
+    and a sane Content-Length, so the checks left are those of the start
+    line, comma lists, the CSeq method and the Vias — made here in the same
+    order as the pure-Python path, with the same errors."""
+    head_end = v[0]
+    text = data[:head_end].decode("ascii")
+    kind = v[10]
+    if kind == 1:
+        msg = Request(text[:v[11]], text[v[12]:v[13]])
+    elif kind == 2:
+        msg = Response(v[11], text[v[12]:v[13]])
+    else:
+        msg = _start_line(text[:v[1]])
+    headers = msg.headers
+    append = headers.append
+    keys = _SCAN_KEYS
+    names = _NAMES
+    for i in range(_FIXED, len(v), 5):
+        kid = v[i]
+        value = text[v[i + 3]:v[i + 4]]
+        if kid:
+            key = keys[kid]
+            if kid <= _SPLIT_IDS and "," in value:
+                headers.extend([(key, part) for part in split_commas(value)])
+                if len(headers) > MAX_HEADERS:  # a comma list counts value by value
+                    raise BadMessage("too many header values", 513)
+                continue
+        else:
+            raw = text[v[i + 1]:v[i + 2]]
+            key = names.get(raw)
+            if key is None:
+                key = _learn_name(raw)
+        append((key, value))
+    i = _FIXED + 5 * v[4]
+    msg.call_id = text[v[i + 3]:v[i + 4]]
+    msg.cseq = v[5]
+    msg.cseq_method = method = text[v[6]:v[7]]
+    if type(msg) is Request and method != msg.method:
+        raise BadMessage("CSeq method does not match the request method")
+    i = _FIXED + 5 * v[8]
+    if v[14]:  # a plain top Via, checked by the scanner as parse_via would
+        port, params_at, via_end = v[18], v[19], v[i + 4]
+        msg._via = Via(text[v[i + 3] + 8:v[15]], text[v[16]:v[17]],
+                       port if port >= 0 else None,
+                       split_simple_params(text[params_at:via_end]) if params_at < via_end else {})
+    else:
+        try:
+            msg._via = parse_via(text[v[i + 3]:v[i + 4]])
+        except BadMessage as exc:
+            exc.status = None
+            raise
+    if v[9] >= 0 and type(msg) is Response:
+        i = _FIXED + 5 * v[9]
+        parse_via(text[v[i + 3]:v[i + 4]])
+    body = data[head_end + 4:]
+    length = v[3]
+    if length >= 0:
+        if len(body) < length:
+            raise BadMessage("body shorter than Content-Length")
+        if len(body) > length:
+            body = body[:length]  # §18.3: extra datagram bytes are dropped
     elif stream:
         body = b""  # §18.3: on a stream a missing Content-Length means no body
     msg.body = body

@@ -134,10 +134,16 @@ def routes_server(routes: Path, workdir: Path, *, ready_timeout: float = 30.0,
     full_env = None if env is None else {**os.environ, **env}
     with sipp.start_babelsip(args, ready_timeout=ready_timeout, env=full_env) as proxy:
         server = RoutesServer(port, routes, workdir, proxy)
+        # Ready can be seen (an OPTIONS answered) before our reader thread has
+        # the log lines the server wrote first: wait for them too.
+        server.wait_log(r"listening on ", 5)
         try:
             yield server
         finally:
             server.survived = proxy.alive()
+            proxy.stop()
+            # The whole log, for a post-mortem (assertion messages quote its end).
+            (workdir / f"babelsip-{port}.log").write_text(proxy.log() + "\n")
 
 
 def quick_uas_rr(workdir: Path) -> Path:

@@ -8,6 +8,7 @@ once by the parser and cached here.
 
 from __future__ import annotations
 
+from .uri import URI, parse_uri
 from .headers import Via, display_name, header_key, parse_via, split_commas, tag_of, SPLIT_ON_PARSE
 
 # Header names as callers spell them -> our keys. Names come mostly from code,
@@ -162,19 +163,29 @@ class Message:
 
 
 class Request(Message):
-    __slots__ = ("method", "uri", "version")
+    __slots__ = ("method", "uri", "version", "_ruri")
 
     def __init__(self, method: str, uri: str, headers=None, body: bytes = b"", version: str = "SIP/2.0"):
         super().__init__(headers, body)
         self.method = method
         self.uri = uri
         self.version = version
+        self._ruri = None
+
+    @property
+    def parsed_uri(self) -> URI:
+        """The Request-URI parsed, once per value of `uri`. Do not mutate it."""
+        cached = self._ruri
+        if cached is None or cached[0] is not self.uri:
+            cached = self._ruri = (self.uri, parse_uri(self.uri))
+        return cached[1]
 
     def start_line(self) -> str:
         return f"{self.method} {self.uri} {self.version}"
 
     def copy(self) -> Request:
         r = Request(self.method, self.uri, list(self.headers), self.body, self.version)
+        r._ruri = self._ruri
         r.call_id, r.cseq, r.cseq_method, r._via = self.call_id, self.cseq, self.cseq_method, self._via
         return r
 
@@ -248,5 +259,6 @@ def make_response(request: Request, status: int, reason: str | None = None,
     if extra:
         headers.extend((header_key(n), v) for n, v in extra)
     resp = Response(status, reason or reason_for(status), headers)
+    resp._via = request._via  # the same top Via: no need to parse it again
     resp.call_id, resp.cseq, resp.cseq_method = request.call_id, request.cseq, request.cseq_method
     return resp

@@ -222,7 +222,7 @@ class ProxyCore:
             self._run(txn, txn.on_request(req), out)
             return
         mf = rules.max_forwards(req)
-        uri = parse_uri(req.uri)
+        uri = req.parsed_uri
         to_us = self.local.is_mine(uri) and uri.user is None and not req.has_header("route")
         if mf == 0 and not (to_us and req.method == "OPTIONS"):
             self._stateless_reply(req, 483, source, out)

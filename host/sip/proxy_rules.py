@@ -93,7 +93,7 @@ def process_route(req: Request, local: Local) -> bool:
         return False
     removed = False
     try:
-        ruri = parse_uri(req.uri)
+        ruri = req.parsed_uri
     except BadMessage:
         ruri = None
     if ruri is not None and local.is_mine(ruri) and "lr" not in ruri.params:
@@ -126,7 +126,7 @@ def next_hop(req: Request) -> URI:
             req.add_header("route", f"<{req.uri}>")
             req.uri = str(uri)
         return uri
-    return parse_uri(req.uri)
+    return req.parsed_uri
 
 
 def record_route_value(transport: str, host: str, port: int) -> str:

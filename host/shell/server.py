@@ -54,6 +54,7 @@ class Server:
         self.registry = None
         self._nursery: trio.Nursery | None = None
         self._dns: dict[str, tuple[float, str]] = {}
+        self._ips: set[str] = set()   # hosts known to be IP literals
         self.route_errors = 0
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -112,7 +113,7 @@ class Server:
             self._report_error(action)
             return
         host = action.host
-        if not _is_ip(host):
+        if host not in self._ips and not self._learn_ip(host):
             cached = self._dns.get(host)
             if cached is None or cached[0] < trio.current_time():
                 self._nursery.start_soon(self._resolve_and_send, action, transport)
@@ -149,6 +150,13 @@ class Server:
             gen = route.generation
             hooks = gen.runtime.hooks if gen is not None else frozenset()
         self._execute(self.core.decided(action.token, decision, route, hooks))
+
+    def _learn_ip(self, host: str) -> bool:
+        if _is_ip(host):
+            if len(self._ips) < 100_000:
+                self._ips.add(host)
+            return True
+        return False
 
     def statistics(self) -> dict:
         out = {"core": self.core.stats.as_dict() if self.core else {},

@@ -95,8 +95,9 @@ def command_system(name: str, template: str) -> System:
     def start(slot: Slot) -> sipp.ProxyProcess:
         argv = [part.format(port=slot.port, uas_port=slot.uas_port, uas_uri=slot.uas_uri,
                             workdir=slot.workdir) for part in shlex.split(template)]
+        # run from the caller's directory, so relative paths in CMD work
         proxy = sipp.ProxyProcess(argv, [("udp", sipp.LOCALHOST, slot.port)], name=name,
-                                  cwd=slot.workdir, trust_log=False)
+                                  trust_log=False)
         proxy.wait_ready(20)
         return proxy
     return System(name, template, start)

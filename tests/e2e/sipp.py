@@ -274,9 +274,11 @@ def start_sipp_server(scenario: str, workdir: Path, *, port: int, transport: str
                       **options) -> SippProcess:
     """`start_sipp` for a uas: returns once its port is bound."""
     server = start_sipp(scenario, workdir, port=port, transport=transport, **options)
-    if not wait_port_bound(port, transport):
+    bound = wait_port_bound(port, transport)
+    time.sleep(0.05)  # sipp exits at once when its bind failed (someone else has the port)
+    if not bound or server.proc.poll() is not None:
         server.kill()
-        raise RuntimeError(f"sipp {scenario} did not bind {transport}:{port}:\n"
+        raise RuntimeError(f"sipp {scenario} did not start on {transport}:{port}:\n"
                            + server.snapshot().screen[-2000:])
     return server
 

@@ -108,6 +108,8 @@ SYSTEMS = {s.name: s for s in (
     System("babelsip", "babelsip run --relay-to (static mode, record-routed)", babelsip_relay),
     System("babelsip-lua", "babelsip run --routes bench/routes/lua", babelsip_routes("lua")),
     System("babelsip-python", "babelsip run --routes bench/routes/python", babelsip_routes("python")),
+    System("babelsip-perl", "babelsip run --routes bench/routes/perl", babelsip_routes("perl")),
+    System("babelsip-java", "babelsip run --routes bench/routes/java", babelsip_routes("java")),
     System("kamailio", "Kamailio stateful record-routing proxy, 1 worker, -x fm -X fm",
            kamailio(fast_allocator=True)),
     System("kamailio-qm", "the same with Debian's default (debugging) allocator",

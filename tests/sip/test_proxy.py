@@ -349,3 +349,49 @@ def test_parse_of_relayed_bytes_roundtrips():
     net.run(until=2)
     raw = uas.received[0].serialize()
     assert parse_message(raw).call_id == "call-1"
+
+
+def test_on_reply_can_swallow_provisionals_and_edit_replies_in_order():
+    def router(hook, event):
+        rec = Recorder(hook)
+        if hook == "on_request":
+            rec.relay(UAS0)
+        elif event["reply"]["code"] == 180:
+            rec.drop()
+        else:
+            rec.add_header("X-Seen", str(event["reply"]["code"]))
+        return rec.decision
+
+    net, proxy, uac, _ = setup(router, uas_scripts=((180, 183, 200),), hooks={"on_request", "on_reply"})
+    uac.request()
+    net.run(until=3)
+    assert uac.codes == [100, 183, 200]
+    assert [r.header("x-seen") for r in uac.responses[1:]] == ["183", "200"]
+    assert [e["reply"]["code"] for e in proxy.events[1:]] == [180, 183, 200]
+
+
+def test_route_answers_after_cancel_are_ignored():
+    pending = []
+
+    def router(hook, event):
+        pending.append(event)
+        return Recorder(hook).decision  # "no decision" -> relay
+
+    net, proxy, uac, (uas,) = setup(router, uas_scripts=((180,),))
+    # Hold the decision: answer the CANCEL while the route is still thinking.
+    held = []
+    proxy.execute = (lambda orig: (lambda actions: held.extend(actions) if any(
+        type(a).__name__ == "Consult" for a in actions) else orig(actions)))(proxy.execute)
+    inv = uac.request()
+    net.run(until=0.5)
+    cancel = inv.copy()
+    cancel.method = "CANCEL"
+    cancel.set_header("cseq", "1 CANCEL")
+    cancel.cseq_method = "CANCEL"
+    net.send(uac.addr, PROXY, cancel.serialize())
+    net.run(until=1)
+    assert sorted(c for c in uac.codes if c >= 200) == [200, 487]
+    consult = next(a for a in held if type(a).__name__ == "Consult")
+    late = proxy.core.decided(consult.token, Decision(), "route", frozenset())
+    assert late == []  # nothing is relayed for a cancelled request
+    assert uas.received == []

@@ -27,7 +27,7 @@ settings.py; default 500 Server Internal Error):
   * a hook the script does not define: "no decision" at once, the engine does
     its default (verbs.py).
 
-Supervision. A ScriptError with `damaged`, kind "crash", any unexpected
+Supervision. A ScriptError with `damaged`, any unexpected
 exception, or HUNG_AFTER deadline overruns in a row mark the runtime damaged:
 it is never used again and a fresh runtime of the same file is started in the
 background, under the route's RestartPolicy. Events arriving during the restart
@@ -247,7 +247,9 @@ class RouteHandle:
             try:
                 decision = await gen.runtime.handle(hook, event)
             except ScriptError as exc:
-                damaged = exc.damaged or exc.kind == "crash"
+                # A pool heals one dead worker itself; only a runtime that
+                # says it is damaged (a broken Lua state, a failed pool) is replaced.
+                damaged = exc.damaged
                 return reg._script_failed(route, gen, hook, exc.kind, exc.file, exc.line, exc.message, damaged)
             except Exception as exc:   # the supervisor is where a runtime's bug stops
                 return reg._script_failed(route, gen, hook, "crash", None, None,

@@ -8,6 +8,7 @@ time, so it needs no locks.
 
 from __future__ import annotations
 
+import collections
 import ipaddress
 import itertools
 import logging
@@ -55,6 +56,7 @@ class Server:
         self._nursery: trio.Nursery | None = None
         self._dns: dict[str, tuple[float, str]] = {}
         self._ips: set[str] = set()   # hosts known to be IP literals
+        self._consulting: dict[str, collections.deque] = {}  # call-id -> events waiting
         self.route_errors = 0
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -105,7 +107,7 @@ class Server:
             elif cls is Arm:
                 self.timers.start(action.delay, action.key)
             elif cls is Consult:
-                self._nursery.start_soon(self._consult, action)
+                self._queue_consult(action)
 
     def _transmit(self, action: Transmit) -> None:
         transport = self.transports.get(action.transport)
@@ -137,6 +139,29 @@ class Server:
     def _report_error(self, action: Transmit) -> None:
         if action.error_key is not None:
             self._execute(self.core.transport_error(action.error_key))
+
+    def _queue_consult(self, action: Consult) -> None:
+        """Route events of one call run one after another, in the order the
+        core asked: trio does not run new tasks in spawn order, and an ACK
+        must not overtake its BYE on the way through a route."""
+        call_id = action.event["call_id"]
+        waiting = self._consulting.get(call_id)
+        if waiting is None:
+            self._consulting[call_id] = collections.deque()
+            self._nursery.start_soon(self._consult_in_order, call_id, action)
+        else:
+            waiting.append(action)
+
+    async def _consult_in_order(self, call_id: str, action: Consult) -> None:
+        waiting = self._consulting[call_id]
+        try:
+            while True:
+                await self._consult(action)
+                if not waiting:
+                    return
+                action = waiting.popleft()
+        finally:
+            del self._consulting[call_id]
 
     async def _consult(self, action: Consult) -> None:
         route = action.route

@@ -117,7 +117,9 @@ LANGUAGES: dict[str, Language] = {
                                                  "MALLOC_ARENA_MAX": "2"}),
     "perl": Language("perl", _perl, 256),
     "java": Language("java", _java, 4096),
-    "exec": Language("exec", _exec, 256),
+    # Any executable: runtimes such as V8 or Go reserve a lot of address space
+    # up front (V8 ~1 GiB), so the RLIMIT_AS floor is generous, as for Java.
+    "exec": Language("exec", _exec, 4096),
 }
 
 

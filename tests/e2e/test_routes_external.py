@@ -114,21 +114,12 @@ def assert_clean(server: rs.RoutesServer, uac: sipp.SippResult, calls: int, *uas
 # every SDK
 
 
-NODE_DEFAULT_MEMORY = (
-    "BUG: an executable route in Node.js cannot start with the default settings: the "
-    "exec runtime's RLIMIT_AS floor is 256 MiB (runtimes/jsonline/languages.py, "
-    "LANGUAGES['exec'].min_memory_mb) and V8 needs ~1 GiB of address space just to "
-    "start ('Fatal process OOM in Failed to reserve virtual memory for CodeRange', "
-    "SIGTRAP), so the route is failed at load")
-
-
 @pytest.mark.parametrize("file, toml", [
     ("main.py", ""),
     pytest.param("main.pl", "", marks=needs_perl),
     pytest.param("Main.java", "", marks=needs_java),
-    pytest.param("main.js", "", marks=[needs_node, pytest.mark.xfail(strict=True, reason=NODE_DEFAULT_MEMORY)]),
-    pytest.param("main.js", "[routes.main]\nmemory_mb = 1024\n", marks=needs_node),
-], ids=["python", "perl", "java", "exec-node", "exec-node-1g"])
+    pytest.param("main.js", "", marks=needs_node),
+], ids=["python", "perl", "java", "exec-node"])
 def test_sdk_route_relays_300_calls(tmp_path, file, toml):
     calls = 300
     with rs.uas(tmp_path, "uas") as (uas_port, uas):

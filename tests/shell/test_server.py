@@ -1,0 +1,59 @@
+"""The server shell end to end on loopback, with routes as Python objects."""
+
+import socket
+
+import trio
+
+from host.routes.verbs import Decision, Recorder
+from host.shell.server import Server, ServerConfig
+
+
+class FakeRoute:
+    """Stands in for a registry handle: records event order, answers relay."""
+
+    def __init__(self, log, delays):
+        self.log, self.delays = log, delays
+        self.generation = None
+
+    async def handle(self, hook, event):
+        await trio.sleep(self.delays.get(event["method"], 0))
+        self.log.append(event["method"])
+        rec = Recorder(hook)
+        rec.reply(200, "OK") if event["method"] != "ACK" else rec.relay("sip:127.0.0.1:9")
+        return rec.decision
+
+
+class FakeRegistry:
+    def __init__(self, route):
+        self.route = route
+
+    def select(self, event):
+        return self.route
+
+
+def request(method, port, cseq, to_tag="t1"):
+    return (f"{method} sip:bob@127.0.0.1:{port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:1;branch=z9hG4bK-{method}{cseq};rport\r\n"
+            f"From: <sip:a@x>;tag=f1\r\nTo: <sip:bob@x>;tag={to_tag}\r\nCall-ID: order-1\r\n"
+            f"CSeq: {cseq} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
+
+
+async def test_route_events_of_one_call_keep_their_order():
+    log = []
+    server = Server(ServerConfig(listen=[("udp", "127.0.0.1", 0)]))
+    async with trio.open_nursery() as nursery:
+        bound = await nursery.start(server.run)
+        port = bound[0][2]
+        # The first event is slow: the second must still wait for it.
+        server.registry = FakeRegistry(FakeRoute(log, {"INFO": 0.2}))
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        await sock.bind(("127.0.0.1", 0))
+        await sock.sendto(request("INFO", port, 1), ("127.0.0.1", port))
+        await sock.sendto(request("ACK", port, 2), ("127.0.0.1", port))
+        await sock.sendto(request("BYE", port, 3), ("127.0.0.1", port))
+        with trio.fail_after(5):
+            while len(log) < 3:
+                await trio.sleep(0.01)
+        assert log == ["INFO", "ACK", "BYE"]
+        assert server._consulting == {}
+        nursery.cancel_scope.cancel()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import logging
 import signal
 import sys
@@ -98,7 +99,7 @@ async def _serve(config) -> None:
     from host.shell.server import Server
     server = Server(config)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+        nursery.start_soon(_handle_signals, nursery.cancel_scope, server)
         await nursery.start(server.run)
 
 
@@ -109,9 +110,14 @@ def _first_leaf(group: BaseExceptionGroup, kind: type) -> BaseException | None:
     return sub
 
 
-async def _stop_on_signal(scope: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+async def _handle_signals(scope: trio.CancelScope, server) -> None:
+    """SIGINT/SIGTERM stop the server; SIGUSR1 logs its statistics and the
+    status of every route (state, generation, last error)."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR1) as signals:
         async for signum in signals:
+            if signum == signal.SIGUSR1:
+                log.info("status: %s", json.dumps(server.status(), default=str, sort_keys=True))
+                continue
             log.info("received %s, shutting down", signal.Signals(signum).name)
             scope.cancel()
             return

@@ -83,3 +83,29 @@ def test_bad_routes_toml_at_start_is_reported_with_file_and_line(tmp_path):
     result = run("run", "--listen", "udp:127.0.0.1:0", "--routes", str(tmp_path))
     assert result.returncode == 2
     assert "routes.toml:5: TOML syntax" in result.stderr  # file:line, end of the unclosed array
+
+
+def test_sigusr1_logs_route_status_with_the_last_error(tmp_path):
+    (tmp_path / "main.lua").write_text("function on_request(req)\n  req:relay(\nend\n")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    proc = subprocess.Popen(CMD + ["run", "--listen", f"udp:127.0.0.1:{port}", "--routes", str(tmp_path)],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not any("listening on udp" in l for l in lines):
+            lines.append(proc.stderr.readline())
+        proc.send_signal(signal.SIGUSR1)
+        while time.monotonic() < deadline and not any("status:" in l for l in lines):
+            lines.append(proc.stderr.readline())
+        status = next(l for l in lines if "status:" in l)
+        assert '"main"' in status and "main.lua" in status and '"line": 3' in status
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -183,13 +183,18 @@ class Server:
             return True
         return False
 
+    def status(self) -> dict:
+        """Everything an operator asks first: counters, and every route's state."""
+        out = self.statistics()
+        if self.registry is not None:
+            out["routes"] = self.registry.status()
+        return out
+
     def statistics(self) -> dict:
         out = {"core": self.core.stats.as_dict() if self.core else {},
                "server_transactions": len(self.core.server_txns) if self.core else 0,
                "client_transactions": len(self.core.client_txns) if self.core else 0,
                "timers": len(self.timers)}
-        if self.registry is not None:
-            out["routes"] = self.registry.statistics()
         return out
 
 

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.routes is None and args.relay_to is None:
         print("babelsip: error: give --routes DIR or --relay-to URI", file=sys.stderr)
         return 2
-    from host.shell.server import Server, ServerConfig
+    from host.shell.server import ServerConfig
     config = ServerConfig(listen=listen, relay_to=args.relay_to,
                           routes_dir=str(args.routes) if args.routes else None)
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from .errors import BadMessage
-from .uri import check_absolute_uri, valid_host
+from .uri import check_absolute_uri, simple_port, valid_host
 
 __all__ = [
     "COMPACT", "SPLIT_ON_PARSE", "header_key", "display_name", "split_commas",
@@ -248,10 +248,8 @@ def _parse_via_fast(value: str) -> Via | None:
     if not host or host[0] == "[" or not valid_host(host):
         return None
     if colon:
-        if not (0 < len(port) <= 5 and port.isascii() and port.isdigit()):
-            return None
-        port = int(port)
-        if not 0 < port < 65536:
+        port = simple_port(port)
+        if not port:
             return None
     else:
         port = None

@@ -199,10 +199,8 @@ def _parse_sip_fast(rest: str):
     if not host or not valid_host(host):
         return None
     if colon:
-        if not (0 < len(port) <= 5 and port.isascii() and port.isdigit()):
-            return None
-        port = int(port)
-        if not 0 < port < 65536:
+        port = simple_port(port)
+        if not port:
             return None
     else:
         port = None
@@ -214,6 +212,15 @@ def check_absolute_uri(text: str) -> None:
     scheme (From/To/Contact may carry schemes a proxy need not understand)."""
     if _ABSOLUTE.fullmatch(text) is None:
         raise BadMessage(f"malformed URI {text[:80]!r}")
+
+
+def simple_port(text: str) -> int:
+    """A port written as 1-5 ASCII digits in 1..65535, or 0 when it is not one."""
+    if 0 < len(text) <= 5 and text.isascii() and text.isdigit():
+        port = int(text)
+        if port < 65536:
+            return port
+    return 0
 
 
 def parse_hostport(text: str) -> tuple[str, int | None]:

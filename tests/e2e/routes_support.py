@@ -277,3 +277,26 @@ def _duration_ms(text: str) -> float | None:
         return None
     h, m, s, micro = (int(p) for p in parts)
     return ((h * 60 + m) * 60 + s) * 1000 + micro / 1000
+
+
+def run_beside_normal_calls(server: RoutesServer, uas: sipp.SippProcess, scenarios: dict[str, Path], *,
+                            calls_each: int, normal_calls: int = 100):
+    """Send `calls_each` calls to each route in `scenarios` (route name as
+    request-URI user, route -> caller scenario) while `normal_calls` go to the
+    default route, then 50 more normal calls once they are done. Returns
+    (results by route, normal batch, after batch, uas result)."""
+    bad = {}
+    with start_uac(server, name="uac-normal", calls=normal_calls, rate=25) as normal:
+        for route, scenario in scenarios.items():
+            bad[route] = start_uac(server, name=f"uac-{route}", scenario=str(scenario),
+                                   service=route, calls=calls_each, rate=2)
+        try:
+            results = {route: p.wait() for route, p in bad.items()}
+        finally:
+            for p in bad.values():
+                p.kill()
+        normal_result = normal.wait()
+    assert server.ping() == 200, server.why()
+    after = run_uac(server, name="uac-after", calls=50, rate=50)
+    (uas_result,) = stop_all(uas)
+    return results, normal_result, after, uas_result

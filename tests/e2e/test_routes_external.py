@@ -254,21 +254,10 @@ def test_misbehaving_workers_get_fallbacks_and_the_server_keeps_serving(tmp_path
             "dead": DEAD_WORKER, "hang.py": HANGING_ROUTE, "routes.toml": MISBEHAVING_TOML,
         }, executables=("garbage", "dead"))
         with rs.routes_server(routes, tmp_path) as server:
-            bad = {}
-            with rs.start_uac(server, name="uac-normal", calls=100, rate=25) as normal:
-                for route, code in MISBEHAVING.items():
-                    scenario = rs.expect_final_scenario(tmp_path, code, within=1.5)
-                    bad[route] = rs.start_uac(server, name=f"uac-{route}", scenario=str(scenario),
-                                              service=route, calls=misbehaving_calls, rate=2)
-                try:
-                    results = {route: p.wait() for route, p in bad.items()}
-                finally:
-                    for p in bad.values():
-                        p.kill()
-                normal_result = normal.wait()
-            assert server.ping() == 200, server.why()
-            after = rs.run_uac(server, name="uac-after", calls=50, rate=50)
-            (uas_result,) = rs.stop_all(uas)
+            scenarios = {route: rs.expect_final_scenario(tmp_path, code, within=1.5)
+                         for route, code in MISBEHAVING.items()}
+            results, normal_result, after, uas_result = rs.run_beside_normal_calls(
+                server, uas, scenarios, calls_each=misbehaving_calls)
 
     for route, result in results.items():
         assert result.successful == misbehaving_calls and result.failed == 0, (

@@ -168,21 +168,9 @@ def test_runaway_scripts_get_the_fallback_within_the_deadline_while_others_serve
         routes = rs.make_routes(tmp_path / "routes", {
             "main.lua": relay_lua(uas_port), **RUNAWAY_ROUTES, "routes.toml": runaway_toml()})
         with rs.routes_server(routes, tmp_path) as server:
-            runaway = {}
-            with rs.start_uac(server, name="uac-normal", calls=normal_calls, rate=25) as normal:
-                for name in RUNAWAY_ROUTES:
-                    route = name.removesuffix(".lua")
-                    runaway[route] = rs.start_uac(server, name=f"uac-{route}", scenario=str(scenario),
-                                                  service=route, calls=runaway_calls, rate=2)
-                try:
-                    results = {route: p.wait() for route, p in runaway.items()}
-                finally:
-                    for p in runaway.values():
-                        p.kill()
-                normal_result = normal.wait()
-            assert server.ping() == 200, server.why()
-            after = rs.run_uac(server, name="uac-after", calls=50, rate=50)
-            (uas_result,) = rs.stop_all(uas)
+            scenarios = {name.removesuffix(".lua"): scenario for name in RUNAWAY_ROUTES}
+            results, normal_result, after, uas_result = rs.run_beside_normal_calls(
+                server, uas, scenarios, calls_each=runaway_calls, normal_calls=normal_calls)
 
     for route, result in results.items():
         assert result.successful == runaway_calls and result.failed == 0, (

@@ -57,7 +57,7 @@ class Server:
         self._dns: dict[str, tuple[float, str]] = {}
         self._ips: set[str] = set()   # hosts known to be IP literals
         self._consulting: dict[str, collections.deque] = {}  # call-id -> events waiting
-        self.route_errors = 0
+        self.internal_errors = 0
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
@@ -87,16 +87,32 @@ class Server:
 
     # ------------------------------------------------------------- input
     def _on_udp(self, data: bytes, src) -> None:
-        self._execute(self.core.receive(data, "udp", src))
+        try:
+            self._execute(self.core.receive(data, "udp", src))
+        except Exception:
+            self._internal_error("udp message", src, data)
 
     def _on_tcp(self, data: bytes, src) -> None:
-        self._execute(self.core.receive(data, "tcp", src))
+        try:
+            self._execute(self.core.receive(data, "tcp", src))
+        except Exception:
+            self._internal_error("tcp message", src, data)
+
+    def _internal_error(self, what, src, data=b"") -> None:
+        # The last line of defence: a bug met by one message costs that
+        # message (logged with its traceback and counted), not the server.
+        self.internal_errors += 1
+        log.exception("internal error on %s from %s; first line %r", what, src,
+                      data.split(b"\r\n", 1)[0][:120])
 
     def _on_tcp_error(self, remote) -> None:
         log.debug("tcp connection to %s:%s failed", *remote)
 
     def _on_timer(self, key) -> None:
-        self._execute(self.core.timer(key))
+        try:
+            self._execute(self.core.timer(key))
+        except Exception:
+            self._internal_error("timer", key[:2])
 
     # ----------------------------------------------------------- actions
     def _execute(self, actions) -> None:
@@ -174,7 +190,10 @@ class Server:
             decision = await route.handle(action.hook, action.event)
             gen = route.generation
             hooks = gen.runtime.hooks if gen is not None else frozenset()
-        self._execute(self.core.decided(action.token, decision, route, hooks))
+        try:
+            self._execute(self.core.decided(action.token, decision, route, hooks))
+        except Exception:
+            self._internal_error("route decision", action.event.get("call_id"))
 
     def _learn_ip(self, host: str) -> bool:
         if _is_ip(host):
@@ -194,7 +213,7 @@ class Server:
         out = {"core": self.core.stats.as_dict() if self.core else {},
                "server_transactions": len(self.core.server_txns) if self.core else 0,
                "client_transactions": len(self.core.client_txns) if self.core else 0,
-               "timers": len(self.timers)}
+               "timers": len(self.timers), "internal_errors": self.internal_errors}
         return out
 
 

@@ -57,3 +57,28 @@ async def test_route_events_of_one_call_keep_their_order():
         assert log == ["INFO", "ACK", "BYE"]
         assert server._consulting == {}
         nursery.cancel_scope.cancel()
+
+
+async def test_a_bug_met_by_one_message_costs_that_message_not_the_server(monkeypatch):
+    server = Server(ServerConfig(listen=[("udp", "127.0.0.1", 0)], relay_to="sip:127.0.0.1:9"))
+    async with trio.open_nursery() as nursery:
+        bound = await nursery.start(server.run)
+        port = bound[0][2]
+        real = server.core.receive
+
+        def flaky(data, transport, src):
+            if b"boom" in data:
+                raise RuntimeError("a bug")
+            return real(data, transport, src)
+
+        monkeypatch.setattr(server.core, "receive", flaky)
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        await sock.bind(("127.0.0.1", 0))
+        await sock.sendto(b"boom", ("127.0.0.1", port))
+        options = request("OPTIONS", port, 1).replace(b"sip:bob@", b"sip:").replace(b";tag=t1", b"")
+        await sock.sendto(options, ("127.0.0.1", port))
+        with trio.fail_after(5):
+            reply, _ = await sock.recvfrom(65535)
+        assert reply.startswith(b"SIP/2.0 200")
+        assert server.statistics()["internal_errors"] == 1
+        nursery.cancel_scope.cancel()

@@ -131,6 +131,10 @@ class Server:
             self._report_error(action)
             return
         host = action.host
+        if action.alt is not None and not transport.has_connection(host, action.port):
+            action.host, action.port = action.alt
+            action.alt = None
+            host = action.host
         if host not in self._ips and not self._learn_ip(host):
             cached = self._dns.get(host)
             if cached is None or cached[0] < trio.current_time():

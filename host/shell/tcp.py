@@ -78,6 +78,9 @@ class TcpTransport:
             finally:
                 await self._listener.aclose()
 
+    def has_connection(self, host: str, port: int) -> bool:
+        return (host, port) in self._conns
+
     def send(self, data: bytes, host: str, port: int) -> bool:
         remote = (host, port)
         conn = self._conns.get(remote)

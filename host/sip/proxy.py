@@ -35,11 +35,14 @@ ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, PRACK, SUBSC
 
 class Transmit:
     """Send `data` to (transport, host, port). A failure is reported back
-    with `error_key` through `ProxyCore.transport_error`."""
-    __slots__ = ("data", "transport", "host", "port", "error_key")
+    with `error_key` through `ProxyCore.transport_error`. For a response on a
+    stream, (host, port) is the connection the request came on and `alt` the
+    Via's address, used when that connection is gone (§18.2.2)."""
+    __slots__ = ("data", "transport", "host", "port", "error_key", "alt")
 
-    def __init__(self, data, transport, host, port, error_key=None):
+    def __init__(self, data, transport, host, port, error_key=None, alt=None):
         self.data, self.transport, self.host, self.port, self.error_key = data, transport, host, port, error_key
+        self.alt = alt
 
     def __repr__(self):
         return f"Transmit({self.transport}:{self.host}:{self.port}, {self.data[:40]!r})"
@@ -685,12 +688,13 @@ class ProxyCore:
         self._send_response(resp, source, out)
 
     def _send_response(self, resp: Response, source, out) -> None:
-        """§18.2.2: responses go back on the connection or to the Via's received/rport."""
+        """§18.2.2: on a stream the response goes back on the connection the
+        request came on; otherwise to the Via's received/rport (RFC 3581)."""
         host, port = rules.response_destination(resp.via)
-        transport = resp.via.transport.lower()
         if source is not None and source[0] != "udp":
-            transport = source[0]
-        out.append(Transmit(resp.serialize(), transport, host, port))
+            out.append(Transmit(resp.serialize(), source[0], source[1], source[2], alt=(host, port)))
+            return
+        out.append(Transmit(resp.serialize(), resp.via.transport.lower(), host, port))
 
     def _tag(self, req: Request) -> str:
         """A To tag for our own answers, the same for retransmissions."""

@@ -82,3 +82,22 @@ async def test_a_bug_met_by_one_message_costs_that_message_not_the_server(monkey
         assert reply.startswith(b"SIP/2.0 200")
         assert server.statistics()["internal_errors"] == 1
         nursery.cancel_scope.cancel()
+
+
+async def test_tcp_response_goes_back_on_the_connection_not_to_the_via_port():
+    server = Server(ServerConfig(listen=[("tcp", "127.0.0.1", 0)], relay_to="sip:127.0.0.1:9"))
+    async with trio.open_nursery() as nursery:
+        bound = await nursery.start(server.run)
+        port = bound[0][2]
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        # The Via names a port nobody listens on and asks for no rport: only
+        # the open connection can carry the answer (RFC 3261 §18.2.2).
+        options = (f"OPTIONS sip:127.0.0.1:{port};transport=tcp SIP/2.0\r\n"
+                   f"Via: SIP/2.0/TCP 127.0.0.1:9;branch=z9hG4bK-tcp1\r\n"
+                   f"From: <sip:a@x>;tag=f1\r\nTo: <sip:p@x>\r\nCall-ID: tcp-1\r\n"
+                   f"CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
+        await stream.send_all(options)
+        with trio.fail_after(5):
+            reply = await stream.receive_some(65535)
+        assert reply.startswith(b"SIP/2.0 200")
+        nursery.cancel_scope.cancel()

@@ -300,3 +300,13 @@ def run_beside_normal_calls(server: RoutesServer, uas: sipp.SippProcess, scenari
     after = run_uac(server, name="uac-after", calls=50, rate=50)
     (uas_result,) = stop_all(uas)
     return results, normal_result, after, uas_result
+
+
+def assert_clean(server: RoutesServer, uac: sipp.SippResult, calls: int, *uases: sipp.SippResult):
+    """Every call succeeded at the uac, and the uas(es) completed them all."""
+    results = (uac, *uases)
+    assert uac.successful == calls and uac.failed == 0, server.why(*results)
+    if uases:
+        assert sum(u.successful for u in uases) == calls, server.why(*results)
+        assert all(u.failed == 0 for u in uases), server.why(*results)
+    assert server.alive(), server.why(*results)

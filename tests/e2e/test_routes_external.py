@@ -100,16 +100,6 @@ def relay_route(file: str, port: int) -> str:
     return RELAY[file].format(port=port)
 
 
-def assert_clean(server: rs.RoutesServer, uac: sipp.SippResult, calls: int, *uases: sipp.SippResult):
-    """Every call succeeded at the uac, and the uas(es) completed them all."""
-    results = (uac, *uases)
-    assert uac.successful == calls and uac.failed == 0, server.why(*results)
-    if uases:
-        assert sum(u.successful for u in uases) == calls, server.why(*results)
-        assert all(u.failed == 0 for u in uases), server.why(*results)
-    assert server.alive(), server.why(*results)
-
-
 # --------------------------------------------------------------------------
 # every SDK
 
@@ -133,7 +123,7 @@ def test_sdk_route_relays_300_calls(tmp_path, file, toml):
             assert server.log_lines(r"route main: generation 1 loaded"), server.why()
             uac = rs.run_uac(server, name="uac", calls=calls, rate=150)
             (uas_result,) = rs.stop_all(uas)
-    assert_clean(server, uac, calls, uas_result)
+    rs.assert_clean(server, uac, calls, uas_result)
 
 
 # --------------------------------------------------------------------------
@@ -262,7 +252,7 @@ def test_misbehaving_workers_get_fallbacks_and_the_server_keeps_serving(tmp_path
     for route, result in results.items():
         assert result.successful == misbehaving_calls and result.failed == 0, (
             f"route {route}: every call must get its fallback {MISBEHAVING[route]}\n" + server.why(result))
-    assert_clean(server, normal_result, 100)
+    rs.assert_clean(server, normal_result, 100)
     assert after.successful == 50 and after.failed == 0, server.why(after)
     assert uas_result.successful == 150, server.why(normal_result, after, uas_result)
     # Why, in the server's log: a protocol error, a hang, a crash at start
@@ -290,7 +280,7 @@ def test_perl_route_hot_reload_under_load(tmp_path):
                 assert uac.proc.poll() is None, "the run ended before the reload: slow it down"
                 result = uac.wait()
             a, b = rs.stop_all(uas_a, uas_b)
-    assert_clean(server, result, calls, a, b)
+    rs.assert_clean(server, result, calls, a, b)
     assert a.successful > 0 and b.successful > 0, server.why(result, a, b)
 
 

@@ -43,16 +43,6 @@ def relay_lua(port: int) -> str:
     return RELAY_LUA.format(port=port)
 
 
-def assert_clean(server: rs.RoutesServer, uac: sipp.SippResult, calls: int, *uases: sipp.SippResult):
-    """Every call succeeded at the uac, and the uas(es) completed them all."""
-    results = (uac, *uases)
-    assert uac.successful == calls and uac.failed == 0, server.why(*results)
-    if uases:
-        assert sum(u.successful for u in uases) == calls, server.why(*results)
-        assert all(u.failed == 0 for u in uases), server.why(*results)
-    assert server.alive(), server.why(*results)
-
-
 def test_lua_route_relays_500_calls(tmp_path):
     calls = 500
     with rs.uas(tmp_path, "uas") as (uas_port, uas):
@@ -60,7 +50,7 @@ def test_lua_route_relays_500_calls(tmp_path):
         with rs.routes_server(routes, tmp_path) as server:
             uac = rs.run_uac(server, name="uac", calls=calls, rate=250)
             (uas_result,) = rs.stop_all(uas)
-            assert_clean(server, uac, calls, uas_result)
+            rs.assert_clean(server, uac, calls, uas_result)
             assert uac.returncode == 0, server.why(uac)
 
 
@@ -84,7 +74,7 @@ def test_hot_reload_mid_run_moves_new_calls_to_the_new_target(tmp_path):
                 assert uac.proc.poll() is None, "the run ended before the edit was seen: slow it down"
                 result = uac.wait()
             a, b = rs.stop_all(uas_a, uas_b)
-            assert_clean(server, result, calls, a, b)
+            rs.assert_clean(server, result, calls, a, b)
             assert b.successful > 0 and a.successful > 0, server.why(result, a, b)
             assert a.created == a_after_swap, (
                 f"A got {a.created - a_after_swap} new calls after the swap\n" + server.why(result, a, b))
@@ -115,7 +105,7 @@ def test_syntax_error_mid_run_keeps_the_old_version_serving(tmp_path):
     # Reported with the file and the line Lua blames (the `end` that does not
     # close the call, line 4), and the message.
     assert re.search(r"main\.lua:4: .*expected", line), line
-    assert_clean(server, result, calls)
+    rs.assert_clean(server, result, calls)
     assert after.successful == 50 and after.failed == 0, server.why(after)
     assert uas_result.successful == calls + 50, server.why(result, after, uas_result)
 
@@ -178,7 +168,7 @@ def test_runaway_scripts_get_the_fallback_within_the_deadline_while_others_serve
         average = rs.response_time_ms(result)
         assert average is not None and average < 1000 * (RUNAWAY_DEADLINE + 0.2), (
             f"route {route}: average time to the fallback {average} ms\n" + server.why(result))
-    assert_clean(server, normal_result, normal_calls)
+    rs.assert_clean(server, normal_result, normal_calls)
     assert after.successful == 50 and after.failed == 0, server.why(after)
     assert uas_result.successful == normal_calls + 50, server.why(normal_result, after, uas_result)
     # Why each one was stopped is in the log, with the script's file and line.
@@ -212,4 +202,4 @@ def test_routes_toml_sends_requests_to_different_routes(tmp_path):
             (uas_result,) = rs.stop_all(uas)
     assert blocked_result.successful == denied_calls and blocked_result.failed == 0, server.why(blocked_result)
     assert spam_result.successful == 10 and spam_result.failed == 0, server.why(spam_result)
-    assert_clean(server, relayed_result, relayed_calls, uas_result)
+    rs.assert_clean(server, relayed_result, relayed_calls, uas_result)

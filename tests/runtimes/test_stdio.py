@@ -13,17 +13,7 @@ from runtimes.base import LoadError, RuntimeSpec, ScriptError
 from runtimes.jsonline import StdioRuntime
 from runtimes.jsonline.pool import restart_delay
 
-FAST = (("ping_interval", 0.1), ("grace", 0.5))
-
-
-def event(user="bob", **kw):
-    ev = {"hook": "on_request", "method": "INVITE", "ruri": f"sip:{user}@example.com",
-          "ruri_user": user, "ruri_host": "example.com", "call_id": "c1", "cseq": 1,
-          "from_uri": "sip:alice@example.com", "from_tag": "t", "to_uri": f"sip:{user}@example.com",
-          "to_tag": "", "source_ip": "127.0.0.1", "source_port": 5060, "transport": "udp",
-          "in_dialog": False, "headers": [], "body": "", "vars": {}}
-    ev.update(kw)
-    return ev
+from jsonline_fixtures import FAST, event  # noqa: E402
 
 
 ROUTE = """

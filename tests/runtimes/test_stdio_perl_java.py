@@ -20,17 +20,7 @@ from runtimes.jsonline import StdioRuntime
 pytestmark = pytest.mark.skipif(shutil.which("perl") is None or shutil.which("javac") is None,
                                 reason="perl and a JDK are needed")
 
-FAST = (("ping_interval", 0.1), ("grace", 0.5))
-
-
-def event(user="bob", **kw):
-    ev = {"hook": "on_request", "method": "INVITE", "ruri": f"sip:{user}@example.com",
-          "ruri_user": user, "ruri_host": "example.com", "call_id": "c1", "cseq": 1,
-          "from_uri": "sip:alice@example.com", "from_tag": "t", "to_uri": f"sip:{user}@example.com",
-          "to_tag": "", "source_ip": "127.0.0.1", "source_port": 5060, "transport": "udp",
-          "in_dialog": False, "headers": [], "body": "", "vars": {}}
-    ev.update(kw)
-    return ev
+from jsonline_fixtures import FAST, event  # noqa: E402
 
 
 PERL = """

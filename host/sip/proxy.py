@@ -116,12 +116,17 @@ class ProxyCore:
         except BadMessage as exc:
             self._reject(msg, exc, source, out)
             return out
-        if msg.method == "ACK":
-            self._on_ack(msg, source, out)
-        elif msg.method == "CANCEL":
-            self._on_cancel(msg, source, out)
-        else:
-            self._on_request(msg, source, out)
+        try:
+            if msg.method == "ACK":
+                self._on_ack(msg, source, out)
+            elif msg.method == "CANCEL":
+                self._on_cancel(msg, source, out)
+            else:
+                self._on_request(msg, source, out)
+        except BadMessage as exc:
+            # A header only the proxy steps read (Route, Max-Forwards) was
+            # bad. Once a transaction exists the steps answer through it.
+            self._reject(msg, exc, source, out)
         return out
 
     def timer(self, key) -> list:

@@ -395,3 +395,12 @@ def test_route_answers_after_cancel_are_ignored():
     late = proxy.core.decided(consult.token, Decision(), "route", frozenset())
     assert late == []  # nothing is relayed for a cancelled request
     assert uas.received == []
+
+
+def test_a_bad_route_header_gets_400_and_leaves_no_transaction():
+    net, proxy, uac, _ = setup(relay(UAS0))
+    uac.request("BYE", ruri="sip:bob@example.com", to_tag="x", headers=[("route", "<foo:bar>")],
+                branch="z9hG4bK-badroute")
+    net.run(until=40)
+    assert uac.codes[-1] in (400, 416)
+    assert not proxy.core.server_txns and not proxy.core.client_txns

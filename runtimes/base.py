@@ -54,6 +54,10 @@ class Runtime(ABC):
     """One loaded generation of one route."""
 
     hooks: frozenset[str] = frozenset()
+    # A runtime that answers without ever waiting (in-process Lua) also offers
+    # `handle_now(hook, event) -> Decision`, enforcing its deadline itself, so
+    # the server can run it without a task or a cancel scope.
+    handle_now = None
 
     @abstractmethod
     async def start(self) -> None:

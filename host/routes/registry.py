@@ -232,7 +232,7 @@ class RouteHandle:
             gen = route.current
         settings = route.settings
         # One deadline covers waiting for a restart and running the hook.
-        with trio.move_on_after(settings.deadline) as scope:
+        with trio.move_on_after(settings.deadline):
             if (gen is None or not gen.usable) and route.state == RESTARTING:
                 await route.ready.wait()
                 gen = route.current
@@ -246,25 +246,11 @@ class RouteHandle:
             gen.inflight += 1
             try:
                 decision = await gen.runtime.handle(hook, event)
-            except ScriptError as exc:
-                # A pool heals one dead worker itself; only a runtime that
-                # says it is damaged (a broken Lua state, a failed pool) is replaced.
-                damaged = exc.damaged
-                return reg._script_failed(route, gen, hook, exc.kind, exc.file, exc.line, exc.message, damaged)
-            except Exception as exc:   # the supervisor is where a runtime's bug stops
-                return reg._script_failed(route, gen, hook, "crash", None, None,
-                                          f"runtime raised {exc!r}", True)
+            except Exception as exc:
+                return self._failed(route, gen, hook, exc)
             finally:
-                gen.inflight -= 1
-                if gen.retired_at is not None:
-                    reg._close_if_done(gen)
-            if not isinstance(decision, Decision):
-                return reg._script_failed(route, gen, hook, "protocol", None, None,
-                                          f"runtime returned {type(decision).__name__}, not a Decision", True)
-            gen.overruns = 0
-            kind = decision.verb or "none"
-            route.decisions[kind] = route.decisions.get(kind, 0) + 1
-            return decision
+                self._done(gen)
+            return self._account(route, gen, hook, decision)
         # The deadline passed (while waiting for a restart or inside the hook).
         route.timeouts += 1
         if gen is None or not gen.usable:   # still restarting
@@ -275,6 +261,60 @@ class RouteHandle:
         return reg._script_failed(route, gen, hook, "timeout", None, None,
                                   f"{hook} exceeded its deadline of {settings.deadline:g} s",
                                   gen.overruns >= HUNG_AFTER)
+
+
+    def handle_now(self, hook: str, event: dict) -> Decision | None:
+        """`handle` for a runtime that answers without waiting (Lua), with
+        no task and no cancel scope: the runtime keeps its own deadline.
+        None when the event must take the async path (restarting, no
+        current generation, a runtime that waits)."""
+        route = self._route
+        if route is None:
+            return None
+        gen = self._gen
+        if gen is None or not gen.usable:
+            gen = route.current
+            if gen is None or not gen.usable:
+                return None
+        run = gen.runtime.handle_now
+        if run is None:
+            return None
+        if hook not in gen.runtime.hooks:
+            return Decision()
+        route.events += 1
+        gen.inflight += 1
+        try:
+            decision = run(hook, event)
+        except Exception as exc:
+            return self._failed(route, gen, hook, exc)
+        finally:
+            self._done(gen)
+        return self._account(route, gen, hook, decision)
+
+    def _failed(self, route, gen, hook: str, exc: Exception) -> Decision:
+        reg = self._registry
+        if isinstance(exc, ScriptError):
+            # A pool heals one dead worker itself; only a runtime that says
+            # it is damaged (a broken Lua state, a failed pool) is replaced.
+            return reg._script_failed(route, gen, hook, exc.kind, exc.file, exc.line, exc.message,
+                                      exc.damaged)
+        # The supervisor is where a runtime's bug stops.
+        return reg._script_failed(route, gen, hook, "crash", None, None, f"runtime raised {exc!r}", True)
+
+    def _done(self, gen) -> None:
+        gen.inflight -= 1
+        if gen.retired_at is not None:
+            self._registry._close_if_done(gen)
+
+    def _account(self, route, gen, hook: str, decision) -> Decision:
+        if not isinstance(decision, Decision):
+            return self._registry._script_failed(
+                route, gen, hook, "protocol", None, None,
+                f"runtime returned {type(decision).__name__}, not a Decision", True)
+        gen.overruns = 0
+        kind = decision.verb or "none"
+        route.decisions[kind] = route.decisions.get(kind, 0) + 1
+        return decision
 
 
 def _fallback(hook: str, fallback: Fallback) -> Decision:

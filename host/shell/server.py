@@ -167,6 +167,8 @@ class Server:
         call_id = action.event["call_id"]
         waiting = self._consulting.get(call_id)
         if waiting is None:
+            if self._consult_now(action):
+                return
             self._consulting[call_id] = collections.deque()
             self._nursery.start_soon(self._consult_in_order, call_id, action)
         else:
@@ -183,17 +185,34 @@ class Server:
         finally:
             del self._consulting[call_id]
 
+    def _consult_now(self, action: Consult) -> bool:
+        """Run a route that answers without waiting (Lua) right here: no
+        task, no cancel scope. False when the event needs the async path."""
+        registry = self.registry
+        if registry is None:
+            return False
+        if action.route is None:
+            action.route = registry.select(action.event)
+        route = action.route
+        decision = route.handle_now(action.hook, action.event)
+        if decision is None:
+            return False
+        self._deliver(action, decision, route)
+        return True
+
     async def _consult(self, action: Consult) -> None:
         route = action.route
         registry = self.registry
         if registry is None:
-            decision, hooks = Decision(), frozenset()
-        else:
-            if route is None:
-                route = registry.select(action.event)
-            decision = await route.handle(action.hook, action.event)
-            gen = route.generation
-            hooks = gen.runtime.hooks if gen is not None else frozenset()
+            self._deliver(action, Decision(), None)
+            return
+        if route is None:
+            route = registry.select(action.event)
+        self._deliver(action, await route.handle(action.hook, action.event), route)
+
+    def _deliver(self, action: Consult, decision: Decision, route) -> None:
+        gen = route.generation if route is not None else None
+        hooks = gen.runtime.hooks if gen is not None else frozenset()
         try:
             self._execute(self.core.decided(action.token, decision, route, hooks))
         except Exception:

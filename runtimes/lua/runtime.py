@@ -121,6 +121,11 @@ class LuaRuntime(Runtime):
     # ----------------------------------------------------------------- events
 
     async def handle(self, hook: str, event: dict) -> Decision:
+        return self.handle_now(hook, event)
+
+    def handle_now(self, hook: str, event: dict) -> Decision:
+        """Run a hook to completion: Lua never waits, and the instruction
+        hook enforces the deadline inside the script."""
         if self._dispatch is None:
             raise ScriptError("the Lua runtime is not running", file=self._file,
                               damaged=True, kind="crash")

@@ -15,6 +15,9 @@ class FakeRoute:
         self.log, self.delays = log, delays
         self.generation = None
 
+    def handle_now(self, hook, event):
+        return None  # this route waits: the server must take the async path
+
     async def handle(self, hook, event):
         await trio.sleep(self.delays.get(event["method"], 0))
         self.log.append(event["method"])

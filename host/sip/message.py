@@ -14,6 +14,7 @@ from .headers import Via, display_name, header_key, parse_via, split_commas, tag
 # Header names as callers spell them -> our keys. Names come mostly from code,
 # so this stays small; the bound keeps a script from growing it without end.
 _KEYS: dict[str, str] = {}
+_PARSED_URIS: dict[str, URI] = {}   # shared, so never mutate a parsed_uri
 _DISPLAY: dict[str, str] = {}
 
 
@@ -177,7 +178,14 @@ class Request(Message):
         """The Request-URI parsed, once per value of `uri`. Do not mutate it."""
         cached = self._ruri
         if cached is None or cached[0] is not self.uri:
-            cached = self._ruri = (self.uri, parse_uri(self.uri))
+            text = self.uri
+            uri = _PARSED_URIS.get(text)
+            if uri is None:
+                uri = parse_uri(text)
+                if len(_PARSED_URIS) >= 4096:  # most calls go to a few URIs
+                    _PARSED_URIS.clear()
+                _PARSED_URIS[text] = uri
+            cached = self._ruri = (text, uri)
         return cached[1]
 
     def start_line(self) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 
 from .errors import BadMessage
-from .headers import parse_name_addr, parse_via
+from .headers import parse_name_addr, parse_via, tag_of
 from .message import Request
 from .uri import URI, parse_uri
 
@@ -51,17 +51,28 @@ def max_forwards(req: Request) -> int | None:
 
 
 def decrement_max_forwards(req: Request) -> None:
-    """§16.6 step 3."""
-    mf = max_forwards(req)
-    req.set_header("max-forwards", str(DEFAULT_MAX_FORWARDS if mf is None else mf - 1))
+    """§16.6 step 3 (validation already refused a bad or repeated value)."""
+    headers = req.headers
+    for i, (key, value) in enumerate(headers):
+        if key == "max-forwards":
+            headers[i] = ("max-forwards", str(int(value) - 1))
+            return
+    headers.append(("max-forwards", str(DEFAULT_MAX_FORWARDS)))
 
 
 def loop_hash(req: Request, via_below: str) -> str:
     """§16.6 step 8: the part of our branch that detects loops — a hash over
     the fields that stay the same when a request comes back to us unchanged.
     `via_below` is the top Via as we received it (it ends up right below ours)."""
-    key = "\0".join((req.uri, req.header("to") or "", req.from_tag or "", req.call_id,
-                     str(req.cseq), via_below, req.header("proxy-require") or ""))
+    to = from_ = require = ""
+    for name, value in req.headers:  # one pass instead of three lookups
+        if name == "to":
+            to = to or value
+        elif name == "from":
+            from_ = from_ or value
+        elif name == "proxy-require":
+            require = require or value
+    key = "\0".join((req.uri, to, tag_of(from_) or "", req.call_id, str(req.cseq), via_below, require))
     return hashlib.blake2s(key.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
 
 

@@ -18,6 +18,8 @@ from host.sip.uri import parse_uri
 
 log = logging.getLogger("babelsip")
 
+DRAIN_SECONDS = 5.0   # how long a stop waits for calls in progress to get their answer
+
 
 def parse_listen(text: str) -> tuple[str, str, int]:
     """'udp:127.0.0.1:5060' or 'tcp:[::1]:5060' -> (transport, host, port)."""
@@ -111,14 +113,29 @@ def _first_leaf(group: BaseExceptionGroup, kind: type) -> BaseException | None:
 
 
 async def _handle_signals(scope: trio.CancelScope, server) -> None:
-    """SIGINT/SIGTERM stop the server; SIGUSR1 logs its statistics and the
-    status of every route (state, generation, last error)."""
+    """SIGINT/SIGTERM stop the server gracefully: new calls get 503 while the
+    calls in progress get their answers (at most DRAIN_SECONDS); a second
+    signal stops at once. SIGUSR1 logs the statistics and every route's status."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR1) as signals:
         async for signum in signals:
             if signum == signal.SIGUSR1:
                 log.info("status: %s", json.dumps(server.status(), default=str, sort_keys=True))
                 continue
-            log.info("received %s, shutting down", signal.Signals(signum).name)
+            log.info("received %s, draining (at most %g s; signal again to stop now)",
+                     signal.Signals(signum).name, DRAIN_SECONDS)
+            async with trio.open_nursery() as nursery:
+                async def stop_on_second_signal():
+                    async for again in signals:
+                        if again != signal.SIGUSR1:
+                            nursery.cancel_scope.cancel()
+                            return
+                nursery.start_soon(stop_on_second_signal)
+                if server.core is not None:
+                    left = await server.drain(DRAIN_SECONDS)
+                    if left:
+                        log.warning("stopping with %d requests still unanswered", left)
+                nursery.cancel_scope.cancel()
+            log.info("shutting down")
             scope.cancel()
             return
 

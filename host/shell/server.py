@@ -218,6 +218,16 @@ class Server:
         except Exception:
             self._internal_error("route decision", action.event.get("call_id"))
 
+    async def drain(self, timeout: float) -> int:
+        """Stop taking new calls (503) and wait, at most `timeout` seconds,
+        until every request in progress has its final answer. Returns how
+        many were still unanswered."""
+        self.core.draining = True
+        with trio.move_on_after(timeout):
+            while self.core.unanswered():
+                await trio.sleep(0.05)
+        return self.core.unanswered()
+
     def _learn_ip(self, host: str) -> bool:
         if _is_ip(host):
             if len(self._ips) < 100_000:

@@ -92,6 +92,8 @@ class ProxyCore:
         self._consults: dict[int, tuple] = {}
         self._token = 0
         self.stats = CoreStats()
+        # Set while shutting down: new calls get 503, calls in progress finish.
+        self.draining = False
 
     # ------------------------------------------------------------------ input
     def receive(self, data: bytes, transport: str, src: tuple[str, int]) -> list:
@@ -128,6 +130,12 @@ class ProxyCore:
             # bad. Once a transaction exists the steps answer through it.
             self._reject(msg, exc, source, out)
         return out
+
+    def unanswered(self) -> int:
+        """Server transactions still waiting for their final response."""
+        return sum(1 for txn in self.server_txns.values()
+                   if txn.context is not None and not txn.context.final_sent
+                   and txn.state in ("Trying", "Proceeding"))
 
     def timer(self, key) -> list:
         out: list = []
@@ -246,6 +254,10 @@ class ProxyCore:
         ctx = ResponseContext(txn, req, source, in_dialog)
         txn.context = ctx
         self._run(txn, txn.start(), out)
+        if self.draining and not in_dialog:
+            # Through the transaction, so the ACK of the 503 is absorbed.
+            self._final(ctx, 503, None, out, extra=[("retry-after", "5")])
+            return
         if ctx.is_invite:
             # §16.2: a stateful proxy answers 100 Trying to an INVITE at once,
             # so the UAC stops retransmitting while the route decides.

@@ -104,3 +104,33 @@ async def test_tcp_response_goes_back_on_the_connection_not_to_the_via_port():
             reply = await stream.receive_some(65535)
         assert reply.startswith(b"SIP/2.0 200")
         nursery.cancel_scope.cancel()
+
+
+async def test_drain_waits_for_calls_in_progress_and_refuses_new_ones():
+    sink = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a callee that never answers
+    await sink.bind(("127.0.0.1", 0))
+    server = Server(ServerConfig(listen=[("udp", "127.0.0.1", 0)],
+                                 relay_to=f"sip:127.0.0.1:{sink.getsockname()[1]}"))
+    async with trio.open_nursery() as nursery:
+        bound = await nursery.start(server.run)
+        port = bound[0][2]
+        caller = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        await caller.bind(("127.0.0.1", 0))
+        invite = request("INVITE", port, 1, to_tag="").replace(b";tag=\r\n", b"\r\n")
+        await caller.sendto(invite, ("127.0.0.1", port))
+        with trio.fail_after(5):
+            trying, _ = await caller.recvfrom(65535)
+        assert trying.startswith(b"SIP/2.0 100")
+        start = trio.current_time()
+        async with trio.open_nursery() as inner:
+            async def drain():
+                assert await server.drain(0.5) == 1  # the call never got its answer
+            inner.start_soon(drain)
+            await trio.sleep(0.1)
+            second = invite.replace(b"z9hG4bK-INVITE1", b"z9hG4bK-INVITE2").replace(b"order-1", b"order-2")
+            await caller.sendto(second, ("127.0.0.1", port))
+            with trio.fail_after(5):
+                refused, _ = await caller.recvfrom(65535)
+            assert refused.startswith(b"SIP/2.0 503") and b"Retry-After: 5" in refused
+        assert trio.current_time() - start >= 0.5
+        nursery.cancel_scope.cancel()

@@ -404,3 +404,18 @@ def test_a_bad_route_header_gets_400_and_leaves_no_transaction():
     net.run(until=40)
     assert uac.codes[-1] in (400, 416)
     assert not proxy.core.server_txns and not proxy.core.client_txns
+
+
+def test_draining_refuses_new_calls_with_503_and_lets_calls_in_progress_finish():
+    net, proxy, uac, (uas,) = setup(relay(UAS0), uas_scripts=((180, 200),))
+    uac.request()
+    net.run(until=0.005)  # the INVITE is in progress, not answered yet
+    assert proxy.core.unanswered() == 1
+    proxy.core.draining = True
+    uac.request(call_id="call-2", branch="z9hG4bK-new")
+    net.run(until=3)
+    by_call = {(r.call_id, r.status) for r in uac.responses}
+    assert ("call-1", 200) in by_call and ("call-2", 503) in by_call
+    refused = next(r for r in uac.responses if r.call_id == "call-2")
+    assert refused.header("retry-after") == "5"
+    assert proxy.core.unanswered() == 0

@@ -7,6 +7,11 @@ and response aggregation. Routing *decisions* come from outside: for each
 initial request the core emits `Consult(token, hook, event, route)` and the
 shell later calls `decided(token, decision, route, hooks)`. In static mode
 (`relay_to`) the decision is made here, with no round trip.
+
+This module is longer than most: the request side (§16.3-16.6) and the
+response side (§16.7-16.10) of one proxy share the transaction tables and
+response contexts, and read best as one class. The messages the proxy writes
+itself live in answers.py, the actions it returns in actions.py.
 """
 
 from __future__ import annotations
@@ -17,11 +22,13 @@ from typing import Callable
 from host.routes.event import request_event
 from host.routes.verbs import ON_FAILURE, ON_REPLY, ON_REQUEST, Decision
 
+from . import answers
 from . import proxy_rules as rules
 from . import transaction as tx
+from .actions import Arm, Consult, CoreStats, Transmit
 from .context import Branch, ResponseContext, choose_best
 from .errors import BadMessage
-from .message import Request, Response, make_response
+from .message import Request, Response, make_response, reason_for
 from .parser import parse_message
 from .proxy_rules import Local
 from .timers import DEFAULT_TIMERS, TimerConfig
@@ -31,51 +38,6 @@ from .validate import check_request
 MAX_BRANCHES = 32            # targets per decision; more is a script bug
 MAX_FAILURE_ROUNDS = 8       # on_failure -> relay -> on_failure ... per call
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, PRACK, SUBSCRIBE, NOTIFY, REFER, MESSAGE"
-
-
-class Transmit:
-    """Send `data` to (transport, host, port). A failure is reported back
-    with `error_key` through `ProxyCore.transport_error`. For a response on a
-    stream, (host, port) is the connection the request came on and `alt` the
-    Via's address, used when that connection is gone (§18.2.2)."""
-    __slots__ = ("data", "transport", "host", "port", "error_key", "alt")
-
-    def __init__(self, data, transport, host, port, error_key=None, alt=None):
-        self.data, self.transport, self.host, self.port, self.error_key = data, transport, host, port, error_key
-        self.alt = alt
-
-    def __repr__(self):
-        return f"Transmit({self.transport}:{self.host}:{self.port}, {self.data[:40]!r})"
-
-
-class Arm:
-    """Call `ProxyCore.timer(key)` after `delay` seconds."""
-    __slots__ = ("delay", "key")
-
-    def __init__(self, delay, key):
-        self.delay, self.key = delay, key
-
-
-class Consult:
-    """Run `hook` of a route with `event`, then call `ProxyCore.decided(token, ...)`.
-    `route` is None for an initial request (the shell picks the route) and the
-    pinned route afterwards, so a call stays on the generation that started it."""
-    __slots__ = ("token", "hook", "event", "route")
-
-    def __init__(self, token, hook, event, route):
-        self.token, self.hook, self.event, self.route = token, hook, event, route
-
-
-class CoreStats:
-    __slots__ = ("received", "bad_replied", "bad_dropped", "stray_responses", "consults",
-                 "server_txns", "client_txns", "script_decision_errors")
-
-    def __init__(self):
-        for name in self.__slots__:
-            setattr(self, name, 0)
-
-    def as_dict(self):
-        return {name: getattr(self, name) for name in self.__slots__}
 
 
 class ProxyCore:
@@ -187,29 +149,17 @@ class ProxyCore:
     # ------------------------------------------------------- bad input (§16.3)
     def _reject_unparsed(self, data, exc: BadMessage, transport, src, out) -> None:
         """Answer a request we could not parse, if we can find where to send it."""
-        if exc.status is None or data[:4] == b"SIP/":
+        salvaged = None
+        if exc.status is not None and data[:4] != b"SIP/":
+            salvaged = answers.salvage_reply(data, exc.status, _reason(exc))
+        if salvaged is None:
             self.stats.bad_dropped += 1
             return
-        try:
-            # Parse again leniently just enough to answer: the start line may be
-            # fine while a header is broken. Without Via and Call-ID, drop.
-            head = data.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace").split("\r\n")
-            vias = [l.split(":", 1)[1].strip() for l in head[1:]
-                    if l.split(":", 1)[0].strip().lower() in ("via", "v") and ":" in l]
-            keep = [l for l in head[1:] if ":" in l and l.split(":", 1)[0].strip().lower() in
-                    ("via", "v", "from", "f", "to", "t", "call-id", "i", "cseq")]
-            if not vias:
-                raise BadMessage("no Via", None)
-            via = rules.parse_via(vias[0].split(",")[0])
-        except (BadMessage, IndexError, ValueError):
-            self.stats.bad_dropped += 1
-            return
-        lines = [f"SIP/2.0 {exc.status} {_reason(exc)}"] + keep + ["Content-Length: 0", "", ""]
+        reply, via = salvaged
         host, port = rules.response_destination(via)
-        host, port = (src[0], src[1]) if transport != "udp" else (host, port)
-        if "rport" in via.params:
+        if transport != "udp" or "rport" in via.params:
             host, port = src
-        out.append(Transmit("\r\n".join(lines).encode("utf-8", "replace"), transport, host, port))
+        out.append(Transmit(reply, transport, host, port))
         self.stats.bad_replied += 1
 
     def _reject(self, req: Request, exc: BadMessage, source, out) -> None:
@@ -426,14 +376,7 @@ class ProxyCore:
             return
         branch.cancelled = True
         inv = branch.request
-        cancel = Request("CANCEL", inv.uri)
-        cancel.headers = [("via", inv.header("via"))]
-        for k, v in inv.headers:
-            if k in ("route", "from", "to", "call-id"):
-                cancel.headers.append((k, v))
-        cancel.headers.append(("max-forwards", "70"))
-        cancel.headers.append(("cseq", f"{inv.cseq} CANCEL"))
-        cancel.call_id, cancel.cseq, cancel.cseq_method = inv.call_id, inv.cseq, "CANCEL"
+        cancel = answers.cancel_for(inv)
         transport = branch.dest[0]
         txn = tx.ClientTransaction(cancel, invite=False, reliable=transport != "udp",
                                    config=self.timers,
@@ -745,7 +688,7 @@ class ProxyCore:
                     # is the ACK for a 2xx that reused the branch.
                     self._route_ack(action.message, txn.context.source, out)
             elif cls is tx.SendAck:
-                ack = self._ack_for(txn.request, action.response)
+                ack = answers.ack_for(txn.request, action.response)
                 branch = txn.context
                 out.append(Transmit(ack.serialize(), *branch.dest))
             elif cls is tx.Timeout:
@@ -771,21 +714,6 @@ class ProxyCore:
         hop = rules.next_hop(txn.request.copy())
         return hop.transport, hop.host.strip("[]"), hop.port or 5060
 
-    @staticmethod
-    def _ack_for(inv: Request, resp: Response) -> Request:
-        """§17.1.1.3: the ACK a client transaction sends for a 300-699."""
-        ack = Request("ACK", inv.uri)
-        ack.headers = [("via", inv.header("via"))]
-        for k, v in inv.headers:
-            if k in ("route", "from", "call-id"):
-                ack.headers.append((k, v))
-        ack.headers.append(("to", resp.header("to") or inv.header("to")))
-        ack.headers.append(("cseq", f"{inv.cseq} ACK"))
-        ack.headers.append(("max-forwards", "70"))
-        ack.call_id, ack.cseq, ack.cseq_method = inv.call_id, inv.cseq, "ACK"
-        return ack
-
 
 def _reason(exc: BadMessage) -> str:
-    from .message import reason_for
     return reason_for(exc.status or 400)

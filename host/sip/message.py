@@ -216,6 +216,7 @@ class Response(Message):
 
     def copy(self) -> Response:
         r = Response(self.status, self.reason, list(self.headers), self.body, self.version)
+        r.local = self.local
         r.call_id, r.cseq, r.cseq_method, r._via = self.call_id, self.cseq, self.cseq_method, self._via
         return r
 

@@ -419,3 +419,16 @@ def test_draining_refuses_new_calls_with_503_and_lets_calls_in_progress_finish()
     refused = next(r for r in uac.responses if r.call_id == "call-2")
     assert refused.header("retry-after") == "5"
     assert proxy.core.unanswered() == 0
+
+
+def test_transport_error_on_the_only_branch_answers_500_to_the_caller():
+    net, proxy, uac, _ = setup(relay(UAS0))
+    net.drop = lambda src, dst, data: dst == ("127.0.0.1", 5071)
+    uac.request("MESSAGE")
+    net.run(until=0.001)
+    # The transport reports it could not send the relayed request (§16.9: a 503 of that branch).
+    (txn,) = [t for t in proxy.core.client_txns.values() if t.request.method == "MESSAGE"]
+    proxy.execute(proxy.core.transport_error(txn))
+    net.run(until=1)
+    assert uac.codes == [500]  # a 503 is never passed upstream as is (§16.7 step 6)
+    assert uac.responses[0].via.branch == "z9hG4bK-uac1"  # the caller's own Via is kept

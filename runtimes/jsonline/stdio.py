@@ -14,7 +14,6 @@ start_timeout, grace, max_line, cpu_seconds, nofile, state_dir, env.
 from __future__ import annotations
 
 import collections
-import ctypes
 import logging
 import os
 import resource
@@ -42,21 +41,13 @@ def state_dir(options: dict) -> Path:
     return Path(tempfile.gettempdir()) / f"babelsip-{os.getuid()}"
 
 
-_PR_SET_PDEATHSIG = 1
-try:
-    _libc = ctypes.CDLL(None, use_errno=True)
-except OSError:  # not Linux/glibc: workers still end when their pipes close
-    _libc = None
-
-
 def _rlimits(memory_mb: int, cpu_seconds: int, nofile: int):
     mem = memory_mb * 1024 * 1024
 
+    # No PR_SET_PDEATHSIG here: it fires when the *thread* that forked exits,
+    # and trio forks from its thread cache, whose idle threads exit after
+    # 10 s — every worker would be killed 10 s after it started.
     def apply() -> None:  # runs in the child between fork and exec
-        # Die with the server: a worker stuck in a handler would never see
-        # its stdin close (Linux prctl PR_SET_PDEATHSIG).
-        if _libc is not None:
-            _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
         resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 5))
         resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))

@@ -334,3 +334,20 @@ def test_restart_delay_backs_off_and_caps():
     assert restart_delay(0) == 0
     assert [restart_delay(n) for n in (1, 2, 3)] == [0.05, 0.1, 0.2]
     assert restart_delay(50) == 5.0
+
+
+async def test_workers_outlive_the_thread_that_spawned_them(tmp_path, monkeypatch):
+    # trio forks workers from its thread cache; an idle cached thread exits
+    # (after 10 s normally, here at once). A worker tied to that thread (e.g.
+    # by PR_SET_PDEATHSIG) would die with it.
+    import trio._core._thread_cache as thread_cache
+    monkeypatch.setattr(thread_cache, "IDLE_TIMEOUT", 0.05)
+    rt = await started(spec_for(tmp_path))
+    try:
+        (pid,) = rt.pids
+        await trio.sleep(0.5)  # the spawning thread has exited by now
+        assert alive(pid)
+        d = await rt.handle("on_request", event("carol"))
+        assert d.verb == "relay" and rt.pids == [pid]
+    finally:
+        await rt.aclose()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from .errors import BadMessage
-from .uri import check_absolute_uri, simple_port, valid_host
+from .uri import check_absolute_uri, simple_hostport, valid_host
 
 __all__ = [
     "COMPACT", "SPLIT_ON_PARSE", "header_key", "display_name", "split_commas",
@@ -48,7 +48,8 @@ _TOKEN = rf"[{_TOKEN_CHARS}]+"
 _QUOTED = r'"(?:[^"\\\r\n]|\\[^\r\n])*"'
 TOKEN_RE = re.compile(_TOKEN)
 
-_display_cache: dict[str, str] = {}
+# key -> wire spelling; filled by display_name(), read directly by hot loops.
+DISPLAY_NAMES: dict[str, str] = {}
 
 
 def header_key(name: str) -> str:
@@ -58,11 +59,11 @@ def header_key(name: str) -> str:
 
 
 def display_name(key: str) -> str:
-    name = _display_cache.get(key)
+    name = DISPLAY_NAMES.get(key)
     if name is None:
         name = _SPECIAL_DISPLAY.get(key) or "-".join(p[:1].upper() + p[1:] for p in key.split("-"))
-        if len(_display_cache) < 1024:  # keys come from the wire: bound the cache
-            _display_cache[key] = name
+        if len(DISPLAY_NAMES) < 1024:  # keys come from the wire: bound the cache
+            DISPLAY_NAMES[key] = name
     return name
 
 
@@ -244,16 +245,10 @@ def _parse_via_fast(value: str) -> Via | None:
         return None
     semi = value.find(";", sp)
     hostport = value[sp + 1:semi] if semi >= 0 else value[sp + 1:]
-    host, colon, port = hostport.partition(":")
-    if not host or host[0] == "[" or not valid_host(host):
+    parsed = simple_hostport(hostport)
+    if parsed is None:
         return None
-    if colon:
-        port = simple_port(port)
-        if not port:
-            return None
-    else:
-        port = None
-    return Via(transport, host, port, parse_params(value[semi:]) if semi >= 0 else {})
+    return Via(transport, parsed[0], parsed[1], parse_params(value[semi:]) if semi >= 0 else {})
 
 
 class NameAddr:

@@ -9,13 +9,12 @@ once by the parser and cached here.
 from __future__ import annotations
 
 from .uri import URI, parse_uri
-from .headers import Via, display_name, header_key, parse_via, split_commas, tag_of, SPLIT_ON_PARSE
+from .headers import DISPLAY_NAMES, Via, display_name, header_key, parse_via, split_commas, tag_of, SPLIT_ON_PARSE
 
 # Header names as callers spell them -> our keys. Names come mostly from code,
 # so this stays small; the bound keeps a script from growing it without end.
 _KEYS: dict[str, str] = {}
 _PARSED_URIS: dict[str, URI] = {}   # shared, so never mutate a parsed_uri
-_DISPLAY: dict[str, str] = {}
 
 
 def _key(name: str) -> str:
@@ -25,15 +24,6 @@ def _key(name: str) -> str:
         if len(_KEYS) < 1024:
             _KEYS[name] = key
     return key
-
-
-def _display(key: str) -> str:
-    name = _DISPLAY.get(key)
-    if name is None:
-        name = display_name(key)
-        if len(_DISPLAY) < 1024:
-            _DISPLAY[key] = name
-    return name
 
 
 class Message:
@@ -152,10 +142,10 @@ class Message:
     def serialize(self) -> bytes:
         lines = [self.start_line()]
         append = lines.append
-        names = _DISPLAY
+        names = DISPLAY_NAMES
         for k, v in self.headers:
             if k != "content-length":
-                append(f"{names.get(k) or _display(k)}: {v}")
+                append(f"{names.get(k) or display_name(k)}: {v}")
         append(f"Content-Length: {len(self.body)}\r\n\r\n")
         return "\r\n".join(lines).encode("utf-8", "surrogateescape") + self.body
 

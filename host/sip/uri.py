@@ -195,16 +195,10 @@ def _parse_sip_fast(rest: str):
         params = _split_params(ptext)
     else:
         params = {}
-    host, colon, port = rest.partition(":")
-    if not host or not valid_host(host):
+    hostport = simple_hostport(rest)
+    if hostport is None:
         return None
-    if colon:
-        port = simple_port(port)
-        if not port:
-            return None
-    else:
-        port = None
-    return user, password, host, port, params
+    return user, password, hostport[0], hostport[1], params
 
 
 def check_absolute_uri(text: str) -> None:
@@ -221,6 +215,18 @@ def simple_port(text: str) -> int:
         if port < 65536:
             return port
     return 0
+
+
+def simple_hostport(text: str) -> tuple[str, int | None] | None:
+    """The common `host[:port]` (no IPv6 reference), or None to leave the
+    text to the full parser."""
+    host, colon, port = text.partition(":")
+    if not host or host[0] == "[" or not valid_host(host):
+        return None
+    if not colon:
+        return host, None
+    port = simple_port(port)
+    return (host, port) if port else None
 
 
 def parse_hostport(text: str) -> tuple[str, int | None]:

@@ -218,8 +218,6 @@ class ProxyCore:
             return
         try:
             followed_route = rules.process_route(req, self.local)
-            while followed_route and req.has_header("route") and self._top_route_is_mine(req):
-                req.pop_first("route")  # our second entry of a double Record-Route (RFC 5658)
         except BadMessage as exc:
             self._respond(ctx, make_response(req, exc.status or 400, _reason(exc), to_tag=self._tag(req)), out)
             return
@@ -235,12 +233,6 @@ class ProxyCore:
         self._consult(("request", ctx), ON_REQUEST,
                       request_event(ON_REQUEST, req, source, in_dialog=in_dialog, vars=None), None, out)
         ctx.consulting = True
-
-    def _top_route_is_mine(self, req: Request) -> bool:
-        try:
-            return self.local.is_mine(parse_uri(rules.parse_name_addr(req.header("route")).uri))
-        except BadMessage:
-            return False
 
     def _consult(self, entry, hook, event, route, out) -> None:
         self._token += 1
@@ -582,8 +574,6 @@ class ProxyCore:
         if rules.max_forwards(req) == 0:
             return
         followed = rules.process_route(req, self.local)
-        while followed and req.has_header("route") and self._top_route_is_mine(req):
-            req.pop_first("route")
         if followed or req.has_header("route"):
             self._relay_stateless(req, None, out)
         elif self.relay_to is not None:

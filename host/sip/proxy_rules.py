@@ -97,7 +97,8 @@ def detect_loop(req: Request, local: Local) -> bool:
 
 
 def process_route(req: Request, local: Local) -> bool:
-    """§16.4: undo a strict router's rewrite and remove our own top Route.
+    """§16.4: undo a strict router's rewrite and remove our own top Route —
+    both of them when we double record-routed across transports (RFC 5658).
     Returns True when a Route entry of ours was removed (the request follows
     a route set we recorded)."""
     if not req.has_header("route"):
@@ -121,7 +122,19 @@ def process_route(req: Request, local: Local) -> bool:
         if local.is_mine(uri):
             req.pop_first("route")
             removed = True
+            while _top_route_is_mine(req, local):
+                req.pop_first("route")
     return removed
+
+
+def _top_route_is_mine(req: Request, local: Local) -> bool:
+    top = req.header("route")
+    if top is None:
+        return False
+    try:
+        return local.is_mine(parse_uri(parse_name_addr(top).uri))
+    except BadMessage:
+        return False
 
 
 def next_hop(req: Request) -> URI:

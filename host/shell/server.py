@@ -20,6 +20,7 @@ import trio
 from host.routes.verbs import Decision
 from host.sip.proxy import Arm, Consult, ProxyCore, Transmit
 
+from .limits import raise_nofile_limit
 from .tcp import TcpTransport
 from .timers import TimerService
 from .udp import UdpTransport
@@ -62,6 +63,7 @@ class Server:
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
         bound = []
+        raise_nofile_limit()  # one descriptor per TCP connection: take all we may
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for transport, host, port in cfg.listen:
@@ -69,7 +71,8 @@ class Server:
                     t = UdpTransport(host, port, self._on_udp)
                     t.bind()
                 else:
-                    t = TcpTransport(host, port, self._on_tcp, self._on_tcp_error)
+                    t = TcpTransport(host, port, self._on_tcp, self._on_tcp_error,
+                                     **cfg.extra.get("tcp", {}))  # limits: see tcp.py
                     await t.bind()
                 self.transports.setdefault(transport, t)
                 bound.append((transport, host, t.port))

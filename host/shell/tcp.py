@@ -1,39 +1,219 @@
-"""TCP transport with connection reuse (RFC 3261 §18).
+"""TCP transport with connection reuse (RFC 3261 §18), hardened against peers.
 
 Connections are kept by remote address, whoever opened them: a response goes
 back on the connection its request came in on (the Via received/rport equal
 that connection's remote address), and requests to a peer reuse an open
 connection. Each connection has a reader task that frames the stream and a
-writer task fed through an unbounded queue, so the SIP core never waits on a
-socket.
+writer task fed through a bounded byte queue, so the SIP core never waits on
+a socket: `send()` only appends.
+
+What a remote peer can do to a TCP server, and what this module does about
+it — every item costs that peer its connection, never the process:
+
+- reset a connection at any stage (before we accept it, idle, mid-message,
+  while we write): the accept loop takes the peer address from accept()
+  itself (getpeername() fails on a socket reset in the backlog) and ignores
+  per-connection accept errors; each connection task catches everything it
+  can meet (trio raises errors of the reader/writer pair as an
+  ExceptionGroup, so the last-resort handler uses `except*`), logs, counts
+  and never propagates;
+- open more connections than we have descriptors for: the total is capped
+  below RLIMIT_NOFILE (see `connection_cap`), connections beyond it or beyond
+  the per-source cap are accepted and closed at once, and EMFILE/ENFILE from
+  accept() backs off instead of ending the accept loop;
+- pipeline requests and never read the answers: the output queue of each
+  connection is bounded in bytes; the connection that overflows it is reset;
+- send slowly (slowloris) or connect and say nothing: once a message has
+  started (or from accept until the first message), it must be complete
+  within `header_timeout`; an idle connection is closed after `idle_timeout`.
+
+The policy parts (admission, deadlines, log rate limiting) are small pure
+functions and classes below, so tests can check them without sockets.
 """
 
 from __future__ import annotations
 
+import collections
+import errno
 import logging
 import socket
+import struct
 from typing import Callable
 
 import trio
 
 from host.sip.errors import BadMessage
-from host.sip.parser import StreamFramer
+from host.sip.parser import MAX_MESSAGE, StreamFramer
+
+from .limits import nofile_limit
 
 log = logging.getLogger("babelsip.transport")
 
-IDLE_TIMEOUT = 300.0      # seconds without traffic before we close a connection
+# ----------------------------------------------------------------- defaults
+# Every one is a TcpTransport constructor parameter (tests lower them; the
+# server passes ServerConfig.extra["tcp"] through).
+
+# Seconds without traffic in either direction before a connection with no
+# message in progress is closed. 300 s is longer than the keep-alive interval
+# of RFC 5626 flows (CRLF pings every 95–120 s, §4.4.1), so registered UAs
+# behind NAT keep their flow.
+IDLE_TIMEOUT = 300.0
+
+# Once a message has started, the whole of it (head and body) must arrive
+# within this many seconds; a freshly accepted connection must complete its
+# first message in the same time. The largest message we accept (64 KiB,
+# MAX_MESSAGE) takes 8.2 s at 64 kbit/s; a peer slower than that is a
+# slowloris, not a phone.
+HEADER_TIMEOUT = 10.0
+
+# All TCP connections, inbound and outbound. Kamailio's and OpenSIPS's
+# default tcp_max_connections is 2048; the effective cap is also kept below
+# the descriptor limit (connection_cap).
+MAX_CONNECTIONS = 2048
+
+# Inbound connections from one IP address. A peer proxy or SBC multiplexes
+# over a handful; 64 leaves room for a small office NAT of TCP phones while
+# one address can hold at most 1/32 of MAX_CONNECTIONS.
+MAX_PER_SOURCE = 64
+
+# Bytes queued for one connection (including the batch being written) before
+# we decide its peer does not read. 1 MiB is 16 maximum-size messages or
+# ~2,000 typical 500-byte ones: a burst to a busy trunk fits, while a peer
+# that never reads costs at most this (plus kernel buffers) before we reset it.
+MAX_QUEUED_BYTES = 1 << 20
+
+# Pause of the accept loop when the process or system is out of descriptors
+# or memory (EMFILE/ENFILE/ENOBUFS/ENOMEM): trio.serve_listeners uses 100 ms.
+ACCEPT_BACKOFF = 0.1
+
 CONNECT_TIMEOUT = 5.0
 
+# Descriptors kept free for everything else the process opens (route worker
+# pipes, route files, DNS sockets, outgoing connects): an eighth of the limit,
+# at least 32.
+FD_RESERVE_FRACTION = 8
+FD_RESERVE_MIN = 32
 
+# At most one warning of each kind (refused, out of descriptors, slow reader…)
+# per this many seconds; the rest are counted and reported with the next one.
+LOG_INTERVAL = 10.0
+
+RECV_SIZE = 65536
+LISTEN_BACKLOG = 1024
+
+# accept() errors that concern one connection, never the listener (the list
+# trio.SocketListener ignores, plus ECONNRESET): retry at once.
+_TRANSIENT_ACCEPT = {getattr(errno, name) for name in (
+    "ECONNABORTED", "ECONNRESET", "EPERM", "EPROTO", "ENETDOWN", "ENOPROTOOPT",
+    "EHOSTDOWN", "ENONET", "EHOSTUNREACH", "EOPNOTSUPP", "ENETUNREACH", "ETIMEDOUT")
+    if hasattr(errno, name)}
+# accept() errors meaning "no resources right now": back off and retry.
+_EXHAUSTED_ACCEPT = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+# What the network can throw at one connection; all of it just ends that one.
+_CONNECTION_ENDED = (OSError, trio.BrokenResourceError, trio.ClosedResourceError,
+                     trio.TooSlowError)
+
+_LINGER_RESET = struct.pack("ii", 1, 0)   # SO_LINGER on, 0 s: close() sends RST
+
+
+# ------------------------------------------------------------ pure policy
+def connection_cap(configured: int, nofile: int | None) -> int:
+    """How many connections we may hold: `configured`, but never so many that
+    the descriptors left for the rest of the process drop below the reserve."""
+    if nofile is None:
+        return configured
+    reserve = max(FD_RESERVE_MIN, nofile // FD_RESERVE_FRACTION)
+    return max(1, min(configured, nofile - reserve))
+
+
+def read_deadline(started: float | None, last_used: float,
+                  header_timeout: float, idle_timeout: float) -> float:
+    """When the reader gives up waiting: a message in progress must end by
+    `started + header_timeout`; otherwise the connection may idle until
+    `last_used + idle_timeout`."""
+    idle = last_used + idle_timeout
+    return idle if started is None else min(idle, started + header_timeout)
+
+
+class Admission:
+    """Counts connections in total and inbound ones per source address."""
+
+    __slots__ = ("max_total", "max_per_source", "total", "per_source")
+
+    def __init__(self, max_total: int, max_per_source: int):
+        self.max_total, self.max_per_source = max_total, max_per_source
+        self.total = 0
+        self.per_source: dict[str, int] = {}
+
+    def refuse(self, ip: str | None) -> str | None:
+        """Why a new connection (inbound from `ip`, or outbound when None)
+        must be refused, or None when it may open."""
+        if self.total >= self.max_total:
+            return f"{self.max_total} connections open"
+        if ip is not None and self.per_source.get(ip, 0) >= self.max_per_source:
+            return f"{self.max_per_source} connections from {ip}"
+        return None
+
+    def add(self, ip: str | None) -> None:
+        self.total += 1
+        if ip is not None:
+            self.per_source[ip] = self.per_source.get(ip, 0) + 1
+
+    def remove(self, ip: str | None) -> None:
+        self.total -= 1
+        if ip is not None:
+            left = self.per_source[ip] - 1
+            if left:
+                self.per_source[ip] = left
+            else:
+                del self.per_source[ip]
+
+
+class RateLimit:
+    """One event per `interval` seconds passes; `allow` returns how many were
+    suppressed since the last one that passed, or None when this one is
+    suppressed too."""
+
+    __slots__ = ("interval", "_next", "_suppressed")
+
+    def __init__(self, interval: float):
+        self.interval = interval
+        self._next = float("-inf")
+        self._suppressed = 0
+
+    def allow(self, now: float) -> int | None:
+        if now < self._next:
+            self._suppressed += 1
+            return None
+        self._next = now + self.interval
+        suppressed, self._suppressed = self._suppressed, 0
+        return suppressed
+
+
+# ------------------------------------------------------------- connections
 class _Connection:
-    __slots__ = ("remote", "stream", "queue_send", "queue_recv", "last_used", "scope")
+    __slots__ = ("remote", "source", "stream", "out", "queued", "wake", "last_used",
+                 "started", "scope", "closing", "abort", "registered")
 
-    def __init__(self, remote):
+    def __init__(self, remote, source: str | None, now: float):
         self.remote = remote
+        self.source = source          # the peer's IP for inbound connections, else None
         self.stream: trio.SocketStream | None = None
-        self.queue_send, self.queue_recv = trio.open_memory_channel(float("inf"))
-        self.last_used = trio.current_time()
+        self.out: collections.deque[bytes] = collections.deque()
+        self.queued = 0               # bytes in `out` plus the batch being written
+        self.wake: trio.Event | None = None
+        self.last_used = now
+        # When the message being received started; inbound connections start
+        # "in a message" so that connect-and-stay-silent is timed out too.
+        self.started: float | None = now if source is not None else None
         self.scope = trio.CancelScope()
+        self.closing = False          # no more sends: the task is ending
+        self.abort = False            # close with RST (peer misbehaved)
+        self.registered = False       # counted in _conns and the admission
+
+    def idle(self) -> bool:
+        return self.started is None and not self.queued and not self.closing
 
 
 class TcpTransport:
@@ -41,87 +221,243 @@ class TcpTransport:
 
     def __init__(self, host: str, port: int,
                  on_message: Callable[[bytes, tuple[str, int]], None],
-                 on_error: Callable[[tuple[str, int]], None] | None = None):
+                 on_error: Callable[[tuple[str, int]], None] | None = None, *,
+                 idle_timeout: float = IDLE_TIMEOUT,
+                 header_timeout: float = HEADER_TIMEOUT,
+                 max_connections: int = MAX_CONNECTIONS,
+                 max_per_source: int = MAX_PER_SOURCE,
+                 max_queued_bytes: int = MAX_QUEUED_BYTES,
+                 accept_backoff: float = ACCEPT_BACKOFF,
+                 connect_timeout: float = CONNECT_TIMEOUT):
         self.host, self.port = host, port
         self._on_message = on_message
         self._on_error = on_error
+        self.idle_timeout, self.header_timeout = idle_timeout, header_timeout
+        self.max_connections = max_connections
+        self.max_queued_bytes = max_queued_bytes
+        self.accept_backoff, self.connect_timeout = accept_backoff, connect_timeout
+        self._admission = Admission(max_connections, max_per_source)
         self._conns: dict[tuple[str, int], _Connection] = {}
         self._nursery: trio.Nursery | None = None
-        self._listener: trio.SocketListener | None = None
-        self.framing_errors = 0
+        self._sock = None
+        self._warnings: dict[str, RateLimit] = {}
+        # Counters (statistics()).
+        self.accepted = self.rejected = self.shed = 0
+        self.slow_readers_closed = self.header_timeouts = self.idle_closed = 0
+        self.accept_errors = self.out_of_descriptors = 0
+        self.framing_errors = self.callback_errors = self.internal_errors = 0
 
     async def bind(self) -> tuple[str, int]:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         sock = trio.socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         await sock.bind((self.host, self.port))
-        sock.listen(1024)
-        self._listener = trio.SocketListener(sock)
+        sock.listen(LISTEN_BACKLOG)
+        self._sock = sock
         self.port = sock.getsockname()[1]
+        # Read the descriptor limit now, after the server raised it.
+        self._admission.max_total = connection_cap(self.max_connections, nofile_limit())
         return self.host, self.port
 
     async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        if self._listener is None:
+        if self._sock is None:
             await self.bind()
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            nursery.start_soon(self._reap_idle)
-            task_status.started((self.host, self.port))
-            try:
-                while True:
-                    stream = await self._listener.accept()
-                    addr = stream.socket.getpeername()[:2]
-                    conn = _Connection(addr)
-                    conn.stream = stream
-                    self._conns[addr] = conn
-                    nursery.start_soon(self._run, conn)
-            finally:
-                await self._listener.aclose()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started((self.host, self.port))
+                await self._accept_loop()
+        finally:
+            self._nursery = None
+            self._sock.close()
 
+    # ------------------------------------------------------------ accept
+    async def _accept_loop(self) -> None:
+        sock = self._sock
+        while True:
+            try:
+                raw, addr = await sock.accept()
+            except OSError as exc:
+                if exc.errno in _TRANSIENT_ACCEPT:
+                    self.accept_errors += 1
+                    log.debug("tcp accept: %s", exc)
+                    await trio.lowlevel.checkpoint()
+                    continue
+                if exc.errno in _EXHAUSTED_ACCEPT:
+                    self.out_of_descriptors += 1
+                    shed = self._shed_oldest_idle()
+                    self._warn("exhausted", "tcp accept: %s; %d connections open, %s; "
+                               "retrying in %g s", exc, len(self._conns),
+                               "closed the oldest idle one" if shed else "none idle to close",
+                               self.accept_backoff)
+                else:  # unexpected: do not spin on it
+                    self.accept_errors += 1
+                    self._warn("accept", "tcp accept: %s; retrying in %g s", exc, self.accept_backoff)
+                await trio.sleep(self.accept_backoff)
+                continue
+            self._admit(raw, addr)
+
+    def _admit(self, raw, addr) -> None:
+        # The address comes from accept(): getpeername() on a connection the
+        # peer reset while it waited in the backlog fails with ENOTCONN.
+        remote = (addr[0], addr[1])
+        reason = self._admission.refuse(remote[0])
+        if reason is not None:
+            self.rejected += 1
+            self._warn("refused", "tcp: refusing %s:%s: %s", *remote, reason)
+            raw.close()
+            return
+        conn = _Connection(remote, remote[0], trio.current_time())
+        conn.stream = trio.SocketStream(raw)
+        self.accepted += 1
+        self._register(conn)
+
+    def _register(self, conn: _Connection) -> None:
+        old = self._conns.get(conn.remote)
+        if old is not None:  # same address reused: the old one is dead anyway
+            self._close(old)
+        self._conns[conn.remote] = conn
+        self._admission.add(conn.source)
+        conn.registered = True
+        self._nursery.start_soon(self._run, conn)
+
+    def _forget(self, conn: _Connection) -> None:
+        if not conn.registered:
+            return
+        conn.registered = False
+        if self._conns.get(conn.remote) is conn:
+            del self._conns[conn.remote]
+        self._admission.remove(conn.source)
+
+    def _close(self, conn: _Connection, abort: bool = False) -> None:
+        conn.closing = True
+        conn.abort = conn.abort or abort
+        conn.out.clear()
+        conn.scope.cancel()
+
+    def _shed_oldest_idle(self) -> bool:
+        idle = [c for c in self._conns.values() if c.idle()]
+        if not idle:
+            return False
+        self.shed += 1
+        self._close(min(idle, key=lambda c: c.last_used))
+        return True
+
+    def _warn(self, kind: str, msg: str, *args) -> None:
+        limit = self._warnings.get(kind)
+        if limit is None:
+            limit = self._warnings[kind] = RateLimit(LOG_INTERVAL)
+        suppressed = limit.allow(trio.current_time())
+        if suppressed is None:
+            return
+        if suppressed:
+            msg += " (%d more like this since the last report)"
+            args += (suppressed,)
+        log.warning(msg, *args)
+
+    # -------------------------------------------------------------- send
     def has_connection(self, host: str, port: int) -> bool:
-        return (host, port) in self._conns
+        conn = self._conns.get((host, port))
+        return conn is not None and not conn.closing
 
     def send(self, data: bytes, host: str, port: int) -> bool:
+        """Queue `data` for (host, port), opening a connection if there is
+        none. Never waits; False when it cannot be sent."""
         remote = (host, port)
         conn = self._conns.get(remote)
         if conn is None:
             if self._nursery is None:
                 return False
-            conn = _Connection(remote)
-            self._conns[remote] = conn
-            self._nursery.start_soon(self._run, conn)
-        conn.queue_send.send_nowait(data)
+            reason = self._admission.refuse(None)
+            if reason is not None:
+                self.rejected += 1
+                self._warn("refused", "tcp: not connecting to %s:%s: %s", host, port, reason)
+                return False
+            conn = _Connection(remote, None, trio.current_time())
+            self._register(conn)
+        elif conn.closing:
+            return False
+        if conn.queued + len(data) > self.max_queued_bytes:
+            # The peer does not read what we send: holding more for it would
+            # let one connection take the server's memory.
+            self.slow_readers_closed += 1
+            self._warn("slow", "tcp: closing %s:%s: %d bytes unread (limit %d)",
+                       host, port, conn.queued, self.max_queued_bytes)
+            self._close(conn, abort=True)
+            return False
+        conn.out.append(data)
+        conn.queued += len(data)
+        if conn.wake is not None:
+            conn.wake.set()
         return True
 
+    # -------------------------------------------------- connection tasks
     async def _run(self, conn: _Connection) -> None:
-        with conn.scope:
-            try:
+        """One connection, from connect/accept to close. Whatever happens in
+        here ends this connection only: expected network errors are logged
+        at debug level, anything else is a bug that is logged and counted."""
+        try:
+            with conn.scope:
                 if conn.stream is None:
-                    with trio.fail_after(CONNECT_TIMEOUT):
+                    with trio.fail_after(self.connect_timeout):
                         conn.stream = await trio.open_tcp_stream(*conn.remote)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._write, conn)
                     await self._read(conn)
                     nursery.cancel_scope.cancel()
-            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError) as exc:
-                log.debug("tcp connection %s:%s ended: %r", *conn.remote, exc)
-                if self._on_error is not None and conn.queue_recv.statistics().current_buffer_used:
+        except* _CONNECTION_ENDED as group:
+            log.debug("tcp connection %s:%s ended: %r", *conn.remote, group.exceptions[0])
+        except* Exception as group:
+            self.internal_errors += 1
+            log.error("tcp connection %s:%s: internal error", *conn.remote,
+                      exc_info=group.exceptions[0] if len(group.exceptions) == 1 else group)
+        finally:
+            unsent = bool(conn.queued) and not conn.closing
+            conn.closing = True
+            self._forget(conn)
+            if conn.stream is not None:
+                await self._aclose(conn)
+            if unsent and self._on_error is not None:
+                try:
                     self._on_error(conn.remote)
-            finally:
-                if self._conns.get(conn.remote) is conn:
-                    del self._conns[conn.remote]
-                if conn.stream is not None:
-                    with trio.CancelScope(shield=True):
-                        await conn.stream.aclose()
+                except Exception:
+                    self.internal_errors += 1
+                    log.exception("tcp error callback for %s:%s", *conn.remote)
+
+    async def _aclose(self, conn: _Connection) -> None:
+        with trio.CancelScope(shield=True):
+            try:
+                if conn.abort:
+                    conn.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+                await conn.stream.aclose()
+            except Exception as exc:  # closing a reset socket: nothing left to do
+                log.debug("tcp close %s:%s: %r", *conn.remote, exc)
 
     async def _read(self, conn: _Connection) -> None:
-        framer = StreamFramer()
+        stream = conn.stream
+        framer = StreamFramer(MAX_MESSAGE)
         deliver = self._on_message
         while True:
-            data = await conn.stream.receive_some(65536)
+            data = None
+            with trio.move_on_at(read_deadline(conn.started, conn.last_used,
+                                               self.header_timeout, self.idle_timeout)):
+                data = await stream.receive_some(RECV_SIZE)
+            now = trio.current_time()
+            if data is None:
+                if conn.started is not None and now >= conn.started + self.header_timeout:
+                    self.header_timeouts += 1
+                    log.info("closing tcp %s:%s: message not complete within %g s",
+                             *conn.remote, self.header_timeout)
+                    conn.abort = True
+                    return
+                if now >= conn.last_used + self.idle_timeout:
+                    self.idle_closed += 1
+                    log.debug("closing idle tcp %s:%s", *conn.remote)
+                    return
+                continue  # our own writes moved the idle deadline
             if not data:
                 return
-            conn.last_used = trio.current_time()
+            conn.last_used = now
             try:
                 messages = framer.feed(data)
             except BadMessage as exc:
@@ -129,29 +465,40 @@ class TcpTransport:
                 self.framing_errors += 1
                 log.info("closing tcp %s:%s: %s", *conn.remote, exc.reason)
                 return
+            if messages:
+                conn.started = now if framer.buffered() else None
+            elif conn.started is None and framer.buffered():
+                conn.started = now
             for raw in messages:
-                deliver(raw, conn.remote)
+                try:
+                    deliver(raw, conn.remote)
+                except Exception:
+                    # The core's own guard should have caught it; a bug
+                    # here costs this message, not the connection.
+                    self.callback_errors += 1
+                    log.exception("tcp message from %s:%s", *conn.remote)
 
     async def _write(self, conn: _Connection) -> None:
-        async for data in conn.queue_recv:
+        stream = conn.stream
+        out = conn.out
+        while True:
+            if not out:
+                conn.wake = trio.Event()
+                await conn.wake.wait()
+                continue
             # Coalesce what is queued into one write.
-            chunks = [data]
-            while True:
-                try:
-                    chunks.append(conn.queue_recv.receive_nowait())
-                except trio.WouldBlock:
-                    break
-            await conn.stream.send_all(b"".join(chunks))
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+            await stream.send_all(data)
+            conn.queued -= len(data)
             conn.last_used = trio.current_time()
 
-    async def _reap_idle(self) -> None:
-        while True:
-            await trio.sleep(IDLE_TIMEOUT / 4)
-            cutoff = trio.current_time() - IDLE_TIMEOUT
-            for conn in list(self._conns.values()):
-                if conn.last_used < cutoff:
-                    conn.scope.cancel()
-
     def statistics(self) -> dict:
-        return {"connections": len(self._conns), "framing_errors": self.framing_errors}
-
+        return {"connections": len(self._conns), "connection_cap": self._admission.max_total,
+                "accepted": self.accepted, "rejected": self.rejected, "shed": self.shed,
+                "slow_readers_closed": self.slow_readers_closed,
+                "header_timeouts": self.header_timeouts, "idle_closed": self.idle_closed,
+                "accept_errors": self.accept_errors,
+                "out_of_descriptors": self.out_of_descriptors,
+                "framing_errors": self.framing_errors, "callback_errors": self.callback_errors,
+                "internal_errors": self.internal_errors}

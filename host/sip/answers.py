@@ -8,29 +8,38 @@ from .headers import Via, parse_via
 from .message import Request, Response
 
 # What a reply to a broken request keeps of it (RFC 3261 §8.2.6.2), in any spelling.
-_SALVAGED = frozenset({"via", "v", "from", "f", "to", "t", "call-id", "i", "cseq"})
+_SALVAGED = {"via": "via", "v": "via", "from": "from", "f": "from", "to": "to", "t": "to",
+             "call-id": "call-id", "i": "call-id", "cseq": "cseq"}
+_NAMES = {"via": "Via", "from": "From", "to": "To", "call-id": "Call-ID", "cseq": "CSeq"}
 
 
 def salvage_reply(data: bytes, status: int, reason: str) -> tuple[bytes, Via] | None:
     """A reply to a request too broken to parse, built from its raw lines:
     the start line may be fine while one header is not. None when it has no
-    usable Via, since then nobody can be answered."""
+    usable Via, since then nobody can be answered.
+
+    It keeps the first of each salvaged header and only the top Via value:
+    the answer goes back to the sender only (RFC 3261 §8.2.6.2 would echo
+    every Via, but a message we cannot parse is not relayed anywhere, and
+    echoing 1,800 Vias would make us a reflector as large as the request)."""
     head = data.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace").split("\r\n")
-    keep, vias = [], []
+    keep: dict[str, str] = {}
     for line in head[1:]:
         name, colon, value = line.partition(":")
-        name = name.strip().lower()
-        if colon and name in _SALVAGED:
-            keep.append(line)
-            if name in ("via", "v"):
-                vias.append(value.strip())
-    if not vias:
+        key = _SALVAGED.get(name.strip().lower())
+        if colon and key is not None and key not in keep:
+            value = value.strip()
+            if key == "via":
+                value = value.split(",")[0].strip()
+            keep[key] = value
+    if "via" not in keep:
         return None
     try:
-        via = parse_via(vias[0].split(",")[0])
+        via = parse_via(keep["via"])
     except BadMessage:
         return None
-    lines = [f"SIP/2.0 {status} {reason}", *keep, "Content-Length: 0", "", ""]
+    lines = [f"SIP/2.0 {status} {reason}", *(f"{_NAMES[k]}: {v}" for k, v in keep.items()),
+             "Content-Length: 0", "", ""]
     return "\r\n".join(lines).encode("utf-8", "replace"), via
 
 

@@ -162,6 +162,7 @@ def _parse(data: bytes, stream: bool) -> Message:
             if len(headers) > MAX_HEADERS:  # a comma list counts value by value
                 raise BadMessage("too many header values", 513)
             if key == "via":
+                _check_via_list(value, parts)
                 vias.extend(parts)
             continue
         append((key, value))
@@ -223,9 +224,12 @@ def _parse_scanned(data: bytes, v: list[int], stream: bool) -> Message:
         if kid:
             key = keys[kid]
             if kid <= _SPLIT_IDS and "," in value:
-                headers.extend([(key, part) for part in split_commas(value)])
+                parts = split_commas(value)
+                headers.extend([(key, part) for part in parts])
                 if len(headers) > MAX_HEADERS:  # a comma list counts value by value
                     raise BadMessage("too many header values", 513)
+                if key == "via":
+                    _check_via_list(value, parts)
                 continue
         else:
             raw = text[v[i + 1]:v[i + 2]]
@@ -251,6 +255,7 @@ def _parse_scanned(data: bytes, v: list[int], stream: bool) -> Message:
         except BadMessage as exc:
             exc.status = None
             raise
+    check_via_params(text[v[i + 3]:v[i + 4]])
     if v[9] >= 0 and type(msg) is Response:
         i = _FIXED + 5 * v[9]
         parse_via(text[v[i + 3]:v[i + 4]])
@@ -410,8 +415,30 @@ def _check_vias(msg: Message, vias: list[str]) -> None:
     except BadMessage as exc:
         exc.status = None
         raise
+    check_via_params(vias[0])
     if len(vias) > 1 and isinstance(msg, Response):
         parse_via(vias[1])
+
+
+# An empty via-params element: ';;', a trailing ';' (RFC 3261 §25.1 has
+# *( SEMI via-params ) with a non-empty via-params).
+_EMPTY_PARAM = re.compile(r";[ \t]*(?:;|$)")
+
+
+def check_via_params(value: str) -> None:
+    """parse_params skips empty elements, which is harmless when reading a
+    Via but would have us accept and relay one the next hop may not read.
+    Checked on the raw value, before received/rport rewrite the top Via."""
+    if _EMPTY_PARAM.search(value) is not None:
+        raise BadMessage(f"empty parameter in Via {value[:80]!r}")
+
+
+def _check_via_list(value: str, parts: list[str]) -> None:
+    """A Via list with an empty element (`a,,b`, a trailing comma) is not
+    §25.1 grammar. Elsewhere split_commas drops empty elements harmlessly;
+    in a Via they would make us relay a list the next hop cannot parse."""
+    if '"' not in value and value.count(",") != len(parts) - 1:
+        raise BadMessage("empty element in Via list")
 
 
 class StreamFramer:

@@ -37,6 +37,9 @@ from .validate import check_request
 
 MAX_BRANCHES = 32            # targets per decision; more is a script bug
 MAX_FAILURE_ROUNDS = 8       # on_failure -> relay -> on_failure ... per call
+# A reply to a request we refuse is never larger than that request plus this:
+# room for our status line, To tag and Content-Length, not for amplification.
+REPLY_MARGIN = 256
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, PRACK, SUBSCRIBE, NOTIFY, REFER, MESSAGE"
 
 
@@ -73,10 +76,11 @@ class ProxyCore:
             self._on_response(msg, out)
             return out
         try:
-            check_request(msg)
             if msg.via is None:
                 raise BadMessage("no Via", None)
+            # First: whatever answers this request must go to its real source.
             rules.fix_received(msg, src[0], src[1])
+            check_request(msg)
         except BadMessage as exc:
             self._reject(msg, exc, source, out)
             return out
@@ -155,11 +159,13 @@ class ProxyCore:
         if salvaged is None:
             self.stats.bad_dropped += 1
             return
-        reply, via = salvaged
-        host, port = rules.response_destination(via)
-        if transport != "udp" or "rport" in via.params:
-            host, port = src
-        out.append(Transmit(reply, transport, host, port))
+        reply, _ = salvaged
+        if len(reply) > len(data) + REPLY_MARGIN:
+            self.stats.bad_dropped += 1  # answering would amplify the request
+            return
+        # A request we refuse is answered where it came from, on the
+        # transport it came on: its Via may name anybody.
+        out.append(Transmit(reply, transport, src[0], src[1]))
         self.stats.bad_replied += 1
 
     def _reject(self, req: Request, exc: BadMessage, source, out) -> None:
@@ -168,7 +174,7 @@ class ProxyCore:
             return
         resp = make_response(req, exc.status, _reason(exc), to_tag=self._tag(req),
                              extra=getattr(exc, "headers", None))
-        self._send_response(resp, source, out)
+        self._send_response(resp, source, out, to_source=True)
         self.stats.bad_replied += 1
 
     # ---------------------------------------------------- requests (§16.3-16.6)
@@ -635,16 +641,36 @@ class ProxyCore:
 
     def _stateless_reply(self, req: Request, status: int, source, out) -> None:
         resp = make_response(req, status, to_tag=self._tag(req))
-        self._send_response(resp, source, out)
+        self._send_response(resp, source, out, to_source=True)
 
-    def _send_response(self, resp: Response, source, out) -> None:
+    def _send_response(self, resp: Response, source, out, *, to_source: bool = False,
+                       via=None) -> None:
         """§18.2.2: on a stream the response goes back on the connection the
-        request came on; otherwise to the Via's received/rport (RFC 3581)."""
-        host, port = rules.response_destination(resp.via)
-        if source is not None and source[0] != "udp":
-            out.append(Transmit(resp.serialize(), source[0], source[1], source[2], alt=(host, port)))
+        request came on (else a new one to its source address and sent-by
+        port); over a datagram to the source address, at the port RFC 3581
+        names (`to_source`: the source port, for requests we refuse). Always
+        on the transport the request arrived on and to the address it came
+        from, whatever the Via says: a Via naming a third party, a forged
+        `received`, or a downstream hop rewriting our caller's Via cannot
+        turn the proxy into a reflector. `via` is the request's own top Via
+        (as we stamped it) when the response is a relayed one."""
+        via = via or resp.via
+        if source is None:
+            # A 2xx retransmission past its transaction (§16.7 step 10): no
+            # state says where the caller is, only the Via we stamped. An IP
+            # literal only, so a stray response cannot make us query DNS.
+            dest = rules.stateless_destination(via)
+            if dest is not None:
+                out.append(Transmit(resp.serialize(), *dest))
             return
-        out.append(Transmit(resp.serialize(), resp.via.transport.lower(), host, port))
+        transport, host, port = source
+        if transport != "udp":
+            # The connection gone, §18.2.2 opens one to the sent-by port.
+            alt = (host, (via.port if via is not None else None) or rules.DEFAULT_PORTS.get(transport, 5060))
+            out.append(Transmit(resp.serialize(), transport, host, port, alt=alt))
+            return
+        out.append(Transmit(resp.serialize(), transport, host,
+                            rules.reply_port(via, transport, port, to_source=to_source)))
 
     def _tag(self, req: Request) -> str:
         """A To tag for our own answers, the same for retransmissions."""
@@ -665,8 +691,10 @@ class ProxyCore:
                     out.append(Transmit(data, transport, host, port, txn))
                 else:
                     ctx = txn.context
-                    source = ctx.source if ctx is not None else None
-                    self._send_response(msg, source, out)
+                    if ctx is None:
+                        self._send_response(msg, None, out)
+                    else:
+                        self._send_response(msg, ctx.source, out, via=ctx.request.via)
             elif cls is tx.StartTimer:
                 out.append(Arm(action.delay, ("txn", txn, action.name, action.generation)))
             elif cls is tx.PassUp:

@@ -8,6 +8,7 @@ addresses, used to recognise Route entries and Request-URIs meant for us.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 
 from .errors import BadMessage
 from .headers import parse_name_addr, parse_via, tag_of
@@ -169,19 +170,29 @@ def via_value(transport: str, host: str, port: int, branch: str) -> str:
 
 def fix_received(req: Request, src_ip: str, src_port: int) -> None:
     """RFC 3261 §18.2.1 and RFC 3581: note where the request really came from
-    in its top Via, so responses find their way back through NAT."""
+    in its top Via, so responses find their way back through NAT. Runs before
+    anything else reads the Via. A `received` the client wrote itself is never
+    believed: it is replaced by the source, or removed when the Via host is
+    the source already, so no later hop can be steered by it either."""
     via = req.via
     if via is None:
         return
+    params = via.params
     changed = False
     if via.host.strip("[]") != src_ip:
-        via.params["received"] = src_ip
+        if params.get("received") != src_ip:
+            params["received"] = src_ip
+            changed = True
+    elif "received" in params:
+        del params["received"]
         changed = True
-    if "rport" in via.params:
-        via.params["rport"] = str(src_port)
-        if "received" not in via.params:
-            via.params["received"] = src_ip
-        changed = True
+    if "rport" in params:
+        if params["rport"] != str(src_port):
+            params["rport"] = str(src_port)
+            changed = True
+        if "received" not in params:
+            params["received"] = src_ip
+            changed = True
     if changed:
         for i, (k, _) in enumerate(req.headers):
             if k == "via":
@@ -190,12 +201,37 @@ def fix_received(req: Request, src_ip: str, src_port: int) -> None:
         req._via = via
 
 
-def response_destination(via) -> tuple[str, int]:
-    """§18.2.2 and RFC 3581 §4: where a response to this Via goes."""
-    host = via.params.get("received") or via.host
+DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061, "ws": 80, "wss": 443}
+
+
+def reply_port(via, transport: str, src_port: int, *, to_source: bool) -> int:
+    """§18.2.2 and RFC 3581 §4: the port a response over a datagram goes to —
+    the source port when the client asked with rport (or when we answer a
+    request we refuse, whose Via we do not trust), else the Via's sent-by
+    port. The host is always the request's real source: never a host the
+    Via names, so nobody can aim our answers at a third party."""
+    if to_source or via is None:
+        return src_port
     rport = via.params.get("rport")
-    if rport:
-        port = int(rport)
-    else:
-        port = via.port or 5060
-    return host.strip("[]"), port
+    if rport and rport.isdigit() and 0 < int(rport) < 65536:
+        return int(rport)
+    return via.port or DEFAULT_PORTS.get(transport, 5060)
+
+
+def stateless_destination(via) -> tuple[str, str, int] | None:
+    """(transport, host, port) for a response forwarded with no transaction
+    (§18.2.2, RFC 3581 §4): the Via's received/rport, else its sent-by —
+    but only when that is an IP literal: a response with no state behind it
+    must not start a DNS lookup."""
+    if via is None:
+        return None
+    host = (via.params.get("received") or via.host).strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    transport = via.transport.lower()
+    rport = via.params.get("rport")
+    if rport and rport.isdigit() and 0 < int(rport) < 65536:
+        return transport, host, int(rport)
+    return transport, host, via.port or DEFAULT_PORTS.get(transport, 5060)

@@ -16,8 +16,9 @@ checks of §16.3 that need more of the message, in the RFC's order:
 from __future__ import annotations
 
 from .errors import BadMessage
-from .headers import parse_name_addr, split_commas
+from .headers import parse_name_addr, parse_via, split_commas
 from .message import Request
+from .parser import check_via_params
 from .uri import SUPPORTED_SCHEMES, URI, parse_uri
 
 __all__ = ["check_request", "SUPPORTED_OPTION_TAGS"]
@@ -32,13 +33,16 @@ def check_request(req: Request, supported: frozenset[str] = SUPPORTED_OPTION_TAG
     if req.via is None:
         raise BadMessage("missing Via", None)
     # One pass over the headers collects everything the checks need.
+    vias: list[str] = []
     froms: list[str] = []
     tos: list[str] = []
     max_forwards: list[str] = []
     proxy_require: list[str] = []
     for key, value in req.headers:
         if key in _CHECKED:
-            if key == "from":
+            if key == "via":
+                vias.append(value)
+            elif key == "from":
                 froms.append(value)
             elif key == "to":
                 tos.append(value)
@@ -52,6 +56,7 @@ def check_request(req: Request, supported: frozenset[str] = SUPPORTED_OPTION_TAG
         if values[0] not in _GOOD_ADDRESSES:
             _check_address(name, values[0])
             _remember(_GOOD_ADDRESSES, values[0])
+    _check_vias(vias)
     _check_max_forwards(max_forwards)
     if req.uri not in _GOOD_REQUEST_URIS:
         ruri = parse_uri(req.uri)  # 416 for another scheme, 400 when malformed
@@ -61,7 +66,7 @@ def check_request(req: Request, supported: frozenset[str] = SUPPORTED_OPTION_TAG
         _check_proxy_require(proxy_require, supported)
 
 
-_CHECKED = frozenset({"from", "to", "max-forwards", "proxy-require"})
+_CHECKED = frozenset({"via", "from", "to", "max-forwards", "proxy-require"})
 
 # From/To values and Request-URIs that passed their checks. Every request of
 # a dialog repeats the same From, To and (remote target) Request-URI, and
@@ -87,6 +92,14 @@ def _check_address(name: str, value: str) -> None:
         parse_uri(addr.uri)  # a sip/sips/tel URI must be well formed
     # Other schemes are legal in From/To (absoluteURI, §25.1) and were
     # already checked for shape by parse_name_addr.
+
+
+def _check_vias(values: list[str]) -> None:
+    """§16.3 step 1 for the whole Via list: the parser read only the top
+    one, and a proxy must not relay Vias the next hop cannot read."""
+    for value in values[1:]:  # the parser checked the top one, before received/rport
+        parse_via(value)
+        check_via_params(value)
 
 
 def _check_max_forwards(values: list[str]) -> None:

@@ -6,6 +6,7 @@ import argparse
 import errno
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.routes is None and args.relay_to is None:
         print("babelsip: error: give --routes DIR or --relay-to URI", file=sys.stderr)
         return 2
+    _absolute_paths(args)
     from host.shell.server import ServerConfig
     config = ServerConfig(listen=listen, relay_to=args.relay_to,
                           routes_dir=str(args.routes) if args.routes else None)
@@ -95,6 +97,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _absolute_paths(args) -> None:
+    """Every path the user gave is relative to where the server was started,
+    resolved once, here: route workers run in their own directories, and a
+    relative path handed to them would name a file that is not there."""
+    if args.routes is not None:
+        args.routes = Path(os.path.abspath(args.routes))
+    state = os.environ.get("BABELSIP_STATE_DIR")
+    if state:
+        os.environ["BABELSIP_STATE_DIR"] = os.path.abspath(state)
 
 
 async def _serve(config) -> None:

@@ -4,12 +4,15 @@ import sqlite3
 from pathlib import Path
 
 DB = Path(__file__).resolve().parent / "lcr.sqlite"
+# Gateways: PLACEHOLDERS on loopback, so the example runs on one machine with
+# sipp standing in for them (`sipp -sn uas -i 127.0.0.1 -p 5091`). Put your
+# carriers' addresses here.
 RATES = [
-    ("33", "gw-fr1.example.net", 0.010),
-    ("33", "gw-fr2.example.net", 0.012),
-    ("336", "gw-mobile.example.net", 0.030),
-    ("1", "gw-us.example.net", 0.005),
-    ("44", "gw-uk.example.net", 0.008),
+    ("33", "127.0.0.1:5091", 0.010),
+    ("33", "127.0.0.1:5092", 0.012),
+    ("336", "127.0.0.1:5093", 0.030),
+    ("1", "127.0.0.1:5094", 0.005),
+    ("44", "127.0.0.1:5095", 0.008),
 ]
 
 if __name__ == "__main__":

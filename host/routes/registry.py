@@ -330,7 +330,8 @@ class RouteRegistry:
                  runtime_factory: Callable[[RuntimeSpec], Runtime] = default_runtime_factory,
                  load_timeout: float = 30.0, close_timeout: float = 5.0,
                  linger: float = 200.0, housekeeping_every: float = 0.25):
-        self.directory = Path(routes_dir)
+        # Absolute: runtimes hand file paths to workers in other directories.
+        self.directory = Path(os.path.abspath(routes_dir))
         # Settings of routes routes.toml does not mention; default_fallback wins over defaults.fallback.
         self.defaults = defaults or RouteSettings()
         if default_fallback is not None:

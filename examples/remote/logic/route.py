@@ -12,9 +12,11 @@ import socket
 CONCURRENCY = 8
 SERVER = os.environ.get("LOGIC_NAME") or socket.gethostname()
 
+# PLACEHOLDERS on loopback, so the example runs on one machine with sipp as
+# the phones (`sipp -sn uas -i 127.0.0.1 -p 5091`): put your users' addresses here.
 DIRECTORY = {
-    "alice": "sip:alice@10.0.0.11",
-    "bob": "sip:bob@10.0.0.12",
+    "alice": "sip:alice@127.0.0.1:5091",
+    "bob": "sip:bob@127.0.0.1:5092",
 }
 
 

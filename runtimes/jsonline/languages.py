@@ -22,6 +22,10 @@ import trio
 from runtimes.base import LoadError, RuntimeSpec
 
 SDK_ROOT = Path(__file__).resolve().parents[2] / "sdk"
+# Stands between the host and an `exec` route, which may know nothing of the
+# lifeline (sdk/PROTOCOL.md §9): it SIGKILLs the route's process group when
+# the host dies. Standard library only: `-I -S` skip site and PYTHON* (~15 ms).
+GUARD = SDK_ROOT / "python" / "babelsip_sdk" / "lifeline.py"
 JAVA_MAIN = "babelsip.Runner"   # the Java SDK's runner class: `Runner <RouteClass>`
 
 
@@ -45,7 +49,7 @@ async def _perl(spec: RuntimeSpec, state: Path) -> list[str]:
 async def _exec(spec: RuntimeSpec, state: Path) -> list[str]:
     if not os.access(spec.path, os.X_OK):
         raise LoadError(spec.path, None, "not executable (chmod +x, and start with a #! line)")
-    return [str(spec.path)]
+    return [sys.executable, "-I", "-S", str(GUARD), str(spec.path)]
 
 
 def _java_heap_mb(spec: RuntimeSpec) -> int:

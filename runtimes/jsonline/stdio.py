@@ -3,9 +3,18 @@
 Each worker is its own process (its own session, so a terminal's ^C goes to
 the host only) with rlimits on address space, CPU seconds and open files, the
 route's own working directory and an explicit environment. The protocol
-runs on its stdin/stdout; its stderr lines go to the host log, and the last
-few are quoted when it dies. Supervision (restart with backoff, crash loops,
-hangs via pings) is `pool.PooledRuntime`.
+runs on its stdin/stdout; its stderr lines go to the host log (rate-limited),
+and the last few are quoted when it dies. Supervision (restart with backoff,
+crash loops, hangs via pings) is `pool.PooledRuntime`.
+
+Lifetime (sdk/PROTOCOL.md §9 "Lifeline"): a worker leads its own process
+group, and stopping or restarting it signals the whole group, so the
+processes a route started go with it. For the server's own death — SIGKILL
+included, when no code of ours runs — every worker inherits the read end of
+one pipe whose write end only this process holds (close-on-exec, so no
+child ever gets it): its end of file tells the worker's SDK, or the guard in
+front of an `exec` route, to SIGKILL the group. PR_SET_PDEATHSIG cannot do
+this (see `_rlimits`).
 
 Options (routes.toml, all optional): max_in_flight, ping_interval,
 start_timeout, grace, max_line, cpu_seconds, nofile, state_dir, env.
@@ -15,11 +24,13 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import resource
 import signal
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import trio
@@ -32,6 +43,55 @@ from runtimes.jsonline.pool import Link, PooledRuntime
 CPU_SECONDS = 3600   # per worker process lifetime; reaching it recycles the worker (SIGXCPU)
 NOFILE = 256
 STDERR_TAIL = 8      # lines quoted in a crash message
+LIFELINE_ENV = "BABELSIP_LIFELINE_FD"   # sdk/PROTOCOL.md §9
+# stderr lines a worker may put in the host log: a burst, then a steady rate
+# (token bucket). The burst lets a whole crash report through — a Python
+# traceback is 10-40 lines, a Java one with its "Caused by" chain 100-300 —
+# and 100 lines/s is far more than a route's diagnostics need, while a worker
+# writing 100 MB/s costs the log ~100 lines (a few kB) a second. What is
+# dropped is counted in a "suppressed N stderr lines" line, at most one per
+# STDERR_SUMMARY seconds.
+STDERR_BURST = 500
+STDERR_RATE = 100.0
+STDERR_SUMMARY = 1.0
+STDERR_LINE = 2000   # characters of one line that are logged; the rest is cut
+STDERR_PARTIAL = 1 << 16   # bytes without a newline after which they count as a line
+
+
+_lifeline: tuple[int, int] | None = None   # (read end, write end) of this process
+
+
+def lifeline_fd() -> int:
+    """The read end of this server's lifeline, made on first use. Both ends
+    are non-inheritable (PEP 446); a worker gets the read end through
+    `pass_fds` only. Never written to, never closed: the kernel closes the
+    write end when this process ends, however it ends."""
+    global _lifeline
+    if _lifeline is None:
+        _lifeline = os.pipe()
+    return _lifeline[0]
+
+
+def _forget_lifeline_in_child() -> None:
+    # A child forked without exec (none of ours does, but a library might)
+    # must not keep our workers' lifeline open after we die. Only the write
+    # end: trio's spawn also runs this (Python runs at-fork hooks when there
+    # is a preexec_fn) and the read end is what it passes to the worker.
+    global _lifeline
+    if _lifeline is not None:
+        os.close(_lifeline[1])
+        _lifeline = None
+
+
+os.register_at_fork(after_in_child=_forget_lifeline_in_child)
+
+
+def signal_group(pgid: int, sig: int) -> None:
+    """`sig` to process group `pgid`; nobody left in it is fine."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def state_dir(options: dict) -> Path:
@@ -46,7 +106,8 @@ def _rlimits(memory_mb: int, cpu_seconds: int, nofile: int):
 
     # No PR_SET_PDEATHSIG here: it fires when the *thread* that forked exits,
     # and trio forks from its thread cache, whose idle threads exit after
-    # 10 s — every worker would be killed 10 s after it started.
+    # 10 s — every worker would be killed 10 s after it started. The lifeline
+    # (module docstring) is tied to the process instead.
     def apply() -> None:  # runs in the child between fork and exec
         resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
         resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 5))
@@ -66,31 +127,110 @@ def describe_status(code: int | None) -> str:
     return f"exited with status {code}"
 
 
+class StderrLimiter:
+    """How many stderr lines of one worker may reach the log now: a token
+    bucket of STDERR_BURST lines refilled at STDERR_RATE a second, and the
+    count of the lines it dropped since the last summary."""
+
+    def __init__(self, burst: int = STDERR_BURST, rate: float = STDERR_RATE,
+                 clock=time.monotonic):
+        self.burst, self.rate, self.clock = burst, rate, clock
+        self.tokens = float(burst)
+        self.stamp = clock()
+        self.suppressed = 0
+        self.since = 0.0        # when the first line of the current count was dropped
+
+    def available(self) -> int:
+        now = self.clock()
+        self.tokens = min(float(self.burst), self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        return int(self.tokens)
+
+    def spend(self) -> None:
+        self.tokens -= 1
+
+    def drop(self, n: int) -> None:
+        if not self.suppressed:
+            self.since = self.clock()
+        self.suppressed += n
+
+    def summary_in(self) -> float:
+        """Seconds until the count is due in the log (<= 0: now; inf: nothing dropped)."""
+        if not self.suppressed:
+            return math.inf
+        return self.since + STDERR_SUMMARY - self.clock()
+
+    def take(self) -> int:
+        n, self.suppressed = self.suppressed, 0
+        return n
+
+
 class ProcessLink(Link):
     def __init__(self, proc: trio.Process, label: str):
         self.proc = proc
         self.label = label
+        # start_new_session: the worker leads its own group, whose id is its pid.
+        self.pgid = proc.pid
         self.stream = trio.StapledStream(proc.stdin, proc.stdout)
         self.tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
 
     async def drain_stderr(self, log: logging.Logger) -> None:
+        """Log the worker's stderr lines, within STDERR_BURST/STDERR_RATE.
+        It is read as fast as it comes (a worker blocked on a full stderr
+        pipe would stop answering pings); a flood costs a count of newlines
+        per read, not a Python loop per line."""
+        limiter = StderrLimiter()
         buf = b""
         while True:
-            try:
-                data = await self.proc.stderr.receive_some(1 << 14)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                data = b""
-            if not data:
-                break
-            buf += data
-            *lines, buf = buf.split(b"\n")
-            for raw in lines:
-                line = raw.decode(errors="replace").rstrip()
+            data = None
+            with trio.move_on_after(max(limiter.summary_in(), 0.0)):
+                try:
+                    data = await self.proc.stderr.receive_some(1 << 16)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+            if data:
+                buf += data
+                end = buf.rfind(b"\n")
+                if end >= 0:
+                    block, buf = buf[:end], buf[end + 1:]
+                    self._lines(block, limiter, log)
+                if len(buf) > STDERR_PARTIAL:   # a "line" that never ends: take it as one
+                    block, buf = buf, b""
+                    self._lines(block, limiter, log)
+            if limiter.summary_in() <= 0 or data == b"":
+                n = limiter.take()
+                if n:
+                    log.warning("%s: suppressed %d stderr lines (beyond %d at once, %g a second)",
+                                self.label, n, STDERR_BURST, STDERR_RATE)
+            if data == b"":
+                return
+
+    def _lines(self, block: bytes, limiter: StderrLimiter, log: logging.Logger) -> None:
+        """Log the lines of `block` (newline-separated, no final newline) the
+        limiter allows, count the rest."""
+        while block is not None:
+            allowed = limiter.available()
+            if allowed < 1:
+                limiter.drop(block.count(b"\n") + 1)
+                for raw in block.rsplit(b"\n", STDERR_TAIL)[-STDERR_TAIL:]:
+                    self._remember(raw)
+                return
+            parts = block.split(b"\n", allowed)
+            block = parts.pop() if len(parts) > allowed else None
+            for raw in parts:
+                line = self._remember(raw)
                 if line:
-                    self.tail.append(line)
+                    limiter.spend()
+                    if len(raw) > STDERR_LINE:
+                        line = f"{line}... ({len(raw)} bytes)"
                     log.info("%s: %s", self.label, line)
-            if len(buf) > 1 << 16:
-                buf = b""
+
+    def _remember(self, raw: bytes) -> str:
+        """The line, cut to STDERR_LINE, kept for a crash message ("" if blank)."""
+        line = raw[:STDERR_LINE * 4].decode(errors="replace").rstrip()[:STDERR_LINE]
+        if line:
+            self.tail.append(line)
+        return line
 
     async def describe_end(self) -> str:
         with trio.move_on_after(0.5):
@@ -107,13 +247,22 @@ class ProcessLink(Link):
         if graceful and proc.returncode is None:
             with trio.move_on_after(grace):
                 await proc.wait()
+        # Signals go to the worker's whole group: the processes its route
+        # started must not outlive it (they would keep running unsupervised,
+        # and could hold its pipes open).
         if proc.returncode is None and graceful:
-            proc.terminate()
+            signal_group(self.pgid, signal.SIGTERM)
             with trio.move_on_after(grace):
                 await proc.wait()
         if proc.returncode is None:
-            proc.kill()
+            signal_group(self.pgid, signal.SIGKILL)
         await proc.wait()
+        # The worker is reaped; SIGKILL what is left of its group (children
+        # that ignored SIGTERM or that it left behind when it exited, an
+        # SDK's lifeline watcher). Safe after the reap: Linux does not give a
+        # pid to a new process while a process group of that id still has
+        # members, so the id names our leftovers or nobody.
+        signal_group(self.pgid, signal.SIGKILL)
         for pipe in (proc.stdin, proc.stdout, proc.stderr):
             await pipe.aclose()
 
@@ -152,6 +301,7 @@ class StdioRuntime(PooledRuntime):
         env.update(self.language.env)
         extra = self.options.get("env") or ()
         env.update(dict(extra.items() if isinstance(extra, dict) else extra))
+        env[LIFELINE_ENV] = str(lifeline_fd())   # after `env`: a route cannot unset it
         return {str(k): str(v) for k, v in env.items()}
 
     async def open_link(self, index: int, nursery: trio.Nursery) -> Link:
@@ -161,7 +311,7 @@ class StdioRuntime(PooledRuntime):
         proc = await trio.lowlevel.open_process(
             self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             cwd=str(self.workdir), env=self.environment(), preexec_fn=limits,
-            start_new_session=True)
+            start_new_session=True, pass_fds=(lifeline_fd(),))
         self.pids[index] = proc.pid
         link = ProcessLink(proc, f"{self.spec.route}[{index}] pid {proc.pid}")
         nursery.start_soon(link.drain_stderr, self.log)

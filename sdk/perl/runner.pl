@@ -6,11 +6,14 @@
 # Loads the route file, then speaks the protocol on fd 0 / fd 1. The route's
 # own print output goes to stderr, so it can never corrupt the protocol
 # stream. A route that fails to load is reported as `fatal` (with the file
-# and line Perl gives) and the runner exits 1.
+# and line Perl gives) and the runner exits 1. First of all it forks its
+# lifeline watcher (BabelSIP::Lifeline): when the host dies, it ends this
+# worker and every process the route started.
 use strict;
 use warnings;
 use File::Spec ();
 use BabelSIP ();
+use BabelSIP::Lifeline ();
 use BabelSIP::Session ();
 
 my @HOOKS = qw(on_request on_failure on_reply);
@@ -50,6 +53,7 @@ sub main {
         print STDERR "usage: perl -I sdk/perl sdk/perl/runner.pl ROUTE.pl\n";
         return 2;
     }
+    BabelSIP::Lifeline::watch();   # before the route's code runs
     # The protocol keeps fd 1 (as a private handle); STDOUT becomes stderr.
     open(my $proto, '>&', \*STDOUT) or die "cannot dup stdout: $!\n";
     open(STDOUT, '>&', \*STDERR) or die "cannot redirect stdout: $!\n";

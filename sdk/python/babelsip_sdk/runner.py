@@ -1,7 +1,9 @@
 """Stdio runner: `python -m babelsip_sdk.runner ROUTE.py`, started by the host.
 
 File descriptor 1 carries the protocol; the route's own print() output is
-redirected to stderr so it cannot corrupt the stream.
+redirected to stderr so it cannot corrupt the stream. Before anything else
+the runner forks its lifeline watcher (`lifeline.watch`): when the host
+dies, it ends this worker and every process the route started.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
-from babelsip_sdk import wire
+from babelsip_sdk import lifeline, wire
 from babelsip_sdk.loader import RouteLoadError, load_route
 from babelsip_sdk.session import Session
 
@@ -28,6 +30,7 @@ def main(argv=None) -> int:
     if len(argv) != 1:
         print("usage: python -m babelsip_sdk.runner ROUTE.py", file=sys.stderr)
         return 2
+    lifeline.watch()   # first: while this process has one thread, and before the route runs
     proto_out = os.dup(1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr

@@ -80,6 +80,12 @@ PROTECTED_HEADERS = frozenset({
 
 REPLY_MAX = 699
 
+# Per-call variables a route may keep (Decision.vars), in bytes as JSON writes
+# them. The host keeps them for the whole call, outside any route's memory cap:
+# 64 KiB, the most one SIP message over UDP can carry, is far more than routing
+# state (numbers, names, attempts) needs and small enough for many calls.
+VARS_MAX_BYTES = 64 * 1024
+
 
 class VerbError(ValueError):
     """A route called a verb wrongly: wrong hook, bad arguments, a second decision."""

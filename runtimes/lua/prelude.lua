@@ -19,7 +19,11 @@ local vars_in = host.vars_in      -- () -> table built from event["vars"]
 local vars_out = host.vars_out    -- (k1, v1, k2, v2, ...) -> nil
 local log = host.log              -- (line) -> nil
 local EVERY = host.hook_every     -- instructions between two budget checks
+local CLOCK_EVERY = host.clock_every  -- budget checks between two clock reads
 local jit_on = host.jit_on        -- LuaJIT only: leave the JIT on (trusted scripts)
+local MAX_BYTES = host.max_bytes  -- the state's memory cap, in bytes
+local VARS_MAX_BYTES = host.vars_max_bytes  -- serialized size allowed to req.vars
+local LOG_LINE_MAX = host.log_line_max      -- bytes of one print() line kept
 
 local G = _G
 local type, error, select, next, rawget, rawset, rawequal, tostring =
@@ -30,6 +34,9 @@ local concat = table.concat
 local unpack = table.unpack or unpack
 local load = load
 local sethook, gethook, getinfo = debug.sethook, debug.gethook, debug.getinfo
+local raw_getmetatable = debug.getmetatable   -- sees through __metatable
+local tonumber, floor = tonumber, math.floor
+local format, s_sub = string.format, string.sub
 local co_create, co_wrap, co_resume, co_close =
       coroutine.create, coroutine.wrap, coroutine.resume, coroutine.close
 
@@ -58,12 +65,23 @@ G.setmetatable = function(t, mt)
   return setmetatable(t, mt)
 end
 
--- Lua's pattern matcher is C code the count hook never interrupts, and it
--- backtracks: `("a"):rep(20000):find(".-b")` runs for seconds, and every extra
--- quantifier multiplies the cost by the subject length. Subjects (headers,
--- bodies) come from the network, so a pattern's worst case is bounded before it
--- runs: about len^(q+1) steps for q quantifiers (len^q when anchored with ^;
--- a quantifier that ends the pattern does not count).
+-- The standard library is C code the count hook never interrupts, and the
+-- route's event runs in a worker thread that keeps running, GIL released, after
+-- the host abandons it at its deadline. Every C function whose running time is
+-- not bounded by its arguments' sizes (themselves bounded by the memory cap) is
+-- wrapped here so that its work is bounded before it starts.
+--
+-- Pattern matching backtracks: `("a"):rep(20000):find(".-b")` runs for
+-- seconds, and subjects (headers, bodies) come from the network. A pattern's
+-- worst case is estimated before it runs, for a subject of n bytes, as
+--   starts * (n+1)^w * 2^o * items
+-- starts: n+1 positions tried (1 when anchored with ^);
+-- w: quantifiers * + - that can backtrack (each retries up to n+1 lengths; one
+--    with nothing but ")" after it never backtracks), plus %b and back-
+--    references %1-%9, which each scan up to n bytes per attempt;
+-- o: ? quantifiers, each tried with and without its item;
+-- items: pattern length, the cost of one attempt without backtracking (also the
+--    worst case of a plain find: compare up to #p bytes at each start).
 local byte = string.byte
 local s_find, s_match, s_gmatch, s_gsub = string.find, string.match, string.gmatch, string.gsub
 
@@ -78,71 +96,164 @@ local function set_end(p, i, n)      -- i at "["; index just after the matching 
   return i + 1
 end
 
-local function quantifiers(p)
-  local n, q, i = #p, 0, 1
-  local anchored = byte(p, 1) == 94
-  if anchored then i = 2 end
+-- (w, o) of pattern p, scanned from index i (see above).
+local function complexity(p, i)
+  local n, w, o = #p, 0, 0
   while i <= n do
     local c, class = byte(p, i), true
     if c == 40 or c == 41 then i, class = i + 1, false              -- ( )
     elseif c == 37 then                                             -- %
       local d = byte(p, i + 1)
-      if d == 98 then i, class = i + 4, false                       -- %bxy
+      if d == 98 then i, class, w = i + 4, false, w + 1             -- %bxy: a scan
       elseif d == 102 then i, class = set_end(p, i + 2, n), false   -- %f[set]
+      elseif d and d >= 49 and d <= 57 then                         -- %1-%9: a scan
+        i, class, w = i + 2, false, w + 1
       else i = i + 2 end
     elseif c == 91 then i = set_end(p, i, n)                        -- [set]
     else i = i + 1 end
     if class then
       local nx = byte(p, i)
-      if nx == 42 or nx == 43 or nx == 45 then                      -- * + -
+      if nx == 42 or nx == 43 or nx == 45 or nx == 63 then          -- * + - ?
         i = i + 1
         -- A quantifier with nothing but ")" after it never backtracks.
-        if not s_find(p, "^%)*$", i) then q = q + 1 end
-      elseif nx == 63 then i = i + 1 end                            -- ?
+        if not s_find(p, "^%)*$", i) then
+          if nx == 63 then o = o + 1 else w = w + 1 end
+        end
+      end
     end
   end
-  return anchored and q or q + 1
+  return w, o
 end
 
 local PATTERN_STEPS = host.pattern_steps
-local exponents, cached = {}, 0
+local shapes, cached = {}, 0         -- pattern -> {anchored, w, o}, at most 512
+local PLAIN = {false, 0, 0}
 
-local function check_pattern(fname, s, p)
-  if PATTERN_STEPS <= 0 or type(s) ~= "string" or type(p) ~= "string" then return end
-  local k = exponents[p]
-  if not k then
-    k = quantifiers(p)
-    if cached >= 512 then exponents, cached = {}, 0 end
-    exponents[p], cached = k, cached + 1
+local function pattern_shape(p, anchoring)
+  local key = anchoring and p or "\0" .. p
+  local shape = shapes[key]
+  if not shape then
+    local anchored = anchoring and byte(p, 1) == 94
+    local w, o = complexity(p, anchored and 2 or 1)
+    shape = {anchored, w, o}
+    if cached >= 512 then shapes, cached = {}, 0 end
+    shapes[key], cached = shape, cached + 1
   end
-  if k > 1 and (#s + 1) ^ k > PATTERN_STEPS then
+  return shape
+end
+
+-- anchoring: false for gmatch, where a leading ^ is an ordinary character.
+local function check_pattern(fname, s, p, plain, anchoring)
+  if PATTERN_STEPS <= 0 then return end
+  -- The C function converts numbers to strings, and rejects anything else itself.
+  if type(s) == "number" then s = tostring(s) end
+  if type(p) == "number" then p = tostring(p) end
+  if type(s) ~= "string" or type(p) ~= "string" then return end
+  local shape = plain and PLAIN or pattern_shape(p, anchoring)
+  local n = #s + 1
+  local steps = (shape[1] and 1 or n) * n ^ shape[2] * 2 ^ shape[3] * (#p + 1)
+  if steps > PATTERN_STEPS then
     error(fname .. "(): pattern too costly for a " .. #s .. "-byte subject (worst case ~"
-          .. #s .. "^" .. k .. " steps): anchor it with ^, use fewer * + - "
-          .. "quantifiers, or shorten the subject", 3)
+          .. format("%.3g", steps) .. " steps, the limit is " .. PATTERN_STEPS
+          .. "): anchor it with ^, use fewer * + - ? quantifiers, %b or back-references, "
+          .. "or shorten the subject", 3)
   end
 end
 
 string.find = function(s, p, init, plain)
-  if not plain then check_pattern("string.find", s, p) end
+  check_pattern("string.find", s, p, plain, true)
   return s_find(s, p, init, plain)
 end
 string.match = function(s, p, init)
-  check_pattern("string.match", s, p)
+  check_pattern("string.match", s, p, false, true)
   return s_match(s, p, init)
 end
 string.gmatch = function(s, p, ...)
-  check_pattern("string.gmatch", s, p)
+  check_pattern("string.gmatch", s, p, false, false)
   return s_gmatch(s, p, ...)
 end
 string.gsub = function(s, p, r, n)
-  check_pattern("string.gsub", s, p)
+  check_pattern("string.gsub", s, p, false, true)
   return s_gsub(s, p, r, n)
 end
 
+-- string.rep builds count * (#s + #sep) bytes, one copy per repetition, so
+-- string.rep("", 2^50) loops 2^50 times without allocating anything. A result
+-- larger than the memory cap could never be kept: refuse the count up front.
+local s_rep = string.rep
+string.rep = function(s, count, sep)
+  local c = tonumber(count)
+  if c and c > 0 then
+    local unit = (type(s) == "string" and #s or 0) + (type(sep) == "string" and #sep or 0)
+    if c * (unit > 0 and unit or 1) > MAX_BYTES then
+      error("bad argument #2 to 'rep' (" .. format("%.0f", c)
+            .. " repetitions exceed the route's memory limit of " .. MAX_BYTES .. " bytes)", 2)
+    end
+  end
+  return s_rep(s, count, sep)
+end
+
+-- table.move/concat walk an index range given as numbers, and insert/remove/
+-- sort one given by __len: table.move({}, 1, 2^40, 1) copies nil to nil 2^40
+-- times. No table in this state can hold more than MAX_BYTES / 16 elements
+-- (16 bytes per array slot in Lua 5.4, 8 in LuaJIT), so a longer range is a
+-- mistake or an attack.
+local MAX_ELEMENTS = floor(MAX_BYTES / 16)
+local T = G.table
+
+local function check_range(fname, first, last)
+  if first == nil or last == nil then return end
+  first, last = tonumber(first), tonumber(last)
+  if first and last and last - first >= MAX_ELEMENTS then
+    error("bad argument to '" .. fname .. "' (a range of " .. format("%.0f", last - first + 1)
+          .. " elements; at most " .. MAX_ELEMENTS .. " fit in the route's memory)", 3)
+  end
+end
+
+-- #t of a table whose __len says so; nil for a plain table (its length is
+-- bounded by what it holds).
+local function declared_length(t)
+  if type(t) ~= "table" then return nil end
+  local mt = raw_getmetatable(t)
+  if mt == nil or rawget(mt, "__len") == nil then return nil end
+  return #t
+end
+
+local t_move, t_concat, t_insert, t_remove, t_sort = T.move, T.concat, T.insert, T.remove, T.sort
+if t_move then
+  T.move = function(a1, f, e, t, a2)
+    check_range("move", f, e)
+    return t_move(a1, f, e, t, a2)
+  end
+end
+T.concat = function(list, sep, i, j)
+  if j == nil and type(list) == "table" then j = #list end
+  check_range("concat", i == nil and 1 or i, j)
+  return t_concat(list, sep, i, j)
+end
+T.insert = function(t, ...)
+  check_range("insert", 1, declared_length(t))
+  return t_insert(t, ...)
+end
+T.remove = function(t, ...)
+  check_range("remove", 1, declared_length(t))
+  return t_remove(t, ...)
+end
+T.sort = function(t, ...)
+  check_range("sort", 1, declared_length(t))
+  return t_sort(t, ...)
+end
+
+-- One print() is one log line, cut to LOG_LINE_MAX bytes here so that a huge
+-- value is never copied into the host; the host limits lines per second.
 G.print = function(...)
   local parts = {}
   for i = 1, select("#", ...) do parts[i] = tostring((select(i, ...))) end
-  log(concat(parts, "\t"))
+  local line = concat(parts, "\t")
+  if #line > LOG_LINE_MAX then
+    line = s_sub(line, 1, LOG_LINE_MAX) .. " [... " .. (#line - LOG_LINE_MAX) .. " more bytes]"
+  end
+  log(line)
 end
 
 ------------------------------------------------------------------------------
@@ -159,12 +270,16 @@ local spent = false                  -- false | "instructions" | "deadline"
 local oom = false
 local guard = true                   -- host code running: the hook stands aside
 
+-- The clock is a Python function: reading it takes the GIL, which the event
+-- loop's thread holds most of the time. It is read every CLOCK_EVERY ticks only.
 local function on_count()
   if guard then return end
   if spent then error(BUDGET, 0) end
   ticks_left = ticks_left - 1
   if ticks_left <= 0 then spent = "instructions"; error(BUDGET, 0) end
-  if clock() > deadline then spent = "deadline"; error(BUDGET, 0) end
+  if ticks_left % CLOCK_EVERY == 0 and clock() > deadline then
+    spent = "deadline"; error(BUDGET, 0)
+  end
 end
 sethook(on_count, "", EVERY)
 
@@ -326,6 +441,7 @@ local function on_error(e)
     if not info then break end
     if info.source == script_source then err_line = info.currentline; break end
   end
+  if err_line == nil then err_line = hook_line end
   -- The hook stays armed: to-be-closed variables (__close) still run while
   -- the error unwinds, and they are script code.
   guard = false
@@ -355,20 +471,24 @@ local function protected(f, ...)
 end
 
 local function run_budgeted(ticks, dl, f, ...)
-  ticks_left, deadline, spent, oom, err_line = ticks, dl, false, false, nil
+  ticks_left, deadline, spent, oom, err_line, hook_line = ticks, dl, false, false, nil, nil
   local fine, ok, e = raw_pcall(protected, f, ...)
   guard = true
   if not fine then return false, ok end
   return ok, e
 end
 
--- Send the simple contents of req.vars back to the host, flat.
+-- Send the simple contents of req.vars back to the host, flat. The host keeps
+-- them for the whole call, so their size is capped (VARS_MAX_BYTES, counted as
+-- JSON would write them: quotes, colon and comma included) before anything is
+-- copied out of Lua.
 local MAX_VARS = 256
+local hook_line = nil                -- where the running hook is defined
 local function collect_vars(req)
   local vars = rawget(req, "vars")
   if vars == nil then vars = {} end                 -- req.vars = nil clears them
   if type(vars) ~= "table" then error("req.vars must be a table, got a " .. type(vars), 0) end
-  local flat, n = {}, 0
+  local flat, n, size = {}, 0, 2
   for k, v in next, vars do
     if type(k) ~= "string" then
       error("req.vars: keys must be strings, got a " .. type(k), 0)
@@ -379,6 +499,11 @@ local function collect_vars(req)
     end
     n = n + 2
     if n > 2 * MAX_VARS then error("req.vars: more than " .. MAX_VARS .. " variables", 0) end
+    size = size + #k + (tv == "string" and #v + 2 or 24) + 4
+    if size > VARS_MAX_BYTES then
+      error("req.vars: more than " .. VARS_MAX_BYTES .. " bytes (at req.vars." .. k
+            .. "); keep routing state in vars, not message bodies", 0)
+    end
     flat[n - 1], flat[n] = k, v
   end
   vars_out(unpack(flat, 1, n))
@@ -386,7 +511,11 @@ end
 
 local function run_hook(fn, req, rep)
   fn(req, rep)
-  if vars_touched then collect_vars(req) end
+  if vars_touched then
+    -- An error here has no script frame on the stack: blame the hook.
+    hook_line = getinfo(fn, "S").linedefined
+    collect_vars(req)
+  end
 end
 
 local api = {per_thread_hooks = per_thread_hooks}

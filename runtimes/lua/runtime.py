@@ -5,11 +5,22 @@ passed as is; Lua reads its fields lazily and calls the Recorder directly for
 each verb. Nothing is converted back except the simple contents of `req.vars`,
 and only when the script touched them.
 
-Lua is single-threaded and fast enough per event that `handle` runs it
-synchronously inside the async method: no thread hop, and no way for two
-events to interleave in one Lua state. The per-event deadline is enforced
-inside Lua by the count hook (see prelude.lua), because the caller's
-cancellation cannot interrupt a synchronous call.
+Off the event loop. The state's load and every event run in a worker thread
+(lupa releases the GIL while Lua runs), one at a time per state, so neither a
+slow script nor one long C call (a pattern match, string.rep...) can keep
+the server from serving other routes, in-dialog requests and retransmissions.
+Two watchdogs bound an event:
+  * inside Lua, the count hook stops the script at its instruction budget or
+    its deadline (see prelude.lua), and the prelude bounds the C library
+    functions whose work is not bounded by their arguments' size;
+  * on the trio side, an event still running OVERRUN_GRACE after its deadline
+    is abandoned: the state is marked damaged (the registry starts a fresh one)
+    and the thread left behind ends when the count hook or its bounded C call
+    returns. The trio side never touches a state while a thread may run in it
+    (lupa would block the event loop on the state's lock).
+There is no inline `handle_now`: the thread hop costs ~50-100 us per event
+(bench/README.md), and no inline path can be bounded without running the
+script, which is the point of the thread.
 
 Options (RuntimeSpec.options, from routes.toml):
   ("instructions", N)  Lua VM instructions per event (default 10 million).
@@ -17,8 +28,12 @@ Options (RuntimeSpec.options, from routes.toml):
                        100 million; 0 turns the check off).
   ("jit", True)        LuaJIT only, for trusted scripts: leave the JIT on. Compiled
                        traces ignore debug hooks, so a hot loop is then stopped by
-                       neither the instruction budget nor the deadline, and it blocks
-                       the whole process. Without it the JIT is off (jit.off()).
+                       neither the instruction budget nor the deadline: the host
+                       abandons the event at its deadline, but the thread spins on.
+                       Without it the JIT is off (jit.off()).
+
+Limits a script cannot raise: vars VARS_MAX_BYTES per call (host.routes.verbs),
+print() lines of LOG_LINE_MAX bytes and LOG_LINES_PER_SECOND lines per second.
 """
 
 from __future__ import annotations
@@ -26,9 +41,13 @@ from __future__ import annotations
 import logging
 import math
 import re
+import sys
+import threading
 import time
 
-from host.routes.verbs import HOOKS, ON_REQUEST, VERBS, Decision, Recorder, VerbError
+import trio
+
+from host.routes.verbs import HOOKS, ON_REQUEST, VARS_MAX_BYTES, VERBS, Decision, Recorder, VerbError
 from runtimes.base import LoadError, Runtime, RuntimeSpec, ScriptError
 
 from .bridge import header_values, to_python
@@ -46,8 +65,42 @@ DEFAULT_PATTERN_STEPS = 100_000_000
 # the next event would most likely fail too.
 DAMAGED_MEMORY_SHARE = 0.9
 
+# How long past its deadline the trio side waits for a Lua call before it
+# abandons the state. The count hook stops the script within ~0.1 ms of the
+# deadline; the rest is the worker thread waking up and taking the GIL on a
+# loaded machine (measured: p99 ~5 ms with 2 busy cores).
+OVERRUN_GRACE = 0.1
+
+# The worker thread takes the GIL for every Python callback (a field read, a
+# verb), and CPython hands it over only every switch interval (default 5 ms)
+# while the event loop's thread is busy: at 5 ms an event of a few callbacks
+# took tens of ms under load. 0.5 ms measured ~10x less latency with no
+# measurable cost to the event loop (the interval only matters when a second
+# thread waits for the GIL).
+SWITCH_INTERVAL = 0.0005
+
+# print() from a route: lines cut to LOG_LINE_MAX bytes (in Lua, before the
+# copy to Python) and at most LOG_LINES_PER_SECOND per route and second, the
+# rest counted and reported once a second. 2 KiB holds a whole SIP header set
+# of a typical request; 50 lines/s (100 KiB/s at most) is plenty to debug a
+# route, and one event printing in a loop wrote 64-97 MB/s before.
+LOG_LINE_MAX = 2048
+LOG_LINES_PER_SECOND = 50
+
 # How many arguments each verb takes (optional ones included).
 _ARITY = {name: len(verb.params) for name, verb in VERBS.items()}
+
+
+# What _in_thread returns for a call it abandoned.
+ABANDONED = object()
+
+
+def _detached(exc: BaseException) -> BaseException:
+    """`exc` with no traceback or chained exceptions: a result crossing from
+    the worker thread must not keep that thread's frames (and the Lua objects
+    in them) alive, or they would be freed on the event loop's thread."""
+    exc.__traceback__ = exc.__context__ = exc.__cause__ = None
+    return exc
 
 
 class LuaRuntime(Runtime):
@@ -74,6 +127,56 @@ class LuaRuntime(Runtime):
         self._event: dict | None = None
         self._reply: dict | None = None
         self._events = self._errors = self._budget_stops = self._memory_errors = 0
+        self._overruns = 0
+        self._memory_used = 0
+        # One event at a time in this state, in arrival order (trio side), and
+        # one thread at a time in it (the limiter is held until the thread ends,
+        # even when the event was abandoned).
+        self._turn = trio.Lock()
+        self._limiter = trio.CapacityLimiter(1)
+        # _running/_closed are shared with the worker thread, under _mutex.
+        self._mutex = threading.Lock()
+        self._running = False
+        self._closed = False
+        self._abandoned = False
+        # print() rate limit: lines in the current one-second window.
+        self._log_window = 0.0
+        self._log_lines = 0
+        self._log_suppressed = 0
+
+    # ------------------------------------------------------------ threads
+
+    async def _in_thread(self, timeout: float, fn, *args):
+        """fn(*args) in a worker thread; its result, or ABANDONED when it was still
+        running `timeout` + OVERRUN_GRACE seconds from now (the state is then
+        abandoned). Not cancellable from outside meanwhile: a cancelled caller
+        would leave the state running with nobody knowing."""
+        with self._mutex:
+            self._running = True
+        with trio.CancelScope(shield=True,
+                              deadline=trio.current_time() + timeout + OVERRUN_GRACE):
+            return await trio.to_thread.run_sync(self._job, fn, args, limiter=self._limiter,
+                                                 abandon_on_cancel=True)
+        self._abandoned = True
+        self._overruns += 1
+        return ABANDONED
+
+    def _job(self, fn, args):
+        """Runs in the worker thread."""
+        try:
+            return fn(*args)
+        except Exception as exc:   # a bug here: reported, never raised across threads
+            return _detached(exc)
+        finally:
+            with self._mutex:
+                self._running = False
+                if self._closed:
+                    self._drop_state()
+
+    def _drop_state(self) -> None:
+        # Called with no thread running in the state, from a worker thread, so
+        # freeing it (lua_close, up to the memory cap) never runs on the loop.
+        self._lua = self._dispatch = self._module = None
 
     # ------------------------------------------------------------------ life
 
@@ -89,80 +192,120 @@ class LuaRuntime(Runtime):
             source = spec.path.read_bytes()
         except OSError as exc:
             raise LoadError(self._file, None, f"cannot read the script: {exc}") from None
+        if sys.getswitchinterval() > SWITCH_INTERVAL:
+            sys.setswitchinterval(SWITCH_INTERVAL)
+        result = await self._in_thread(spec.deadline, self._load, module, source)
+        if result is ABANDONED:
+            raise LoadError(self._file, None,
+                            f"did not finish loading within its deadline of {spec.deadline:g} s "
+                            f"(a C library call that does not return); the state is abandoned")
+        if isinstance(result, BaseException):
+            raise result
 
+    def _load(self, module, source: bytes):
+        """Runs in the worker thread: create the state, run the prelude and the
+        script's chunk. Returns None or the LoadError."""
+        spec = self.spec
         lua = new_state(module, spec.memory_mb)
         self._table_type = type(lua.table())
         api = install_prelude(
             lua, clock=time.monotonic, verb=self._call_verb, header=self._find_header,
             vars_in=self._vars_in, vars_out=self._vars_out, log=self._log_line,
-            jit_on=self._jit_on, pattern_steps=self._pattern_steps)
+            jit_on=self._jit_on, pattern_steps=self._pattern_steps,
+            max_bytes=spec.memory_mb * 1024 * 1024, vars_max_bytes=VARS_MAX_BYTES,
+            log_line_max=LOG_LINE_MAX)
         try:
             result = api.load_script(source, self._chunkname, self._ticks,
                                      time.monotonic() + spec.deadline)
         except module.LuaMemoryError:
-            raise LoadError(self._file, None, "ran out of memory while loading") from None
+            return LoadError(self._file, None, "ran out of memory while loading")
         except module.LuaError as exc:
-            raise LoadError(self._file, None, f"failed to load: {exc}") from None
+            return LoadError(self._file, None, f"failed to load: {exc}")
         result = result if isinstance(result, tuple) else (result,)
         status = result[0]
         if status != "ok":
-            raise self._load_error(status, result)
+            return self._load_error(status, result)
         hooks = frozenset(result[1:])
         if ON_REQUEST not in hooks:
-            raise LoadError(self._file, None, "the script must define a global function on_request(req)")
-
+            return LoadError(self._file, None, "the script must define a global function on_request(req)")
+        self._memory_used = lua.get_memory_used()
         self._lua, self._module = lua, module
         self._dispatch = api.dispatch
         self.hooks = hooks
+        return None
 
     async def aclose(self) -> None:
-        self._lua = self._dispatch = None
+        with self._mutex:
+            self._closed = True
+            if self._running:
+                return   # the thread drops the state when it ends (_job)
+        if self._lua is not None:
+            with self._mutex:
+                self._running = True
+            await trio.to_thread.run_sync(self._job, lambda: None, (), limiter=self._limiter,
+                                          abandon_on_cancel=True)
+        self._flush_log()
 
     # ----------------------------------------------------------------- events
 
     async def handle(self, hook: str, event: dict) -> Decision:
-        return self.handle_now(hook, event)
-
-    def handle_now(self, hook: str, event: dict) -> Decision:
-        """Run a hook to completion: Lua never waits, and the instruction
-        hook enforces the deadline inside the script."""
-        if self._dispatch is None:
-            raise ScriptError("the Lua runtime is not running", file=self._file,
-                              damaged=True, kind="crash")
-        if hook not in self.hooks:
+        """Run a hook in the worker thread; raise ScriptError on failure."""
+        if hook not in self.hooks and self._dispatch is not None:
             if hook not in HOOKS:
                 raise ScriptError(f"unknown hook {hook!r}", file=self._file, kind="protocol")
             return Decision()  # the route does not define it: default behaviour
+        async with self._turn:
+            if self._dispatch is None or self._abandoned or self._closed:
+                raise ScriptError("the Lua runtime is not running", file=self._file,
+                                  damaged=True, kind="crash")
+            self._events += 1
+            deadline = self.spec.deadline
+            result = await self._in_thread(deadline, self._run_event, hook, event,
+                                           time.monotonic() + deadline)
+        if isinstance(result, Decision):
+            return result
+        if result is ABANDONED:
+            self._errors += 1
+            raise ScriptError(f"still running {OVERRUN_GRACE:g} s past its deadline of {deadline:g} s "
+                              f"(inside a Lua C library call); the Lua state is abandoned",
+                              file=self._file, damaged=True, kind="timeout")
+        if isinstance(result, ScriptError):
+            raise result
+        raise result   # a bug in this module (see _job)
+
+    def _run_event(self, hook: str, event: dict, deadline: float):
+        """Runs in the worker thread. Returns the Decision or the ScriptError."""
         recorder = Recorder(hook)
         reply = event.get("reply")
         self._recorder, self._event, self._reply = recorder, event, reply
-        self._events += 1
         try:
-            failure = self._dispatch(hook, event, reply, self._ticks,
-                                     time.monotonic() + self.spec.deadline)
+            failure = self._dispatch(hook, event, reply, self._ticks, deadline)
         except self._module.LuaMemoryError:
             failure = ("memory", "not enough memory")
         except self._module.LuaError as exc:  # the prelude itself failed: start over
             self._errors += 1
-            raise ScriptError(f"Lua runtime failure: {exc}", file=self._file,
-                              damaged=True, kind="crash") from None
+            return ScriptError(f"Lua runtime failure: {exc}", file=self._file,
+                               damaged=True, kind="crash")
         finally:
             self._recorder = self._event = self._reply = None
+        self._memory_used = self._lua.get_memory_used()
         if failure is None:
             return recorder.decision
-        raise self._script_error(failure if isinstance(failure, tuple) else (failure,))
+        return self._script_error(failure if isinstance(failure, tuple) else (failure,))
 
     def statistics(self) -> dict:
+        # Never asks the state itself: a thread may be running in it.
         stats = {
             "runtime": self.spec.runtime,
             "events": self._events,
             "errors": self._errors,
             "budget_stops": self._budget_stops,
             "memory_errors": self._memory_errors,
+            "overruns": self._overruns,
             "memory_limit": self.spec.memory_mb * 1024 * 1024,
         }
-        if self._lua is not None:
-            stats["memory_used"] = self._lua.get_memory_used()
+        if self._dispatch is not None:
+            stats["memory_used"] = self._memory_used
         return stats
 
     # ------------------------------------------------------ called from Lua
@@ -202,7 +345,21 @@ class LuaRuntime(Runtime):
         self._recorder.set_vars(None if unchanged else new)
 
     def _log_line(self, line):
+        now = time.monotonic()
+        if now - self._log_window >= 1.0:
+            self._flush_log()
+            self._log_window, self._log_lines = now, 0
+        if self._log_lines >= LOG_LINES_PER_SECOND:
+            self._log_suppressed += 1
+            return
+        self._log_lines += 1
         self._log.info("%s: %s", self.spec.route, line)
+
+    def _flush_log(self) -> None:
+        if self._log_suppressed:
+            self._log.warning("%s: %d print() lines suppressed (more than %d per second)",
+                              self.spec.route, self._log_suppressed, LOG_LINES_PER_SECOND)
+            self._log_suppressed = 0
 
     # ---------------------------------------------------------------- errors
 

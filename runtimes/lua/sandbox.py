@@ -27,6 +27,11 @@ LUPA_MODULES = {"lua54": "lupa.lua54", "luajit": "lupa.luajit21"}
 # clock read it does costs nothing measurable on a normal route.
 HOOK_EVERY = 1000
 
+# The deadline is read every CLOCK_EVERY hook calls (~10,000 instructions,
+# 20-80 us of Lua): the clock is a Python call and needs the GIL, which the
+# event loop's thread holds most of the time while the script runs beside it.
+CLOCK_EVERY = 10
+
 PRELUDE_SOURCE = (Path(__file__).with_name("prelude.lua")).read_text(encoding="utf-8")
 
 
@@ -55,12 +60,13 @@ def new_state(module: ModuleType, memory_mb: int):
 
 
 def install_prelude(lua, *, clock, verb, header, vars_in, vars_out, log, jit_on: bool,
-                    pattern_steps: int):
-    """Run prelude.lua in `lua` with the host callbacks; return its API table
-    (load_script, dispatch)."""
+                    pattern_steps: int, max_bytes: int, vars_max_bytes: int, log_line_max: int):
+    """Run prelude.lua in `lua` with the host callbacks and limits; return its
+    API table (load_script, dispatch)."""
     host = lua.table_from({
         "clock": clock, "verb": verb, "header": header, "vars_in": vars_in,
-        "vars_out": vars_out, "log": log, "hook_every": HOOK_EVERY, "jit_on": jit_on,
-        "pattern_steps": pattern_steps,
+        "vars_out": vars_out, "log": log, "hook_every": HOOK_EVERY, "clock_every": CLOCK_EVERY,
+        "jit_on": jit_on, "pattern_steps": pattern_steps, "max_bytes": max_bytes,
+        "vars_max_bytes": vars_max_bytes, "log_line_max": log_line_max,
     })
     return lua.execute(PRELUDE_SOURCE, host)

@@ -94,8 +94,9 @@ CONNECT_TIMEOUT = 5.0
 FD_RESERVE_FRACTION = 8
 FD_RESERVE_MIN = 32
 
-# At most one warning of each kind (refused, out of descriptors, slow reader…)
-# per this many seconds; the rest are counted and reported with the next one.
+# At most one log line of each kind (refused, out of descriptors, slow reader,
+# late message, framing error) per this many seconds; the rest are counted and
+# reported with the next one.
 LOG_INTERVAL = 10.0
 
 RECV_SIZE = 65536
@@ -343,7 +344,12 @@ class TcpTransport:
         self._close(min(idle, key=lambda c: c.last_used))
         return True
 
-    def _warn(self, kind: str, msg: str, *args) -> None:
+    def _warn(self, kind: str, msg: str, *args, level: int = logging.WARNING) -> None:
+        """Log at most one line of each kind per LOG_INTERVAL: a peer that
+        opens connections by the thousand must not write the log by the
+        thousand lines."""
+        if not log.isEnabledFor(level):
+            return
         limit = self._warnings.get(kind)
         if limit is None:
             limit = self._warnings[kind] = RateLimit(LOG_INTERVAL)
@@ -353,7 +359,7 @@ class TcpTransport:
         if suppressed:
             msg += " (%d more like this since the last report)"
             args += (suppressed,)
-        log.warning(msg, *args)
+        log.log(level, msg, *args)
 
     # -------------------------------------------------------------- send
     def has_connection(self, host: str, port: int) -> bool:
@@ -446,8 +452,8 @@ class TcpTransport:
             if data is None:
                 if conn.started is not None and now >= conn.started + self.header_timeout:
                     self.header_timeouts += 1
-                    log.info("closing tcp %s:%s: message not complete within %g s",
-                             *conn.remote, self.header_timeout)
+                    self._warn("late", "closing tcp %s:%s: message not complete within %g s",
+                               *conn.remote, self.header_timeout, level=logging.INFO)
                     conn.abort = True
                     return
                 if now >= conn.last_used + self.idle_timeout:
@@ -463,7 +469,8 @@ class TcpTransport:
             except BadMessage as exc:
                 # The stream cannot be re-synchronised: close it (§18.3).
                 self.framing_errors += 1
-                log.info("closing tcp %s:%s: %s", *conn.remote, exc.reason)
+                self._warn("framing", "closing tcp %s:%s: %s", *conn.remote, exc.reason,
+                           level=logging.INFO)
                 return
             if messages:
                 conn.started = now if framer.buffered() else None

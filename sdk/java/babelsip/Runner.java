@@ -27,7 +27,9 @@ import java.util.stream.Stream;
  * protocol keeps fd 1; {@code System.out} is pointed at stderr so a route's
  * prints cannot corrupt it. A route that cannot be loaded (no such class, not
  * a {@link Route}, a constructor or static initialiser that throws) is reported
- * as {@code fatal} and the runner exits 1.
+ * as {@code fatal} and the runner exits 1. First of all it starts its
+ * {@link Lifeline} watcher: when the host dies, it ends this worker and every
+ * process the route started.
  */
 public final class Runner {
     private Runner() {}
@@ -43,6 +45,7 @@ public final class Runner {
     }
 
     public static void main(String[] args) throws IOException {
+        Lifeline.watch();   // before the route's code runs
         OutputStream proto = new FileOutputStream(FileDescriptor.out);
         System.setOut(System.err);
         if (args.length != 1) {

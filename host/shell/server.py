@@ -9,6 +9,7 @@ time, so it needs no locks.
 from __future__ import annotations
 
 import collections
+import gc
 import ipaddress
 import itertools
 import logging
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 import trio
 
 from host.routes.verbs import Decision
-from host.sip.proxy import Arm, Consult, ProxyCore, Transmit
+from host.sip.proxy import Arm, Consult, Disarm, ProxyCore, Transmit
 
 from .limits import raise_nofile_limit
 from .tcp import TcpTransport
@@ -84,6 +85,12 @@ class Server:
             await nursery.start(self.timers.run)
             for t in self.transports.values():
                 await nursery.start(t.serve)
+            # What exists now lives as long as the server: keep it out of the
+            # cycle collector's scans, whose pauses grew with the heap (p99
+            # 224 ms at 300 calls/s). Calls need no collector: they are freed
+            # by reference counting as their transactions end (ProxyCore._release).
+            gc.collect()
+            gc.freeze()
             for transport, host, port in bound:
                 log.info("listening on %s:%s:%d", transport, host, port)
             task_status.started(bound)
@@ -125,6 +132,8 @@ class Server:
                 self._transmit(action)
             elif cls is Arm:
                 self.timers.start(action.delay, action.key)
+            elif cls is Disarm:
+                self.timers.cancel(action.key)
             elif cls is Consult:
                 self._queue_consult(action)
 

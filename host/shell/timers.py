@@ -1,8 +1,16 @@
 """The timer service: the SIP core asks for timers, this fires them back.
 
-A heap of (deadline, seq, key); one task sleeps until the earliest deadline
-and is woken early when a sooner timer arrives. Cancelling is lazy: the core
-ignores stale keys by generation, so nothing is ever removed from the heap.
+A heap of [deadline, seq, key] entries; one task sleeps until the earliest
+deadline and is woken early when a sooner timer arrives. Keys are the core's
+plain-id tuples (host/sip/actions.py: Arm), unique per arming.
+
+Cancelling (`cancel`, the core's Disarm) is real for what matters: the key
+leaves the table at once and its entry drops the key, so a cancelled timer
+holds nothing of its call. The empty entry itself stays in the heap until it
+comes up or until cancelled entries outnumber live ones, when the heap is
+rebuilt without them — so the heap never holds more than twice the timers
+pending (plus COMPACT_MIN), however long the cancelled ones would have run
+(Timer C: 180 s).
 """
 
 from __future__ import annotations
@@ -14,26 +22,61 @@ from typing import Callable
 
 import trio
 
+# Below this many cancelled entries the heap is never rebuilt: a rebuild is
+# O(n) and a few hundred empty 3-slot lists cost less than rebuilding often.
+COMPACT_MIN = 512
+
 
 class TimerService:
     def __init__(self, fire: Callable[[object], None]):
         self._fire = fire
-        self._heap: list = []
+        self._heap: list = []       # [deadline, seq, key]; key None once cancelled
+        self._pending: dict = {}    # key -> its heap entry
+        self._cancelled = 0         # entries in the heap whose key is None
         self._seq = count()
         self._wake_at = math.inf
         self._scope: trio.CancelScope | None = None
 
     def start(self, delay: float, key) -> None:
+        """Fire `key` after `delay` seconds; a pending timer with the same
+        key is replaced."""
         deadline = trio.current_time() + delay
-        heapq.heappush(self._heap, (deadline, next(self._seq), key))
+        entry = [deadline, next(self._seq), key]
+        old = self._pending.get(key)
+        self._pending[key] = entry
+        if old is not None:
+            self._drop(old)
+        heapq.heappush(self._heap, entry)
         if deadline < self._wake_at and self._scope is not None:
             self._scope.cancel()
 
+    def cancel(self, key) -> None:
+        """Forget the pending timer `key`; unknown or fired keys are ignored."""
+        entry = self._pending.pop(key, None)
+        if entry is not None:
+            self._drop(entry)
+
+    def _drop(self, entry) -> None:
+        entry[2] = None
+        self._cancelled += 1
+        if self._cancelled > COMPACT_MIN and self._cancelled * 2 > len(self._heap):
+            # In place: run() holds a reference to the list.
+            self._heap[:] = [e for e in self._heap if e[2] is not None]
+            heapq.heapify(self._heap)
+            self._cancelled = 0
+
     def __len__(self) -> int:
+        """Timers pending (cancelled ones not counted)."""
+        return len(self._pending)
+
+    @property
+    def heap_size(self) -> int:
+        """Entries in the heap, cancelled ones included."""
         return len(self._heap)
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         heap = self._heap
+        pending = self._pending
         task_status.started()
         while True:
             self._wake_at = heap[0][0] if heap else math.inf
@@ -44,7 +87,11 @@ class TimerService:
             now = trio.current_time()
             fired = 0
             while heap and heap[0][0] <= now:
-                _, _, key = heapq.heappop(heap)
+                key = heapq.heappop(heap)[2]
+                if key is None:
+                    self._cancelled -= 1
+                    continue
+                del pending[key]
                 self._fire(key)
                 fired += 1
                 if fired % 512 == 0:

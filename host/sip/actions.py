@@ -19,11 +19,33 @@ class Transmit:
 
 
 class Arm:
-    """Call `ProxyCore.timer(key)` after `delay` seconds."""
+    """Call `ProxyCore.timer(key)` after `delay` seconds.
+
+    `key` is a tuple of plain values (strings, numbers, tuples of them) that
+    the core resolves through its own tables, never a reference to call
+    state: a pending timer must not keep a finished call alive (Timer C
+    lasts 180 s). Keys are unique: each carries a generation, and the core
+    ignores a key that is not the latest, so a shell that never cancels is
+    still correct, only slower to free its entries."""
     __slots__ = ("delay", "key")
 
     def __init__(self, delay, key):
         self.delay, self.key = delay, key
+
+    def __repr__(self):
+        return f"Arm({self.delay}, {self.key!r})"
+
+
+class Disarm:
+    """The timer armed with `key` is no longer wanted: drop it if pending
+    (unknown or fired keys are ignored)."""
+    __slots__ = ("key",)
+
+    def __init__(self, key):
+        self.key = key
+
+    def __repr__(self):
+        return f"Disarm({self.key!r})"
 
 
 class Consult:
@@ -38,7 +60,7 @@ class Consult:
 
 class CoreStats:
     __slots__ = ("received", "bad_replied", "bad_dropped", "stray_responses", "consults",
-                 "server_txns", "client_txns", "script_decision_errors")
+                 "server_txns", "client_txns", "script_decision_errors", "overloaded")
 
     def __init__(self):
         for name in self.__slots__:

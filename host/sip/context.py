@@ -31,10 +31,16 @@ def choose_best(responses: list[Response]) -> Response | None:
 
 
 class Branch:
-    """One client transaction of a response context (§16.6)."""
+    """One client transaction of a response context (§16.6).
+
+    `ctx` <-> `ctx.branches` and `txn` <-> `txn.context` are reference
+    cycles while the call runs; the proxy breaks them as the transactions
+    end (`ResponseContext.live`), so a finished call is freed by reference
+    counting instead of waiting for the cycle collector."""
 
     __slots__ = ("ctx", "uri", "request", "dest", "txn", "provisional", "final",
-                 "cancel_wanted", "cancelled", "timer_gen", "data")
+                 "cancel_wanted", "cancelled", "timer_gen", "timer_armed", "key", "data",
+                 "__weakref__")
 
     def __init__(self, ctx, uri: str, request: Request, dest: tuple[str, str, int]):
         self.ctx = ctx
@@ -46,7 +52,9 @@ class Branch:
         self.final: Response | None = None
         self.cancel_wanted = False
         self.cancelled = False      # CANCEL sent
-        self.timer_gen = 0
+        self.timer_gen = 0          # generation of the branch timer (Timer C, timeout, CANCEL)
+        self.timer_armed = False    # ... and whether it is pending
+        self.key = None             # the key of its client transaction
         self.data = b""             # the request as sent, serialized once
 
     @property
@@ -60,7 +68,7 @@ class ResponseContext:
     __slots__ = ("txn", "request", "source", "is_invite", "branches", "serial", "responses",
                  "final_sent", "cancelled", "route", "hooks", "vars", "in_dialog",
                  "failures_asked", "next_hop", "record_route", "consulting", "reply_queue",
-                 "timeout", "parallel")
+                 "timeout", "parallel", "live", "timer_gen", "__weakref__")
 
     def __init__(self, txn, request: Request, source: tuple[str, str, int], in_dialog: bool):
         self.txn = txn
@@ -83,6 +91,11 @@ class ResponseContext:
         self.reply_queue: list = []        # replies waiting for on_reply, in order
         self.timeout: float | None = None
         self.parallel = True
+        # Transactions of this call not yet ended: the server transaction and
+        # each branch's client transaction. At 0 the call is over and the
+        # proxy unlinks its branches (see Branch).
+        self.live = 1
+        self.timer_gen = 0                 # of the "forget" timer of a dropped request
 
     def pending(self) -> list[Branch]:
         return [b for b in self.branches if b.final is None]

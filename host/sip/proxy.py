@@ -25,7 +25,7 @@ from host.routes.verbs import ON_FAILURE, ON_REPLY, ON_REQUEST, Decision
 from . import answers
 from . import proxy_rules as rules
 from . import transaction as tx
-from .actions import Arm, Consult, CoreStats, Transmit
+from .actions import Arm, Consult, CoreStats, Disarm, Transmit
 from .context import Branch, ResponseContext, choose_best
 from .errors import BadMessage
 from .message import Request, Response, make_response, reason_for
@@ -37,6 +37,18 @@ from .validate import check_request
 
 MAX_BRANCHES = 32            # targets per decision; more is a script bug
 MAX_FAILURE_ROUNDS = 8       # on_failure -> relay -> on_failure ... per call
+# Server transactions kept at most; beyond, new requests get a stateless 503.
+# An answered call over UDP holds two for 64*T1 = 32 s after its answer (the
+# INVITE's in Accepted until Timer L, the BYE's in Completed until Timer J):
+# 64 transaction-seconds per call. The most one core process carries is
+# ~1,500 calls/s (--relay-to, README), i.e. ~96,000 transactions in steady
+# state, so the cap refuses nothing a process can serve. Each costs ~7 KB
+# with its context, branch and messages (tracemalloc, a ringing call), so
+# it also bounds what a flood of unanswered INVITEs can take to ~0.7 GB.
+MAX_SERVER_TRANSACTIONS = 100_000
+# The Retry-After of that 503: by then every transaction that had its final
+# answer when the 503 was sent has left the table (Timers H, J, L: 64*T1).
+OVERLOAD_RETRY_AFTER = 32
 # A reply to a request we refuse is never larger than that request plus this:
 # room for our status line, To tag and Content-Length, not for amplification.
 REPLY_MARGIN = 256
@@ -46,7 +58,7 @@ ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, PRACK, SUBSC
 class ProxyCore:
     def __init__(self, listen: list[tuple[str, str, int]], *, relay_to: str | None = None,
                  timers: TimerConfig = DEFAULT_TIMERS, new_id: Callable[[], str],
-                 names: tuple[str, ...] = ()):
+                 names: tuple[str, ...] = (), max_server_transactions: int = MAX_SERVER_TRANSACTIONS):
         self.local = Local(listen, names)
         self.listen = {t: (h, p) for t, h, p in listen}   # first listener per transport
         self.timers = timers
@@ -54,6 +66,8 @@ class ProxyCore:
         self.relay_to = parse_uri(relay_to) if relay_to else None
         self.server_txns: dict = {}
         self.client_txns: dict = {}
+        self.max_server_transactions = max_server_transactions
+        self._forget_gen = 0
         self._consults: dict[int, tuple] = {}
         self._token = 0
         self.stats = CoreStats()
@@ -104,21 +118,39 @@ class ProxyCore:
                    and txn.state in ("Trying", "Proceeding"))
 
     def timer(self, key) -> list:
+        """A timer armed with `key` fired. Keys name things by id only, so a
+        pending timer never keeps a call alive; each is resolved through the
+        transaction tables here, and one whose call is gone, or that was
+        restarted since (generation), does nothing:
+          ("ct" | "st", transaction key, timer name, generation) — a timer of
+              a client / server transaction's own machine;
+          ("branch", client transaction key, generation) — the one timer of
+              a branch: Timer C, the route's timeout, or the CANCEL give-up;
+          ("forget", server transaction key, generation) — a dropped request.
+        """
         out: list = []
         kind = key[0]
-        if kind == "txn":
-            _, txn, name, gen = key
-            actions = txn.on_timer(name, gen)
-            if actions:
-                self._run(txn, actions, out)
+        if kind == "ct" or kind == "st":
+            _, txn_key, name, gen = key
+            txn = (self.client_txns if kind == "ct" else self.server_txns).get(txn_key)
+            if txn is not None:
+                actions = txn.on_timer(name, gen)
+                if actions:
+                    self._run(txn, actions, out)
         elif kind == "branch":
-            _, branch, gen = key
-            if branch.timer_gen == gen and branch.final is None:
-                self._branch_timed_out(branch, out)
+            _, txn_key, gen = key
+            txn = self.client_txns.get(txn_key)
+            branch = txn.context if txn is not None else None
+            if branch is not None and branch.timer_gen == gen and branch.timer_armed:
+                branch.timer_armed = False
+                self._branch_timer(txn, branch, out)
         elif kind == "forget":
-            _, txn = key
-            if self.server_txns.get(txn.key) is txn and not txn.context.final_sent:
-                del self.server_txns[txn.key]
+            _, txn_key, gen = key
+            txn = self.server_txns.get(txn_key)
+            ctx = txn.context if txn is not None else None
+            if ctx is not None and ctx.timer_gen == gen and not ctx.final_sent:
+                del self.server_txns[txn_key]
+                self._release(txn, out)
         return out
 
     def transport_error(self, key) -> list:
@@ -192,6 +224,9 @@ class ProxyCore:
         txn = self.server_txns.get(key)
         if txn is not None:  # a retransmission: the transaction answers it
             self._run(txn, txn.on_request(req), out)
+            return
+        if len(self.server_txns) >= self.max_server_transactions:
+            self._overloaded(req, source, out)
             return
         mf = rules.max_forwards(req)
         uri = req.parsed_uri
@@ -273,7 +308,9 @@ class ProxyCore:
         elif verb == "drop":
             # Keep the transaction a while so retransmissions are absorbed
             # instead of reaching the route again, then forget it.
-            out.append(Arm(64 * self.timers.t1, ("forget", ctx.txn)))
+            self._forget_gen += 1
+            ctx.timer_gen = self._forget_gen
+            out.append(Arm(64 * self.timers.t1, ("forget", ctx.txn.key, ctx.timer_gen)))
         else:
             self._final(ctx, 500, "Unknown route decision", out)
 
@@ -343,24 +380,50 @@ class ProxyCore:
                                    config=self.timers, key=tx.client_key(branch_id, req.method),
                                    context=branch)
         branch.txn = txn
+        branch.key = txn.key
         branch.data = req.serialize()
         self.client_txns[txn.key] = txn
         self.stats.client_txns += 1
+        ctx.live += 1
         self._run(txn, txn.start(), out)
         timeout = ctx.timeout or (self.timers.c if ctx.is_invite else None)
         if timeout:
-            branch.timer_gen += 1
-            out.append(Arm(timeout, ("branch", branch, branch.timer_gen)))
+            self._arm_branch(branch, timeout, out)
+
+    def _arm_branch(self, branch: Branch, delay: float, out) -> None:
+        """(Re)start the branch's timer; the one it replaces is cancelled."""
+        self._disarm_branch(branch, out)
+        branch.timer_armed = True
+        out.append(Arm(delay, ("branch", branch.key, branch.timer_gen)))
+
+    def _disarm_branch(self, branch: Branch, out) -> None:
+        """The branch's pending timer, if any, means nothing any more."""
+        if branch.timer_armed:
+            branch.timer_armed = False
+            out.append(Disarm(("branch", branch.key, branch.timer_gen)))
+        branch.timer_gen += 1
+
+    def _branch_timer(self, txn, branch: Branch, out) -> None:
+        if branch.cancelled:
+            # §9.1: no final response 64*T1 after our CANCEL: the INVITE is
+            # considered cancelled and its client transaction destroyed (in
+            # Proceeding it has no timer of its own and would stay forever).
+            if branch.final is None:
+                branch.cancel_wanted = True
+                self._branch_final(branch, self._synthetic(branch.ctx, 408), out)
+            if self.client_txns.get(txn.key) is txn:
+                del self.client_txns[txn.key]
+                self._release(txn, out)
+        elif branch.final is None:
+            self._branch_timed_out(branch, out)
 
     def _branch_timed_out(self, branch: Branch, out) -> None:
         """A per-branch timeout (the route's, or Timer C, §16.8) expired."""
         ctx = branch.ctx
         if ctx.is_invite and branch.provisional and not branch.cancelled:
-            # CANCEL it; its 487 finishes the branch. Should neither the 487
-            # nor Timer B come, the next expiry gives up on it.
+            # CANCEL it; its 487 finishes the branch, or the CANCEL's own
+            # give-up timer does.
             self._cancel_branch(branch, out)
-            branch.timer_gen += 1
-            out.append(Arm(64 * self.timers.t1, ("branch", branch, branch.timer_gen)))
             return
         branch.cancel_wanted = True  # if a 1xx shows up later, CANCEL it then
         self._branch_final(branch, self._synthetic(ctx, 408), out)
@@ -381,6 +444,9 @@ class ProxyCore:
                                    key=tx.client_key(inv.via.branch, "CANCEL"), context=None)
         self.client_txns[txn.key] = txn
         self._run(txn, txn.start(), out)
+        # The branch's timer becomes the wait for the INVITE's final answer
+        # after the CANCEL (§9.1: 64*T1); see _branch_timer.
+        self._arm_branch(branch, 64 * self.timers.t1, out)
 
     # ------------------------------------------------------ responses (§16.7)
     def _on_response(self, resp: Response, out) -> None:
@@ -414,15 +480,15 @@ class ProxyCore:
                 self._cancel_branch(branch, out)
             if status == 100 or ctx.final_sent or branch.final is not None:
                 return  # §16.7 step 5: 100 is never forwarded
-            if ctx.timeout is None and ctx.is_invite:
-                branch.timer_gen += 1  # §16.8: a provisional resets Timer C
-                out.append(Arm(self.timers.c, ("branch", branch, branch.timer_gen)))
+            if ctx.timeout is None and ctx.is_invite and not branch.cancelled:
+                self._arm_branch(branch, self.timers.c, out)  # §16.8: a provisional resets Timer C
             self._forward(ctx, resp, out)
             return
         if status < 300:
             # §16.7 step 5: every 2xx goes upstream at once, even late ones.
             if branch.final is None:
                 branch.final = resp
+                self._disarm_branch(branch, out)
             first = not ctx.final_sent
             self._forward(ctx, resp, out)
             if first and ctx.is_invite:
@@ -431,13 +497,16 @@ class ProxyCore:
                 ctx.serial = []
             return
         if branch.final is not None:
-            return  # e.g. the 487 after we gave up on a timed-out branch
+            # e.g. the 487 after we gave up on a timed-out branch: the
+            # CANCEL's give-up timer is no longer needed.
+            self._disarm_branch(branch, out)
+            return
         self._branch_final(branch, resp, out)
 
     def _branch_final(self, branch: Branch, resp: Response, out) -> None:
         ctx = branch.ctx
         branch.final = resp
-        branch.timer_gen += 1
+        self._disarm_branch(branch, out)
         ctx.responses.append(resp)
         if resp.status >= 600 and ctx.is_invite:
             # §16.7 step 5: a 6xx ends the search.
@@ -573,6 +642,11 @@ class ProxyCore:
         if txn is not None and txn.state != "Accepted":
             self._run(txn, txn.on_request(req, is_ack=True), out)  # hop-by-hop, absorbed
             return
+        if txn is None and req.to_tag is not None and req.to_tag == self._tag(req):
+            # The ACK of an answer we made without a transaction (the 503 of
+            # a full table, 482, 483): it ends here. Relaying it, or asking
+            # the route about it, would double the work a 503 is there to shed.
+            return
         self._route_ack(req, source, out)
 
     def _route_ack(self, req: Request, source, out) -> None:
@@ -696,7 +770,8 @@ class ProxyCore:
                     else:
                         self._send_response(msg, ctx.source, out, via=ctx.request.via)
             elif cls is tx.StartTimer:
-                out.append(Arm(action.delay, ("txn", txn, action.name, action.generation)))
+                kind = "ct" if isinstance(txn, tx.ClientTransaction) else "st"
+                out.append(Arm(action.delay, (kind, txn.key, action.name, action.generation)))
             elif cls is tx.PassUp:
                 if isinstance(txn, tx.ClientTransaction):
                     if txn.context is not None:  # CANCEL responses stop here
@@ -724,6 +799,38 @@ class ProxyCore:
                 table = self.client_txns if isinstance(txn, tx.ClientTransaction) else self.server_txns
                 if table.get(txn.key) is txn:
                     del table[txn.key]
+                    self._release(txn, out)
+
+    def _release(self, txn, out) -> None:
+        """`txn` has left its table for good: cancel its timers and unlink it
+        from its call, so that the call's objects are freed by reference
+        counting once its last transaction is gone (no cycle is left for the
+        collector: see context.Branch)."""
+        client = isinstance(txn, tx.ClientTransaction)
+        timers = txn.pending_timers
+        if timers:
+            kind = "ct" if client else "st"
+            for name, gen in timers.items():
+                out.append(Disarm((kind, txn.key, name, gen)))
+        context = txn.context
+        if context is None:
+            return  # a CANCEL we sent
+        if client:
+            context.txn = None
+            ctx = context.ctx
+        else:
+            txn.context = None
+            ctx = context
+        ctx.live -= 1
+        if ctx.live == 0:
+            ctx.branches = []
+
+    def _overloaded(self, req: Request, source, out) -> None:
+        """The server transaction table is full: a stateless 503 (§21.5.4)."""
+        self.stats.overloaded += 1
+        resp = make_response(req, 503, to_tag=self._tag(req),
+                             extra=[("retry-after", str(OVERLOAD_RETRY_AFTER))])
+        self._send_response(resp, source, out, to_source=True)  # as _stateless_reply
 
     def _cancel_dest(self, txn):
         inv = self.client_txns.get(tx.client_key(txn.request.via.branch, "INVITE"))

@@ -19,7 +19,10 @@ Timers are inputs. `StartTimer(name, delay, generation)` asks the shell to
 call `on_timer(name, generation)` after `delay` seconds. A fired timer whose
 generation is not the latest one started under that name, or that means
 nothing in the current state, is ignored — so the shell never has to cancel
-timers; on `TERMINATED` it may drop every timer of the transaction. A zero
+timers. Generations are unique across all transactions of the process, so a
+timer of an ended transaction can never pass for one of a later transaction
+under the same key. On `TERMINATED`, `txn.pending_timers` lists the timers
+still running, which the caller may cancel to free them early. A zero
 duration (D, I, J, K on reliable transports) never leaves the machine: the
 timer input is applied at once, in the same call.
 
@@ -44,6 +47,8 @@ plain strings so this module does not depend on the message model.
 """
 
 from __future__ import annotations
+
+from itertools import count
 
 from host.sip.timers import DEFAULT_TIMERS, TimerConfig
 
@@ -304,9 +309,13 @@ EMPTY: tuple = ()
 
 # --- the machines ------------------------------------------------------------
 
+# One counter for every transaction: see "Timers are inputs" above.
+_next_generation = count(1).__next__
+
+
 class _Transaction:
     __slots__ = ("machine", "state", "request", "reliable", "config",
-                 "key", "context", "_rows", "_armed", "_generation", "_interval")
+                 "key", "context", "_rows", "_armed", "_interval", "__weakref__")
 
     def __init__(self, machine, request, reliable, config, key, context):
         self.machine = machine
@@ -317,13 +326,19 @@ class _Transaction:
         self.key = key  # free for the caller: usually the transaction key
         self.context = context  # free for the caller: e.g. the proxy branch
         self._rows = _ROWS[machine]
-        self._armed = {}  # timer name -> generation of its latest start
-        self._generation = 0
+        self._armed = {}  # timer name -> generation of its latest start, until it fires
         self._interval = 0.0  # current interval of the retransmit timer (A, E or G)
 
     @property
     def terminated(self) -> bool:
         return self.state is TERMINATED_STATE
+
+    @property
+    def pending_timers(self) -> dict:
+        """{timer name: generation} of the timers started and not yet fired.
+        Kept after Terminated (no timer means anything there) so the caller
+        can cancel them then."""
+        return self._armed
 
     def on_timer(self, name: str, generation: int):
         """Timer `name` ("A".."M") started with `generation` has fired."""
@@ -359,7 +374,6 @@ class _Transaction:
             if fired is not None:
                 fire_now = fired
         if next_state is TERMINATED_STATE:
-            self._armed.clear()
             out.append(TERMINATED)
         elif fire_now is not None:
             # A zero-length timer (reliable transport) fires right here.
@@ -370,9 +384,8 @@ class _Transaction:
     def _arm(self, name, delay, out):
         if delay <= 0.0:
             return _TIMER_INPUT[name]
-        self._generation += 1
-        self._armed[name] = self._generation
-        out.append(StartTimer(name, delay, self._generation))
+        generation = self._armed[name] = _next_generation()
+        out.append(StartTimer(name, delay, generation))
         return None
 
     def __repr__(self):

@@ -258,7 +258,8 @@ class Server:
         out = {"core": self.core.stats.as_dict() if self.core else {},
                "server_transactions": len(self.core.server_txns) if self.core else 0,
                "client_transactions": len(self.core.client_txns) if self.core else 0,
-               "timers": len(self.timers), "internal_errors": self.internal_errors}
+               "timers": len(self.timers), "internal_errors": self.internal_errors,
+               "transports": {name: t.statistics() for name, t in self.transports.items()}}
         return out
 
 

@@ -65,6 +65,9 @@ class UdpTransport:
         finally:
             sock.close()
 
+    def statistics(self) -> dict:
+        return {"received": self.received, "sent": self.sent, "send_errors": self.send_errors}
+
     def send(self, data: bytes, host: str, port: int) -> bool:
         try:
             self._sock.sendto(data, (host, port))

@@ -166,7 +166,9 @@ def assert_all_ok(loaded: str, example: str, routes: set[str]) -> None:
 
 def call(tmp_path: Path, user: str, *, uas_port: int, rsa: bool = False, calls: int = 3):
     """`calls` sipp calls to `user` through the server, answered by a sipp uas."""
-    with sipp.start_sipp_server("uas", tmp_path / f"uas-{user}", port=uas_port):
+    # Callee and caller keep the route set (RFC 3261 §12.1): the uas copies
+    # Record-Route into its 200, the uac sends ACK and BYE along it.
+    with sipp.start_sipp_server("uas" if rsa else "uas_rr", tmp_path / f"uas-{user}", port=uas_port):
         extra = ["-s", user]
         if rsa:
             extra += ["-rsa", f"{sipp.LOCALHOST}:{SERVER_PORT}"]

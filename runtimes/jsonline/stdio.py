@@ -48,13 +48,14 @@ LIFELINE_ENV = "BABELSIP_LIFELINE_FD"   # sdk/PROTOCOL.md §9
 # (token bucket). The burst lets a whole crash report through — a Python
 # traceback is 10-40 lines, a Java one with its "Caused by" chain 100-300 —
 # and 100 lines/s is far more than a route's diagnostics need, while a worker
-# writing 100 MB/s costs the log ~100 lines (a few kB) a second. What is
+# writing 100 MB/s costs the log 100 lines a second (at most STDERR_LINE
+# characters each) and the host a count of newlines per 64 KiB read. What is
 # dropped is counted in a "suppressed N stderr lines" line, at most one per
 # STDERR_SUMMARY seconds.
 STDERR_BURST = 500
 STDERR_RATE = 100.0
 STDERR_SUMMARY = 1.0
-STDERR_LINE = 2000   # characters of one line that are logged; the rest is cut
+STDERR_LINE = 2000   # characters logged of one line: a long exception message, not a data dump
 STDERR_PARTIAL = 1 << 16   # bytes without a newline after which they count as a line
 
 
@@ -87,10 +88,12 @@ os.register_at_fork(after_in_child=_forget_lifeline_in_child)
 
 
 def signal_group(pgid: int, sig: int) -> None:
-    """`sig` to process group `pgid`; nobody left in it is fine."""
+    """`sig` to process group `pgid`; nobody left in it is fine, and so is
+    a group whose only members we may not signal (a setuid program a route
+    ran: EPERM) — nothing more can be done from here."""
     try:
         os.killpg(pgid, sig)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):
         pass
 
 

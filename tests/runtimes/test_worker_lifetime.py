@@ -398,6 +398,23 @@ def on_request(req):
     record({threads!r}, [os.getpid()])
     req.reply(200, "threads started")
 """,
+    # stuck in one C call that holds the GIL (exponential backtracking): no
+    # Python thread of the worker could run, so its watcher is a process
+    "regex.py": PY_RECORD + """
+import re
+
+def on_request(req):
+    record({regex!r}, [os.getpid()])
+    re.match(r"(a|aa)*c", "a" * 60)
+""",
+    # stopped: no code of the worker runs at all
+    "stopped.py": PY_RECORD + """
+import signal
+
+def on_request(req):
+    record({stopped!r}, [os.getpid()])
+    os.kill(os.getpid(), signal.SIGSTOP)
+""",
     # a child and a grandchild (a shell running sleep in the background)
     "forker.py": PY_RECORD + """
 import subprocess, time

@@ -58,7 +58,34 @@ def build_parser() -> argparse.ArgumentParser:
                       help="static mode: relay every initial request to this URI, record-routed")
     mode.add_argument("--routes", type=Path, metavar="DIR", help="serve the routes in DIR")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    tcp = run.add_argument_group("TCP limits (defaults in host/shell/tcp.py and the README)")
+    for flag, key, kind, help_text in TCP_FLAGS:
+        tcp.add_argument(flag, dest=f"tcp_{key}", type=kind, metavar="N", help=help_text)
     return parser
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: must be greater than 0")
+        return value
+    return parse
+
+
+# flag, TcpTransport keyword, type, help
+TCP_FLAGS = (
+    ("--tcp-max-connections", "max_connections", _positive(int), "connections open at once (2048)"),
+    ("--tcp-max-per-source", "max_per_source", _positive(int), "connections from one IP address (64)"),
+    ("--tcp-idle-timeout", "idle_timeout", _positive(float), "seconds a connection may stay silent (300)"),
+    ("--tcp-header-timeout", "header_timeout", _positive(float),
+     "seconds to complete a message once started, or the first one (10)"),
+    ("--tcp-max-queued-bytes", "max_queued_bytes", _positive(int),
+     "bytes waiting for a peer that does not read before it is closed (1 MiB)"),
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,8 +101,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _absolute_paths(args)
     from host.shell.server import ServerConfig
+    tcp = {key: getattr(args, f"tcp_{key}") for _, key, _, _ in TCP_FLAGS
+           if getattr(args, f"tcp_{key}") is not None}
     config = ServerConfig(listen=listen, relay_to=args.relay_to,
-                          routes_dir=str(args.routes) if args.routes else None)
+                          routes_dir=str(args.routes) if args.routes else None,
+                          extra={"tcp": tcp} if tcp else {})
     try:
         try:
             trio.run(_serve, config)

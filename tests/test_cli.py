@@ -34,6 +34,8 @@ def test_parse_listen(text, expected):
     (["run", "--routes", "/nonexistent/dir"], "not a directory"),
     (["run", "--relay-to", "sip:a@b", "--routes", "."], "not allowed with"),
     (["run"], "give --routes DIR or --relay-to URI"),
+    (["run", "--relay-to", "sip:a@b", "--tcp-max-per-source", "0"], "must be greater than 0"),
+    (["run", "--relay-to", "sip:a@b", "--tcp-idle-timeout", "soon"], "expected a number"),
 ])
 def test_bad_arguments_exit_non_zero_with_a_clear_message(args, message):
     result = run(*args)
@@ -107,5 +109,44 @@ def test_sigusr1_logs_route_status_with_the_last_error(tmp_path):
         assert proc.wait(timeout=10) == 0
     finally:
         if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_tcp_limit_flags_reach_the_transport():
+    """--tcp-max-per-source 2: a third connection from one address is closed
+    at once while the first two are served."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    proc = subprocess.Popen(CMD + ["run", "--listen", f"tcp:127.0.0.1:{port}", "--relay-to",
+                                   "sip:127.0.0.1:5090", "--tcp-max-per-source", "2"],
+                            stderr=subprocess.PIPE, text=True)
+    conns = []
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if "listening on tcp" in proc.stderr.readline():
+                break
+        conns = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(3)]
+        conns[2].settimeout(5)
+        try:
+            refused = conns[2].recv(1) == b""
+        except ConnectionResetError:
+            refused = True
+        assert refused
+        options = (f"OPTIONS sip:127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:1;branch=z9hG4bKc1\r\n"
+                   "From: <sip:a@b>;tag=1\r\nTo: <sip:127.0.0.1>\r\nCall-ID: cli-tcp\r\nCSeq: 1 OPTIONS\r\n"
+                   "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
+        conns[0].sendall(options)
+        assert conns[0].recv(65535).startswith(b"SIP/2.0 200")
+    finally:
+        for conn in conns:
+            conn.close()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()

@@ -287,6 +287,11 @@ class PooledRuntime(Runtime):
                     if first:
                         self._started(index, None)
                     self._notify()
+                    if self._closing.is_set():
+                        # aclose() asked the sessions it saw to shut down
+                        # while this one was starting: ask it too, rather
+                        # than wait for aclose's timeout and cancel it.
+                        session.shutdown()
                     await session.closed.wait()
                     kind, message = session.end
                     outcome = Outcome(True, kind, f"{link.label}: {message}",

@@ -194,23 +194,54 @@ def on_request(req):
 """
 
 
+# The same as an `exec` route speaking the protocol with no SDK: the host
+# runs it under its guard, whose pid is the one the pool knows and kills.
+FORKER_EXEC = """#!{python}
+import json, os, subprocess, sys
+
+def send(msg):
+    sys.stdout.write(json.dumps(msg) + "\\n")
+    sys.stdout.flush()
+
+for line in sys.stdin:
+    msg = json.loads(line)
+    if msg["type"] == "hello":
+        send({{"type": "ready", "protocol": 1, "hooks": ["on_request"]}})
+    elif msg["type"] == "ping":
+        send({{"type": "pong", "id": msg["id"]}})
+    elif msg["type"] == "event" and msg["event"]["ruri_user"] == "hang":
+        while True:
+            pass
+    elif msg["type"] == "event":
+        child = subprocess.Popen(["sleep", "{long}"])
+        with open({pids!r} + ".tmp", "w") as f:
+            f.write(f"{{os.getpid()}} {{child.pid}}")
+        os.replace({pids!r} + ".tmp", {pids!r})
+        send({{"type": "decision", "id": msg["id"], "verbs": [["reply", 200, "forked"]]}})
+"""
+
+
+@pytest.mark.parametrize("runtime", ["python", "exec"])
 @pytest.mark.parametrize("how", ["killed", "hung", "stopped"])
-async def test_a_grandchild_goes_with_its_worker(tmp_path, processes, how):
+async def test_a_grandchild_goes_with_its_worker(tmp_path, processes, how, runtime):
     pids_file = tmp_path / "forker.pids"
     path = tmp_path / "main.py"
-    path.write_text(FORKER.format(long=LONG, pids=str(pids_file)))
-    spec = RuntimeSpec("main", path, "python", deadline=2.0, pool=1,
+    code = FORKER if runtime == "python" else FORKER_EXEC
+    path.write_text(code.format(long=LONG, pids=str(pids_file), python=sys.executable))
+    path.chmod(0o755)
+    spec = RuntimeSpec("main", path, runtime, deadline=2.0, pool=1,
                        options=FAST + (("state_dir", str(tmp_path / "state")),))
     rt = StdioRuntime(spec)
     await rt.start()
     try:
         assert (await rt.handle("on_request", event("fork"))).reason == "forked"
         worker, grandchild = processes.add(await wait_pids(pids_file))
+        known = rt.pids[0]   # the worker, or the guard in front of an exec route
         assert processes.alive(grandchild)
         if how == "killed":        # the worker dies: the pool restarts it
-            os.kill(worker, signal.SIGKILL)
+            os.kill(known, signal.SIGKILL)
             with trio.fail_after(GONE_WITHIN):
-                while rt.pids[0] in (None, worker):
+                while rt.pids[0] in (None, known):
                     await trio.sleep(0.02)
         elif how == "hung":        # missed pings: the pool kills and restarts it
             with pytest.raises(ScriptError) as e:

@@ -35,12 +35,24 @@ final class Lifeline {
 
     private Lifeline() {}
 
-    /** Starts the watcher; false when there is no lifeline (not started by a host) or it cannot run. */
+    /**
+     * Starts the watcher on a thread of its own, so the worker's start does not
+     * wait for it (starting a process costs a JVM 30-40 ms); false when there is
+     * no lifeline (not started by a host).
+     */
     static boolean watch() {
         String fd = System.getenv(ENV);
         if (fd == null || !fd.matches("[0-9]+")) {
             return false;
         }
+        Thread starter = new Thread(() -> start(fd), "babelsip-lifeline");
+        starter.setDaemon(true);
+        starter.start();
+        return true;
+    }
+
+    /** Starts the shell loop watching lifeline {@code fd}; false if it cannot run. */
+    static boolean start(String fd) {
         long pid = ProcessHandle.current().pid();
         // As the host starts workers, this JVM leads its group; run by hand,
         // the group is someone else's and only this JVM goes.

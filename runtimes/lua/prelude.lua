@@ -328,16 +328,21 @@ end
 -- Events.
 
 local cur_ev, cur_reply, cur_req, cur_rep = nil, nil, nil, nil
+local cur_fields = nil               -- the event's prefetched fields, by PREFETCHED index
 local vars_touched = false           -- req.vars was read or assigned this event
 local script_source = nil            -- "@name.lua" of the loaded script
 local err_line = nil
+local hook_line = nil                -- where the running hook is defined (vars errors)
 
-local FIELDS = {}
-for _, k in next, {"method", "ruri", "ruri_user", "ruri_host", "from_uri", "from_tag",
+-- Fields the host passes with the call (runtime.py PREFETCHED, same order),
+-- and the ones read from the event dict when first used.
+local PREFETCHED = {}
+for i, k in next, {"method", "ruri", "ruri_user", "ruri_host", "from_uri", "from_tag",
                    "to_uri", "to_tag", "call_id", "cseq", "source_ip", "source_port",
-                   "transport", "in_dialog", "body"} do
-  FIELDS[k] = true
+                   "transport", "in_dialog"} do
+  PREFETCHED[k] = i
 end
+local LAZY = {body = true}
 
 local function getitem(d, k) return d[k] end
 
@@ -392,7 +397,13 @@ local REQ_MT = {
       vars_touched = true
       return vars
     end
-    if FIELDS[k] then
+    local i = PREFETCHED[k]
+    if i then
+      local v = cur_fields[i]
+      rawset(t, k, v)
+      return v
+    end
+    if LAZY[k] then
       local v = read(cur_ev, k)
       rawset(t, k, v)
       return v
@@ -483,7 +494,6 @@ end
 -- JSON would write them: quotes, colon and comma included) before anything is
 -- copied out of Lua.
 local MAX_VARS = 256
-local hook_line = nil                -- where the running hook is defined
 local function collect_vars(req)
   local vars = rawget(req, "vars")
   if vars == nil then vars = {} end                 -- req.vars = nil clears them
@@ -536,15 +546,15 @@ function api.load_script(src, chunkname, ticks, dl)
 end
 
 -- Run one hook. Returns nothing on success, or kind, message, line.
-function api.dispatch(hook, ev, reply, ticks, dl)
+function api.dispatch(hook, ev, reply, ticks, dl, ...)
   local fn = rawget(G, hook)
   if type(fn) ~= "function" then return end
-  cur_ev, cur_reply, vars_touched = ev, reply, false
+  cur_ev, cur_reply, cur_fields, vars_touched = ev, reply, {...}, false
   local req = setmetatable({}, REQ_MT)
   local rep = reply and setmetatable({}, REPLY_MT) or nil
   cur_req, cur_rep = req, rep
   local ok, e = run_budgeted(ticks, dl, run_hook, fn, req, rep)
-  cur_ev, cur_reply, cur_req, cur_rep = nil, nil, nil, nil
+  cur_ev, cur_reply, cur_req, cur_rep, cur_fields = nil, nil, nil, nil, nil
   if ok then return end
   return classify(e)
 end

@@ -18,9 +18,12 @@ Two watchdogs bound an event:
     and the thread left behind ends when the count hook or its bounded C call
     returns. The trio side never touches a state while a thread may run in it
     (lupa would block the event loop on the state's lock).
-There is no inline `handle_now`: the thread hop costs ~50-100 us per event
-(bench/README.md), and no inline path can be bounded without running the
-script, which is the point of the thread.
+There is no inline `handle_now`: nothing bounds a script's run time before it
+runs (a count hook cannot yield, so an event cannot move to a thread once it
+turns out slow), and bounding it is the point. The thread costs CPU: two
+thread wake-ups per event plus GIL hand-overs for its callbacks (see issue 7's
+report for the figures); event fields are therefore passed with the call
+(PREFETCHED) rather than read back through Python.
 
 Options (RuntimeSpec.options, from routes.toml):
   ("instructions", N)  Lua VM instructions per event (default 10 million).
@@ -40,11 +43,13 @@ from __future__ import annotations
 
 import logging
 import math
+import queue
 import re
 import sys
 import threading
 import time
 
+import outcome
 import trio
 
 from host.routes.verbs import HOOKS, ON_REQUEST, VARS_MAX_BYTES, VERBS, Decision, Recorder, VerbError
@@ -71,12 +76,11 @@ DAMAGED_MEMORY_SHARE = 0.9
 # loaded machine (measured: p99 ~5 ms with 2 busy cores).
 OVERRUN_GRACE = 0.1
 
-# The worker thread takes the GIL for every Python callback (a field read, a
-# verb), and CPython hands it over only every switch interval (default 5 ms)
-# while the event loop's thread is busy: at 5 ms an event of a few callbacks
-# took tens of ms under load. 0.5 ms measured ~10x less latency with no
-# measurable cost to the event loop (the interval only matters when a second
-# thread waits for the GIL).
+# The worker thread takes the GIL for every Python callback (a verb, a header
+# lookup), and CPython hands it over only every switch interval (default 5 ms)
+# while the event loop's thread is busy. Measured with the loop thread kept
+# busy: a Lua call with 3 callbacks took p99 1.4 s at 5 ms, 64 ms at 0.5 ms.
+# The interval only matters while a second thread waits for the GIL.
 SWITCH_INTERVAL = 0.0005
 
 # print() from a route: lines cut to LOG_LINE_MAX bytes (in Lua, before the
@@ -86,6 +90,13 @@ SWITCH_INTERVAL = 0.0005
 # route, and one event printing in a loop wrote 64-97 MB/s before.
 LOG_LINE_MAX = 2048
 LOG_LINES_PER_SECOND = 50
+
+# Event fields handed to Lua with the call itself (the order prelude.lua's
+# PREFETCHED list expects): reading one lazily would be a call back into
+# Python, which waits for the GIL while the event loop holds it. The body and
+# the headers stay lazy (large, and most routes never read them).
+PREFETCHED = ("method", "ruri", "ruri_user", "ruri_host", "from_uri", "from_tag", "to_uri",
+              "to_tag", "call_id", "cseq", "source_ip", "source_port", "transport", "in_dialog")
 
 # How many arguments each verb takes (optional ones included).
 _ARITY = {name: len(verb.params) for name, verb in VERBS.items()}
@@ -101,6 +112,57 @@ def _detached(exc: BaseException) -> BaseException:
     in them) alive, or they would be freed on the event loop's thread."""
     exc.__traceback__ = exc.__context__ = exc.__cause__ = None
     return exc
+
+
+class _Worker:
+    """The one thread a Lua state runs in, fed through a queue.
+
+    Cheaper than trio.to_thread per call (no thread cache, no limiter): a
+    round trip costs two thread wake-ups, and that is most of what running a
+    route off the event loop costs. Jobs run in order, and
+    STOP, queued after them, frees the state in this thread.
+    """
+
+    STOP = None
+
+    def __init__(self, name: str, stop):
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._stop = stop
+        threading.Thread(target=self._loop, name=name, daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is self.STOP:
+                self._stop()
+                return
+            token, deliver, fn, args = job
+            result = fn(*args)
+            try:
+                token.run_sync_soon(deliver, result)
+            except trio.RunFinishedError:
+                pass
+            # Dropped here, not on the event loop's thread.
+            del job, fn, args, result
+
+    async def run(self, fn, *args):
+        """fn(*args) in the thread (fn never raises). Cancellable: the caller
+        is then released at once and the result is dropped when it comes."""
+        waiting = [trio.lowlevel.current_task()]
+
+        def deliver(result):
+            if waiting[0] is not None:
+                trio.lowlevel.reschedule(waiting[0], outcome.Value(result))
+
+        def abort(_):
+            waiting[0] = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        self._jobs.put((trio.lowlevel.current_trio_token(), deliver, fn, args))
+        return await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def stop(self) -> None:
+        self._jobs.put(self.STOP)
 
 
 class LuaRuntime(Runtime):
@@ -129,14 +191,10 @@ class LuaRuntime(Runtime):
         self._events = self._errors = self._budget_stops = self._memory_errors = 0
         self._overruns = 0
         self._memory_used = 0
-        # One event at a time in this state, in arrival order (trio side), and
-        # one thread at a time in it (the limiter is held until the thread ends,
-        # even when the event was abandoned).
+        # One event at a time in this state, waiting in arrival order on the
+        # trio side (where waiting is cancellable), run in the state's thread.
         self._turn = trio.Lock()
-        self._limiter = trio.CapacityLimiter(1)
-        # _running/_closed are shared with the worker thread, under _mutex.
-        self._mutex = threading.Lock()
-        self._running = False
+        self._worker: _Worker | None = None
         self._closed = False
         self._abandoned = False
         # print() rate limit: lines in the current one-second window.
@@ -151,12 +209,9 @@ class LuaRuntime(Runtime):
         running `timeout` + OVERRUN_GRACE seconds from now (the state is then
         abandoned). Not cancellable from outside meanwhile: a cancelled caller
         would leave the state running with nobody knowing."""
-        with self._mutex:
-            self._running = True
         with trio.CancelScope(shield=True,
                               deadline=trio.current_time() + timeout + OVERRUN_GRACE):
-            return await trio.to_thread.run_sync(self._job, fn, args, limiter=self._limiter,
-                                                 abandon_on_cancel=True)
+            return await self._worker.run(self._job, fn, args)
         self._abandoned = True
         self._overruns += 1
         return ABANDONED
@@ -167,15 +222,10 @@ class LuaRuntime(Runtime):
             return fn(*args)
         except Exception as exc:   # a bug here: reported, never raised across threads
             return _detached(exc)
-        finally:
-            with self._mutex:
-                self._running = False
-                if self._closed:
-                    self._drop_state()
 
     def _drop_state(self) -> None:
-        # Called with no thread running in the state, from a worker thread, so
-        # freeing it (lua_close, up to the memory cap) never runs on the loop.
+        # Runs in the state's thread after its last job, so freeing the state
+        # (lua_close, up to the memory cap) never runs on the event loop.
         self._lua = self._dispatch = self._module = None
 
     # ------------------------------------------------------------------ life
@@ -194,7 +244,11 @@ class LuaRuntime(Runtime):
             raise LoadError(self._file, None, f"cannot read the script: {exc}") from None
         if sys.getswitchinterval() > SWITCH_INTERVAL:
             sys.setswitchinterval(SWITCH_INTERVAL)
+        self._worker = _Worker(f"lua {spec.route}", self._drop_state)
         result = await self._in_thread(spec.deadline, self._load, module, source)
+        if result is not None:   # the state is not kept: free it and end its thread
+            self._closed = True
+            self._worker.stop()
         if result is ABANDONED:
             raise LoadError(self._file, None,
                             f"did not finish loading within its deadline of {spec.deadline:g} s "
@@ -235,15 +289,11 @@ class LuaRuntime(Runtime):
         return None
 
     async def aclose(self) -> None:
-        with self._mutex:
+        # Never waits: the state is freed in its thread once its job (an
+        # abandoned one too) is over.
+        if not self._closed and self._worker is not None:
             self._closed = True
-            if self._running:
-                return   # the thread drops the state when it ends (_job)
-        if self._lua is not None:
-            with self._mutex:
-                self._running = True
-            await trio.to_thread.run_sync(self._job, lambda: None, (), limiter=self._limiter,
-                                          abandon_on_cancel=True)
+            self._worker.stop()
         self._flush_log()
 
     # ----------------------------------------------------------------- events
@@ -279,7 +329,8 @@ class LuaRuntime(Runtime):
         reply = event.get("reply")
         self._recorder, self._event, self._reply = recorder, event, reply
         try:
-            failure = self._dispatch(hook, event, reply, self._ticks, deadline)
+            failure = self._dispatch(hook, event, reply, self._ticks, deadline,
+                                     *[event.get(k) for k in PREFETCHED])
         except self._module.LuaMemoryError:
             failure = ("memory", "not enough memory")
         except self._module.LuaError as exc:  # the prelude itself failed: start over

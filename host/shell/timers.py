@@ -7,10 +7,14 @@ plain-id tuples (host/sip/actions.py: Arm), unique per arming.
 Cancelling (`cancel`, the core's Disarm) is real for what matters: the key
 leaves the table at once and its entry drops the key, so a cancelled timer
 holds nothing of its call. The empty entry itself stays in the heap until it
-comes up or until cancelled entries outnumber live ones, when the heap is
-rebuilt without them — so the heap never holds more than twice the timers
-pending (plus COMPACT_MIN), however long the cancelled ones would have run
-(Timer C: 180 s).
+comes up or until cancelled entries outnumber live ones, when the heap (and
+the key table, which a dict never shrinks on its own) is rebuilt without
+them: so the heap never holds more than twice the timers pending, however
+long the cancelled ones would have run (Timer C: 180 s). A rebuild of n
+entries follows at least n/2 cancellations, so it costs O(1) per cancel
+amortized. There is no lower bound on purpose: a few hundred empty entries
+left from a flood, scattered over the memory the flood used, would pin that
+memory in the allocator's arenas after the calls are gone.
 """
 
 from __future__ import annotations
@@ -21,10 +25,6 @@ from itertools import count
 from typing import Callable
 
 import trio
-
-# Below this many cancelled entries the heap is never rebuilt: a rebuild is
-# O(n) and a few hundred empty 3-slot lists cost less than rebuilding often.
-COMPACT_MIN = 512
 
 
 class TimerService:
@@ -59,10 +59,11 @@ class TimerService:
     def _drop(self, entry) -> None:
         entry[2] = None
         self._cancelled += 1
-        if self._cancelled > COMPACT_MIN and self._cancelled * 2 > len(self._heap):
+        if self._cancelled * 2 > len(self._heap):
             # In place: run() holds a reference to the list.
             self._heap[:] = [e for e in self._heap if e[2] is not None]
             heapq.heapify(self._heap)
+            self._pending = dict(self._pending)
             self._cancelled = 0
 
     def __len__(self) -> int:
@@ -76,7 +77,6 @@ class TimerService:
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         heap = self._heap
-        pending = self._pending
         task_status.started()
         while True:
             self._wake_at = heap[0][0] if heap else math.inf
@@ -91,7 +91,7 @@ class TimerService:
                 if key is None:
                     self._cancelled -= 1
                     continue
-                del pending[key]
+                del self._pending[key]
                 self._fire(key)
                 fired += 1
                 if fired % 512 == 0:

@@ -25,6 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 ON_REQUEST = "on_request"
 ON_FAILURE = "on_failure"
 ON_REPLY = "on_reply"
@@ -199,6 +201,13 @@ class Recorder:
     def set_vars(self, values) -> None:
         if values is not None and not isinstance(values, dict):
             raise VerbError("vars must be a table/dict of simple values")
+        if values:
+            try:
+                size = len(orjson.dumps(values))
+            except (TypeError, orjson.JSONEncodeError):
+                raise VerbError("vars must hold only strings, numbers, booleans, lists and tables") from None
+            if size > VARS_MAX_BYTES:
+                raise VerbError(f"vars take {size} bytes as JSON, more than the {VARS_MAX_BYTES} allowed per call")
         self.decision.vars = values
 
     def _header_edit(self, verb, name, value) -> None:

@@ -124,6 +124,16 @@ def test_empty_decision_means_no_decision_and_vars_unchanged():
     assert d.vars is None
 
 
+def test_vars_are_capped_for_every_runtime():
+    """VARS_MAX_BYTES (host.routes.verbs): the host keeps vars for the whole
+    call, outside any worker's memory limit (issue 7: 8 calls x 25 MB)."""
+    from host.routes.verbs import VARS_MAX_BYTES, VerbError
+    fits = {"k": "x" * (VARS_MAX_BYTES - 16)}
+    assert decision_from_message("on_request", {"vars": fits}).vars == fits
+    with pytest.raises(VerbError, match="more than the"):
+        decision_from_message("on_request", {"vars": {"k": "x" * VARS_MAX_BYTES}})
+
+
 @pytest.mark.parametrize("verbs, why", [
     ([["teleport"]], "unknown verb"),
     ([["reply", 200], ["relay"]], "already has a decision"),

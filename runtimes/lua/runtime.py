@@ -43,10 +43,8 @@ from __future__ import annotations
 
 import logging
 import math
-import queue
 import re
 import sys
-import threading
 import time
 
 import outcome
@@ -57,6 +55,7 @@ from runtimes.base import LoadError, Runtime, RuntimeSpec, ScriptError
 
 from .bridge import header_values, to_python
 from .sandbox import HOOK_EVERY, install_prelude, lupa_module, new_state
+from .worker import LATE, OVERRUN, OVERRUN_GRACE, Job, StateWorker, detached
 
 # ~20-50 ms of plain Lua on the reference machine: far above what a routing
 # decision needs, low enough that a runaway script costs little.
@@ -70,11 +69,8 @@ DEFAULT_PATTERN_STEPS = 100_000_000
 # the next event would most likely fail too.
 DAMAGED_MEMORY_SHARE = 0.9
 
-# How long past its deadline the trio side waits for a Lua call before it
-# abandons the state. The count hook stops the script within ~0.1 ms of the
-# deadline; the rest is the worker thread waking up and taking the GIL on a
-# loaded machine (measured: p99 ~5 ms with 2 busy cores).
-OVERRUN_GRACE = 0.1
+# OVERRUN_GRACE (worker.py): how long past its deadline a Lua call may run
+# before its state is abandoned.
 
 # The worker thread takes the GIL for every Python callback (a verb, a header
 # lookup), and CPython hands it over only every switch interval (default 5 ms)
@@ -100,69 +96,6 @@ PREFETCHED = ("method", "ruri", "ruri_user", "ruri_host", "from_uri", "from_tag"
 
 # How many arguments each verb takes (optional ones included).
 _ARITY = {name: len(verb.params) for name, verb in VERBS.items()}
-
-
-# What _in_thread returns for a call it abandoned.
-ABANDONED = object()
-
-
-def _detached(exc: BaseException) -> BaseException:
-    """`exc` with no traceback or chained exceptions: a result crossing from
-    the worker thread must not keep that thread's frames (and the Lua objects
-    in them) alive, or they would be freed on the event loop's thread."""
-    exc.__traceback__ = exc.__context__ = exc.__cause__ = None
-    return exc
-
-
-class _Worker:
-    """The one thread a Lua state runs in, fed through a queue.
-
-    Cheaper than trio.to_thread per call (no thread cache, no limiter): a
-    round trip costs two thread wake-ups, and that is most of what running a
-    route off the event loop costs. Jobs run in order, and
-    STOP, queued after them, frees the state in this thread.
-    """
-
-    STOP = None
-
-    def __init__(self, name: str, stop):
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self._stop = stop
-        threading.Thread(target=self._loop, name=name, daemon=True).start()
-
-    def _loop(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is self.STOP:
-                self._stop()
-                return
-            token, deliver, fn, args = job
-            result = fn(*args)
-            try:
-                token.run_sync_soon(deliver, result)
-            except trio.RunFinishedError:
-                pass
-            # Dropped here, not on the event loop's thread.
-            del job, fn, args, result
-
-    async def run(self, fn, *args):
-        """fn(*args) in the thread (fn never raises). Cancellable: the caller
-        is then released at once and the result is dropped when it comes."""
-        waiting = [trio.lowlevel.current_task()]
-
-        def deliver(result):
-            if waiting[0] is not None:
-                trio.lowlevel.reschedule(waiting[0], outcome.Value(result))
-
-        def abort(_):
-            waiting[0] = None
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        self._jobs.put((trio.lowlevel.current_trio_token(), deliver, fn, args))
-        return await trio.lowlevel.wait_task_rescheduled(abort)
-
-    def stop(self) -> None:
-        self._jobs.put(self.STOP)
 
 
 class LuaRuntime(Runtime):
@@ -191,10 +124,11 @@ class LuaRuntime(Runtime):
         self._events = self._errors = self._budget_stops = self._memory_errors = 0
         self._overruns = 0
         self._memory_used = 0
-        # One event at a time in this state, waiting in arrival order on the
-        # trio side (where waiting is cancellable), run in the state's thread.
+        # handle(): one event at a time, each waiting for its turn on the trio
+        # side so that its deadline starts when it does (submit() instead
+        # queues at once, with the caller's deadline).
         self._turn = trio.Lock()
-        self._worker: _Worker | None = None
+        self._worker: StateWorker | None = None
         self._closed = False
         self._abandoned = False
         # print() rate limit: lines in the current one-second window.
@@ -205,23 +139,48 @@ class LuaRuntime(Runtime):
     # ------------------------------------------------------------ threads
 
     async def _in_thread(self, timeout: float, fn, *args):
-        """fn(*args) in a worker thread; its result, or ABANDONED when it was still
-        running `timeout` + OVERRUN_GRACE seconds from now (the state is then
-        abandoned). Not cancellable from outside meanwhile: a cancelled caller
-        would leave the state running with nobody knowing."""
-        with trio.CancelScope(shield=True,
-                              deadline=trio.current_time() + timeout + OVERRUN_GRACE):
-            return await self._worker.run(self._job, fn, args)
-        self._abandoned = True
-        self._overruns += 1
-        return ABANDONED
+        """fn(*args) in the state's thread; its result, or the ScriptError it
+        was answered with instead (late, or abandoned by the watchdog when
+        still running `timeout` + OVERRUN_GRACE seconds from now). Not
+        cancellable meanwhile, and needs no cancel scope: the watchdog bounds
+        the wait, and a cancelled caller would leave the state running with
+        nobody knowing."""
+        task = trio.lowlevel.current_task()
 
-    def _job(self, fn, args):
+        def done(result):
+            trio.lowlevel.reschedule(task, outcome.Value(result))
+
+        if not self._worker.submit(Job(self._job, (fn, args), time.monotonic() + timeout, done)):
+            await trio.lowlevel.checkpoint()
+            return self._not_running()
+        return await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED)
+
+    @staticmethod
+    def _job(fn, args):
         """Runs in the worker thread."""
         try:
             return fn(*args)
         except Exception as exc:   # a bug here: reported, never raised across threads
-            return _detached(exc)
+            return detached(exc)
+
+    def _answer_without_running(self, why: str, job: Job) -> ScriptError:
+        """StateWorker's `errors`: what a job gets that did not run to its end."""
+        deadline = self.spec.deadline
+        self._errors += why != LATE
+        if why == LATE:
+            return ScriptError(f"waited past its deadline of {deadline:g} s behind slower events "
+                               f"of this route; not run", file=self._file, kind="timeout")
+        self._abandoned = True
+        if why == OVERRUN:
+            self._overruns += 1
+            return ScriptError(f"still running {OVERRUN_GRACE:g} s past its deadline of {deadline:g} s "
+                               f"(inside a Lua C library call); the Lua state is abandoned",
+                               file=self._file, damaged=True, kind="timeout")
+        return ScriptError("not run: the Lua state was abandoned (an earlier event overran its "
+                           "deadline)", file=self._file, damaged=True, kind="timeout")
+
+    def _not_running(self) -> ScriptError:
+        return ScriptError("the Lua runtime is not running", file=self._file, damaged=True, kind="crash")
 
     def _drop_state(self) -> None:
         # Runs in the state's thread after its last job, so freeing the state
@@ -244,12 +203,13 @@ class LuaRuntime(Runtime):
             raise LoadError(self._file, None, f"cannot read the script: {exc}") from None
         if sys.getswitchinterval() > SWITCH_INTERVAL:
             sys.setswitchinterval(SWITCH_INTERVAL)
-        self._worker = _Worker(f"lua {spec.route}", self._drop_state)
+        self._worker = StateWorker(f"lua {spec.route}", self._drop_state,
+                                   self._answer_without_running, spec.deadline)
         result = await self._in_thread(spec.deadline, self._load, module, source)
         if result is not None:   # the state is not kept: free it and end its thread
             self._closed = True
             self._worker.stop()
-        if result is ABANDONED:
+        if isinstance(result, ScriptError):   # abandoned by the watchdog
             raise LoadError(self._file, None,
                             f"did not finish loading within its deadline of {spec.deadline:g} s "
                             f"(a C library call that does not return); the state is abandoned")
@@ -306,22 +266,31 @@ class LuaRuntime(Runtime):
             return Decision()  # the route does not define it: default behaviour
         async with self._turn:
             if self._dispatch is None or self._abandoned or self._closed:
-                raise ScriptError("the Lua runtime is not running", file=self._file,
-                                  damaged=True, kind="crash")
+                raise self._not_running()
             self._events += 1
             deadline = self.spec.deadline
             result = await self._in_thread(deadline, self._run_event, hook, event,
                                            time.monotonic() + deadline)
         if isinstance(result, Decision):
             return result
-        if result is ABANDONED:
-            self._errors += 1
-            raise ScriptError(f"still running {OVERRUN_GRACE:g} s past its deadline of {deadline:g} s "
-                              f"(inside a Lua C library call); the Lua state is abandoned",
-                              file=self._file, damaged=True, kind="timeout")
-        if isinstance(result, ScriptError):
-            raise result
-        raise result   # a bug in this module (see _job)
+        raise result   # a ScriptError, or a bug in this module (see _job)
+
+    def submit(self, hook: str, event: dict, deadline_at: float, done) -> None:
+        """Queue one event for the worker thread and return at once; done(result)
+        is called later on the trio thread (or now, for a hook the route lacks
+        or a state that is gone) with the Decision or a ScriptError. The event
+        runs after the ones queued before it and only if its turn comes before
+        `deadline_at` (time.monotonic()), else it is answered late."""
+        if hook not in self.hooks and self._dispatch is not None:
+            done(ScriptError(f"unknown hook {hook!r}", file=self._file, kind="protocol")
+                 if hook not in HOOKS else Decision())
+            return
+        worker = self._worker
+        if self._dispatch is None or self._abandoned or self._closed or not worker.usable:
+            done(self._not_running())
+            return
+        self._events += 1
+        worker.submit(Job(self._run_event, (hook, event, deadline_at), deadline_at, done))
 
     def _run_event(self, hook: str, event: dict, deadline: float):
         """Runs in the worker thread. Returns the Decision or the ScriptError."""

@@ -58,6 +58,14 @@ class Runtime(ABC):
     # `handle_now(hook, event) -> Decision`, enforcing its deadline itself, so
     # the server can run it without a task or a cancel scope.
     handle_now = None
+    # A runtime that runs events in a thread of its own (in-process Lua) also
+    # offers `submit(hook, event, deadline_at, done) -> None`: it queues the
+    # event and returns at once, and calls done(result) later on the trio
+    # thread (or before returning, when it can answer at once) with the
+    # Decision or a ScriptError. It keeps `deadline_at` (time.monotonic())
+    # itself and always answers, so the server spends no task and no cancel
+    # scope on the event.
+    submit = None
 
     @abstractmethod
     async def start(self) -> None:

@@ -291,6 +291,57 @@ class RouteHandle:
             self._done(gen)
         return self._account(route, gen, hook, decision)
 
+    def submit(self, hook: str, event: dict, done: Callable[[Decision], None]) -> bool:
+        """`handle` for a runtime that runs events in a thread of its own
+        (Lua): queue the event and return True; done(decision) follows on
+        the trio thread (possibly before this returns), with the fallback
+        when the script failed — never an exception. The runtime keeps the
+        route's deadline. False, and `done` is never called, when the event
+        must take `handle` instead (restarting, no current generation, a
+        runtime without submit)."""
+        route = self._route
+        if route is None:
+            return False
+        gen = self._gen
+        if gen is None or not gen.usable:
+            gen = route.current
+            if gen is None or not gen.usable:
+                return False
+        runtime = gen.runtime
+        run = runtime.submit
+        if run is None:
+            return False
+        if hook not in runtime.hooks:
+            done(Decision())
+            return True
+        route.events += 1
+        gen.inflight += 1
+        answered = False
+
+        def finish(result) -> None:
+            nonlocal answered
+            if answered:   # a runtime answering twice: the first answer stands
+                return
+            answered = True
+            try:
+                if isinstance(result, Exception):
+                    if isinstance(result, ScriptError) and result.kind == "timeout":
+                        route.timeouts += 1   # late in its queue, or abandoned
+                    decision = self._failed(route, gen, hook, result)
+                else:
+                    decision = self._account(route, gen, hook, result)
+            finally:
+                self._done(gen)
+            done(decision)
+
+        try:
+            run(hook, event, time.monotonic() + route.settings.deadline, finish)
+        except Exception as exc:   # a runtime's bug: the event still gets its answer
+            if answered:
+                raise
+            finish(exc)
+        return True
+
     def _failed(self, route, gen, hook: str, exc: Exception) -> Decision:
         reg = self._registry
         if isinstance(exc, ScriptError):

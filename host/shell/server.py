@@ -175,14 +175,17 @@ class Server:
     def _queue_consult(self, action: Consult) -> None:
         """Route events of one call run one after another, in the order the
         core asked: trio does not run new tasks in spawn order, and an ACK
-        must not overtake its BYE on the way through a route."""
+        must not overtake its BYE on the way through a route. While one is
+        being decided (submitted to a runtime's thread, or in a task), the
+        call's later events wait in _consulting[call_id]."""
         call_id = action.event["call_id"]
         waiting = self._consulting.get(call_id)
         if waiting is None:
             if self._consult_now(action):
                 return
             self._consulting[call_id] = collections.deque()
-            self._nursery.start_soon(self._consult_in_order, call_id, action)
+            if not self._submit(call_id, action):
+                self._nursery.start_soon(self._consult_in_order, call_id, action)
         else:
             waiting.append(action)
 
@@ -198,8 +201,8 @@ class Server:
             del self._consulting[call_id]
 
     def _consult_now(self, action: Consult) -> bool:
-        """Run a route that answers without waiting (Lua) right here: no
-        task, no cancel scope. False when the event needs the async path."""
+        """Run a route that answers without waiting right here: no task, no
+        cancel scope. False when the event needs another path."""
         registry = self.registry
         if registry is None:
             return False
@@ -211,6 +214,37 @@ class Server:
             return False
         self._deliver(action, decision, route)
         return True
+
+    def _submit(self, call_id: str, action: Consult) -> bool:
+        """Hand the event to a runtime that runs it in its own thread (Lua):
+        no task, no cancel scope; `_submitted` delivers the decision on this
+        thread and starts the call's next waiting event. False when the
+        event needs the async path (the caller then starts it)."""
+        registry = self.registry
+        if registry is None:
+            return False
+        route = action.route
+        if route is None:
+            route = action.route = registry.select(action.event)
+
+        def done(decision: Decision) -> None:
+            self._submitted(call_id, action, route, decision)
+
+        return route.submit(action.hook, action.event, done)
+
+    def _submitted(self, call_id: str, action: Consult, route, decision: Decision) -> None:
+        try:
+            self._deliver(action, decision, route)
+        finally:
+            # The call's next event, in order; a bug above must not leave
+            # the call's later events waiting forever.
+            waiting = self._consulting[call_id]
+            if not waiting:
+                del self._consulting[call_id]
+            else:
+                following = waiting.popleft()
+                if not self._submit(call_id, following):
+                    self._nursery.start_soon(self._consult_in_order, call_id, following)
 
     async def _consult(self, action: Consult) -> None:
         route = action.route

@@ -18,6 +18,9 @@ class FakeRoute:
     def handle_now(self, hook, event):
         return None  # this route waits: the server must take the async path
 
+    def submit(self, hook, event, done):
+        return False  # (no runtime thread either)
+
     async def handle(self, hook, event):
         await trio.sleep(self.delays.get(event["method"], 0))
         self.log.append(event["method"])

@@ -5,6 +5,7 @@ import weakref
 import trio
 import trio.testing
 
+from host.shell import timers
 from host.shell.timers import TimerService
 
 
@@ -101,3 +102,30 @@ async def test_cancelled_timers_hold_no_key_and_do_not_pile_up(autojump_clock):
         await trio.sleep(200)
         nursery.cancel_scope.cancel()
     assert len(fired) == 2_000 and service.heap_size == 0
+
+
+async def test_memory_is_released_once_when_a_burst_of_timers_is_over(autojump_clock, monkeypatch):
+    released = []
+    monkeypatch.setattr(timers, "release_memory", lambda: released.append(len(service)) or 0.0)
+    service = TimerService(lambda key: None)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.run)
+        peak = timers.RELEASE_MIN_PEAK
+        for i in range(peak):
+            service.start(180.0, i)
+        for i in range(peak - peak // timers.RELEASE_FRACTION):
+            service.cancel(i)
+        assert released == []              # not yet below 1/8 of the peak
+        service.cancel(peak - 1)
+        assert released == [peak // timers.RELEASE_FRACTION - 1]
+        # The rest of the burst ending: again at each further fall by 8, and
+        # at the end.
+        for i in range(peak - peak // timers.RELEASE_FRACTION, peak - 1):
+            service.cancel(i)
+        assert released == [1023, 127, 15, 1, 0]
+        # A small burst is not worth a full collection.
+        for i in range(1000):
+            service.start(1.0, ("small", i))
+        await trio.sleep(2)
+        assert len(service) == 0 and len(released) == 5
+        nursery.cancel_scope.cancel()

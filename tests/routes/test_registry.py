@@ -4,6 +4,8 @@ hook functions return Decisions, so these tests need no Lua and no workers."""
 import inspect
 import logging
 import os
+import threading
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -484,3 +486,91 @@ async def test_handle_now_declines_a_runtime_that_waits(tmp_path):
     (tmp_path / "main.py").write_text(REPLY.format(code=200))
     async with running(tmp_path) as reg:
         assert reg.select(event()).handle_now(ON_REQUEST, event()) is None
+
+
+class ThreadedRuntime(FakeRuntime):
+    """A runtime that runs each event in a thread and answers through
+    run_sync_soon, as the Lua runtime's submit does."""
+
+    def submit(self, hook, event, deadline_at, done):
+        token = trio.lowlevel.current_trio_token()
+        self.deadlines = getattr(self, "deadlines", []) + [deadline_at - time.monotonic()]
+
+        def work():
+            try:
+                result = self.funcs[hook](event)
+            except Damage as exc:
+                result = ScriptError(str(exc), file=str(self.spec.path), damaged=True, kind="memory")
+            except Exception as exc:
+                result = ScriptError(str(exc), file=str(self.spec.path),
+                                     kind="timeout" if "late" in str(exc) else "error")
+            token.run_sync_soon(done, result)
+
+        threading.Thread(target=work, daemon=True).start()
+
+
+class ThreadedFactory(Factory):
+    def __call__(self, spec):
+        runtime = ThreadedRuntime(spec, self.env)
+        self.made.append(runtime)
+        return runtime
+
+
+async def submit(handle, hook=ON_REQUEST, **kw):
+    """handle.submit(...) -> (accepted, the decision once answered or None)."""
+    answers = []
+    accepted = handle.submit(hook, event(**kw), answers.append)
+    if accepted:
+        await eventually(lambda: answers)
+    assert len(answers) <= 1
+    return accepted, answers[0] if answers else None
+
+
+async def test_submit_runs_a_threaded_runtime_with_the_same_accounting(tmp_path):
+    (tmp_path / "main.py").write_text(
+        "def on_request(e):\n    if e['method'] == 'LATE':\n        raise Exception('late')\n"
+        "    if e['method'] == 'OOPS':\n        raise Exception('oops')\n"
+        "    return Decision(verb='reply', code=200)\n")
+    (tmp_path / "routes.toml").write_text("[routes.main]\ndeadline = 0.5\nfallback = 503\n")
+    async with running(tmp_path, factory=ThreadedFactory()) as reg:
+        handle = reg.select(event())
+        assert await submit(handle) == (True, Decision(verb="reply", code=200))
+        s = reg.statistics()["main"]
+        assert (s.events, s.decisions["reply"], s.inflight) == (1, 1, 0)
+        # The route's deadline goes to the runtime, which keeps it.
+        assert 0.4 < reg.factory.made[0].deadlines[0] <= 0.5
+        # A hook the script lacks: no decision, at once, nothing run.
+        answers = []
+        assert handle.submit(ON_REPLY, event(), answers.append) and answers == [Decision()]
+        # Script errors and late events get the fallback; late ones count as timeouts.
+        accepted, d = await submit(handle, method="OOPS")
+        assert accepted and (d.verb, d.code) == ("reply", 503)
+        accepted, d = await submit(handle, method="LATE")
+        assert accepted and d.code == 503
+        s = reg.statistics()["main"]
+        assert (s.events, s.fallbacks, s.errors, s.timeouts, s.restarts) == (3, 2, 1, 1, 0)
+
+
+async def test_submit_declines_while_restarting_and_without_a_threaded_runtime(tmp_path):
+    (tmp_path / "main.py").write_text(
+        "def on_request(e):\n    if e['method'] == 'BOOM':\n        raise Damage('out of memory')\n"
+        "    return Decision(verb='reply', code=200)\n")
+    async with running(tmp_path, factory=ThreadedFactory()) as reg:
+        seen = []
+
+        def done(decision):
+            # Damaged: restarting from now on, so the next event must take
+            # handle() (which waits for the restart) and submit declines it.
+            late = []
+            seen.append((decision.code, reg.statistics()["main"].state,
+                         reg.select(event()).submit(ON_REQUEST, event(), late.append), late))
+
+        assert reg.select(event()).submit(ON_REQUEST, event(method="BOOM"), done)
+        await eventually(lambda: seen)
+        assert seen == [(500, RESTARTING, False, [])]
+        assert (await decide(reg)).code == 200
+        assert await submit(reg.select(event())) == (True, Decision(verb="reply", code=200))
+        assert reg.statistics()["main"].restarts == 1
+    (tmp_path / "main.py").write_text(REPLY.format(code=200))
+    async with running(tmp_path) as reg:   # FakeRuntime: no submit
+        assert await submit(reg.select(event())) == (False, None)

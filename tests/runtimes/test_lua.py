@@ -830,3 +830,108 @@ def test_a_slow_event_does_not_delay_another_route(tmp_path):
     assert took >= 3 * 0.8
     assert len(latencies) > 20 and max(latencies) < 0.1, max(latencies)
     assert lag < LOOP_LAG_MAX
+
+
+# ------------------------------------- submit: no task per event (issue 7 follow-up)
+
+def submitted(rt, events, deadline: float, settle: float = 0.0):
+    """An async fn for watched(): submit every event at once (after rt.start()),
+    wait until each is answered, then `settle` seconds more; returns
+    [(answers, seconds from submit)] per event, answers being every result its
+    done() got (exactly one expected)."""
+    async def run():
+        await rt.start()
+        answers = [[] for _ in events]
+        t0 = time.monotonic()
+        loop_thread = threading.get_ident()
+        for i, ev in enumerate(events):
+            def done(result, i=i):
+                assert threading.get_ident() == loop_thread   # on the trio thread
+                answers[i].append((result, time.monotonic() - t0))
+            rt.submit(ON_REQUEST, ev, time.monotonic() + deadline, done)
+        while not all(answers):
+            await trio.sleep(TICK)
+        await trio.sleep(settle)
+        return answers
+    return run
+
+
+def test_submit_answers_every_event_in_order_on_the_trio_thread(tmp_path):
+    rt = runtime_at(tmp_path, "function on_request(req) req:relay('sip:' .. req.ruri_user .. '@x') end")
+    events = [event(ruri_user=f"u{i}") for i in range(200)]
+    answers, lag, _ = watched(submitted(rt, events, deadline=5.0))
+    assert [len(a) for a in answers] == [1] * len(events)
+    assert [a[0][0].targets for a in answers] == [[f"sip:u{i}@x"] for i in range(200)]
+    times = [a[0][1] for a in answers]
+    assert times == sorted(times)   # delivered in submission order
+    assert rt.statistics()["events"] == 200 and lag < LOOP_LAG_MAX
+
+
+def test_events_queued_past_their_deadline_are_answered_without_running(tmp_path):
+    # The first event runs to its deadline; the ones queued behind it are due
+    # at the same moment, so their turn comes too late: each gets a timeout
+    # at once instead of running (and being stopped) a deadline later each.
+    deadline = 0.3
+    rt = runtime_at(tmp_path, "function on_request(req)\n  while true do end\nend\n",
+                    deadline=deadline, options=(("instructions", 10**12),))
+    answers, lag, took = watched(submitted(rt, [event() for _ in range(4)], deadline))
+    first, *queued = [a[0] for a in answers]
+    assert [len(a) for a in answers] == [1] * 4
+    assert first[0].kind == "budget" and not first[0].damaged
+    for error, at in queued:
+        assert isinstance(error, ScriptError) and error.kind == "timeout" and not error.damaged
+        assert "not run" in error.message
+        assert at < deadline + OVERRUN_GRACE   # within its own deadline's grace, not 4 x 0.3 s
+    assert rt.statistics()["budget_stops"] == 1   # only the first one ran
+    assert lag < LOOP_LAG_MAX
+
+
+def test_the_watchdog_abandons_a_state_and_answers_each_queued_event_once(tmp_path):
+    deadline = 0.1
+    rt = runtime_at(tmp_path, f"function on_request(req)\n  {BACKREF}\nend\n", name="given_up.lua",
+                    deadline=deadline, options=(("pattern_steps", 0),))
+
+    async def run():
+        # settle: long enough for the C call to end (~0.8 s) and any answer
+        # the thread still finishes to come back (it must be dropped).
+        answers = await submitted(rt, [event() for _ in range(4)], deadline, settle=1.5)()
+        late = []
+        rt.submit(ON_REQUEST, event(), time.monotonic() + deadline, late.append)
+        return answers, late
+
+    (answers, late), lag, _ = watched(run)
+    assert [len(a) for a in answers] == [1] * 4, answers   # none lost, none answered twice
+    (first, at), *queued = [a[0] for a in answers]
+    assert first.kind == "timeout" and first.damaged and "abandoned" in first.message
+    assert deadline + OVERRUN_GRACE <= at < deadline + OVERRUN_GRACE + 0.3
+    for error, when in queued:
+        assert error.kind == "timeout" and error.damaged and "abandoned" in error.message
+        assert when < deadline + OVERRUN_GRACE + 0.3
+    # A state that was given up is never used again: answered at once.
+    assert len(late) == 1 and late[0].damaged and "not running" in late[0].message
+    assert rt.statistics()["overruns"] == 1 and lag < LOOP_LAG_MAX
+    # Its thread freed the state and ended once the C call returned.
+    assert not [t for t in threading.enumerate() if t.name == "lua given_up"]
+
+
+def test_a_failing_completion_callback_costs_its_event_not_the_loop(tmp_path, caplog):
+    rt = runtime_at(tmp_path, "function on_request(req) req:reply(200, 'ok') end")
+
+    async def run():
+        await rt.start()
+        answered = []
+
+        def broken(result):
+            raise RuntimeError("a bug in a completion callback")
+
+        rt.submit(ON_REQUEST, event(), time.monotonic() + 1.0, broken)
+        rt.submit(ON_REQUEST, event(), time.monotonic() + 1.0, answered.append)
+        with trio.fail_after(2):
+            while not answered:
+                await trio.sleep(TICK)
+        await trio.sleep(0.05)   # the loop keeps running after the failure
+        return answered
+
+    answered, _, _ = watched(run)   # watched() fails on a crashed trio.run
+    assert answered[0].code == 200
+    assert "completion callback failed" in caplog.text

@@ -1,7 +1,10 @@
 """The server shell end to end on loopback, with routes as Python objects."""
 
 import socket
+import threading
+import time
 
+import pytest
 import trio
 
 from host.routes.verbs import Decision, Recorder
@@ -29,6 +32,36 @@ class FakeRoute:
         return rec.decision
 
 
+class ThreadedRoute(FakeRoute):
+    """A route whose runtime has its own thread: each submitted event runs in
+    a thread of its own after its delay and is answered through
+    run_sync_soon, so events submitted together finish in any order; only
+    the server's per-call queue keeps them in order. `refuse`: methods whose
+    submit is declined (the async path takes them)."""
+
+    def __init__(self, log, delays, refuse=()):
+        super().__init__(log, delays)
+        self.refuse = refuse
+
+    def submit(self, hook, event, done):
+        if event["method"] in self.refuse:
+            return False
+        token = trio.lowlevel.current_trio_token()
+
+        def work():
+            time.sleep(self.delays.get(event["method"], 0))
+            token.run_sync_soon(self._answer, event, hook, done)
+
+        threading.Thread(target=work, daemon=True).start()
+        return True
+
+    def _answer(self, event, hook, done):
+        self.log.append(event["method"])
+        rec = Recorder(hook)
+        rec.reply(200, "OK") if event["method"] != "ACK" else rec.relay("sip:127.0.0.1:9")
+        done(rec.decision)
+
+
 class FakeRegistry:
     def __init__(self, route):
         self.route = route
@@ -44,14 +77,19 @@ def request(method, port, cseq, to_tag="t1"):
             f"CSeq: {cseq} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
 
 
-async def test_route_events_of_one_call_keep_their_order():
+@pytest.mark.parametrize("make_route", [
+    lambda log, delays: FakeRoute(log, delays),                      # a task per event
+    lambda log, delays: ThreadedRoute(log, delays),                  # submitted, answered by callback
+    lambda log, delays: ThreadedRoute(log, delays, refuse={"ACK"}),  # submit, then task, then submit
+], ids=["async", "submit", "mixed"])
+async def test_route_events_of_one_call_keep_their_order(make_route):
     log = []
     server = Server(ServerConfig(listen=[("udp", "127.0.0.1", 0)]))
     async with trio.open_nursery() as nursery:
         bound = await nursery.start(server.run)
         port = bound[0][2]
         # The first event is slow: the second must still wait for it.
-        server.registry = FakeRegistry(FakeRoute(log, {"INFO": 0.2}))
+        server.registry = FakeRegistry(make_route(log, {"INFO": 0.2}))
         sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         await sock.bind(("127.0.0.1", 0))
         await sock.sendto(request("INFO", port, 1), ("127.0.0.1", port))

@@ -104,7 +104,7 @@ async def test_cancelled_timers_hold_no_key_and_do_not_pile_up(autojump_clock):
     assert len(fired) == 2_000 and service.heap_size == 0
 
 
-async def test_memory_is_released_once_when_a_burst_of_timers_is_over(autojump_clock, monkeypatch):
+async def test_memory_is_released_as_a_burst_of_timers_ends_and_not_for_small_ones(autojump_clock, monkeypatch):
     released = []
     monkeypatch.setattr(timers, "release_memory", lambda: released.append(len(service)) or 0.0)
     service = TimerService(lambda key: None)

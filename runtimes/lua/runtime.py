@@ -20,10 +20,14 @@ Two watchdogs bound an event:
     (lupa would block the event loop on the state's lock).
 There is no inline `handle_now`: nothing bounds a script's run time before it
 runs (a count hook cannot yield, so an event cannot move to a thread once it
-turns out slow), and bounding it is the point. The thread costs CPU: two
-thread wake-ups per event plus GIL hand-overs for its callbacks (see issue 7's
-report for the figures); event fields are therefore passed with the call
-(PREFETCHED) rather than read back through Python.
+turns out slow), and bounding it is the point. What the thread costs is kept
+small instead: the server hands events over with `submit` (no trio task, no
+cancel scope, no lock per event), the thread posts answers back in batches,
+and one watchdog per state replaces a cancel scope per event (worker.py).
+Each Python callback from Lua (a verb, a header lookup) still takes the GIL
+from the event loop's thread, so event fields are passed with the call
+(PREFETCHED) rather than read back through Python. `handle` (tests, and the
+registry's async path while a route restarts) runs through the same queue.
 
 Options (RuntimeSpec.options, from routes.toml):
   ("instructions", N)  Lua VM instructions per event (default 10 million).

@@ -107,7 +107,6 @@ class StateWorker:
         self._stopped = False
         self._watch: trio.CancelScope | None = None
         self._watch_at = math.inf        # time.monotonic() the watchdog wakes at
-        self.overruns = 0
         self._idle = deadline
         threading.Thread(target=self._loop, name=name, daemon=True).start()
         trio.lowlevel.spawn_system_task(self._watchdog, name=f"{name} watchdog")
@@ -213,7 +212,6 @@ class StateWorker:
     def _answer_the_rest(self, overrun: bool) -> None:
         pending = self._pending
         if overrun and pending:
-            self.overruns += 1
             first = pending.popleft()
             call_safely(first.done, self._errors(OVERRUN, first))
         while pending:

@@ -15,6 +15,8 @@ checks of §16.3 that need more of the message, in the RFC's order:
 
 from __future__ import annotations
 
+import re
+
 from .errors import BadMessage
 from .headers import parse_name_addr, parse_via, split_commas
 from .message import Request
@@ -53,9 +55,15 @@ def check_request(req: Request, supported: frozenset[str] = SUPPORTED_OPTION_TAG
     for name, values in (("from", froms), ("to", tos)):
         if len(values) != 1:
             raise BadMessage(f"{'missing' if not values else 'more than one'} {name.title()}")
-        if values[0] not in _GOOD_ADDRESSES:
-            _check_address(name, values[0])
-            _remember(_GOOD_ADDRESSES, values[0])
+        value = values[0]
+        # The tag is new with every call: remember the address without it, or
+        # the cache would only churn and scatter its strings over the heap. A
+        # token tag at the end cannot change whether the rest is well formed.
+        tag = _LAST_TAG.search(value)
+        key = value[:tag.start()] if tag is not None else value
+        if key not in _GOOD_ADDRESSES:
+            _check_address(name, value)
+            _remember(_GOOD_ADDRESSES, key)
     _check_vias(vias)
     _check_max_forwards(max_forwards)
     if req.uri not in _GOOD_REQUEST_URIS:
@@ -75,6 +83,7 @@ _CHECKED = frozenset({"via", "from", "to", "max-forwards", "proxy-require"})
 _GOOD_ADDRESSES: set[str] = set()
 _GOOD_REQUEST_URIS: set[str] = set()
 _GOOD_MAX = 4096
+_LAST_TAG = re.compile(r";[ \t]*tag[ \t]*=[ \t]*[A-Za-z0-9\-.!%*_+`'~]+$", re.I)
 
 
 def _remember(good: set[str], value: str) -> None:

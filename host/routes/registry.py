@@ -6,7 +6,10 @@ One `RouteRegistry` serves one routes folder. The SIP engine asks it two things:
     decision = await handle.handle(hook, event)  # never raises (but trio.Cancelled)
 
 and keeps `handle` for the transaction, so on_failure/on_reply run on the
-generation that ran on_request. `handle.release()` (or dropping the handle)
+generation that ran on_request. For a runtime with a thread of its own (Lua)
+the engine calls `handle.submit(hook, event, done)` instead: no task, no
+cancel scope; done(decision) follows on the trio thread, and False means
+"use handle()" (restarting, or a runtime that has no submit). `handle.release()` (or dropping the handle)
 unpins it.
 
 Generations. Every successful load of a route file is a new generation. It is

@@ -26,8 +26,12 @@ cancel scope, no lock per event), the thread posts answers back in batches,
 and one watchdog per state replaces a cancel scope per event (worker.py).
 Each Python callback from Lua (a verb, a header lookup) still takes the GIL
 from the event loop's thread, so event fields are passed with the call
-(PREFETCHED) rather than read back through Python. `handle` (tests, and the
-registry's async path while a route restarts) runs through the same queue.
+(PREFETCHED) rather than read back through Python. And when nothing is
+queued ahead, the loop waits up to INLINE_WAIT for the answer instead of
+sending it for a ride (bounded per event and per second: worker.py), which
+makes a quick event cost about what running it inline did. `handle` (tests,
+and the registry's async path while a route restarts) runs through the same
+queue.
 
 Options (RuntimeSpec.options, from routes.toml):
   ("instructions", N)  Lua VM instructions per event (default 10 million).
@@ -75,6 +79,12 @@ DAMAGED_MEMORY_SHARE = 0.9
 
 # OVERRUN_GRACE (worker.py): how long past its deadline a Lua call may run
 # before its state is abandoned.
+
+# How long the event loop may block for a quick event's answer (see
+# worker.py): a routing decision takes 20-200 us in the thread; 2 ms covers
+# a loaded machine's wake-up and is a stall nobody notices (a UDP
+# retransmission comes after 500 ms).
+INLINE_WAIT = 0.002
 
 # The worker thread takes the GIL for every Python callback (a verb, a header
 # lookup), and CPython hands it over only every switch interval (default 5 ms)
@@ -294,7 +304,8 @@ class LuaRuntime(Runtime):
             done(self._not_running())
             return
         self._events += 1
-        worker.submit(Job(self._run_event, (hook, event, deadline_at), deadline_at, done))
+        worker.submit(Job(self._run_event, (hook, event, deadline_at), deadline_at, done),
+                      INLINE_WAIT)
 
     def _run_event(self, hook: str, event: dict, deadline: float):
         """Runs in the worker thread. Returns the Decision or the ScriptError."""

@@ -22,6 +22,20 @@ if the job is still not finished then, abandons the state: the job is
 answered `overrun`, every job queued behind it `abandoned`, and the thread
 drops whatever it still finishes and frees the state when it reaches STOP.
 The loop never touches a state that may be busy.
+
+A short wait instead of a ride. Handing a job over and its answer back costs
+two thread wake-ups, plus a GIL hand-over for every callback the script makes
+while the loop's thread is busy — together more than a routing decision
+itself. So when nothing is queued ahead, `submit(job, wait)` blocks the loop
+for at most `wait` seconds (releasing the GIL, so the script's callbacks get
+it at once) and answers the job right there if it finished by then. The bound
+is what keeps this safe: a job that takes longer goes on in the thread and is
+answered by the usual ride, and the state is not waited on again for
+SLOW_HOLD seconds once it is known to have run that long (a job merely
+scheduled late on a busy machine does not count); and a state is waited on
+for at most WAIT_SHARE of each
+second, so even a route whose every event takes just under `wait` cannot
+hold the loop for more than that share.
 """
 
 from __future__ import annotations
@@ -49,6 +63,19 @@ OVERRUN_GRACE = 0.1
 # ~10-20 us of CPU, spread over 32 events it is noise).
 BATCH_MAX = 32
 
+# A state whose job outlasted its wait is not waited on for this long: a slow
+# route then costs the loop one bounded wait per SLOW_HOLD, not one per event.
+SLOW_HOLD = 1.0
+
+# The share of each second the loop may spend waiting on one state; past it,
+# jobs take the ride until the next second. Waiting is the route's own work
+# (what running it inline cost), so a busy quick route legitimately takes a
+# good part of the loop; half is the cap, the other half stays for the core,
+# the other routes, in-dialog requests and retransmissions. (5 % was tried:
+# at 1,000 calls/s a quick route already needs ~35 %, and riding instead made
+# it fail that rate.)
+WAIT_SHARE = 0.5
+
 # Why a job was answered without a result of its own (`errors(why, job)`).
 LATE, OVERRUN, ABANDONED = "late", "overrun", "abandoned"
 
@@ -66,11 +93,17 @@ class Job:
     `done(result)` is called on the trio thread with what fn returned (fn
     should not raise; an exception it raises is passed as the result)."""
 
-    __slots__ = ("fn", "args", "deadline_at", "done", "result")
+    __slots__ = ("fn", "args", "deadline_at", "done", "result", "waiter", "handed", "wait", "ran")
 
     def __init__(self, fn, args, deadline_at: float, done):
         self.fn, self.args, self.deadline_at, self.done = fn, args, deadline_at, done
         self.result = None
+        # Set while the loop waits for this job: the thread then hands the
+        # result over by releasing `waiter` (and setting `handed`), not by a ride.
+        self.waiter: threading.Lock | None = None
+        self.handed = False
+        self.wait = 0.0     # how long the loop was ready to wait for it
+        self.ran = 0.0      # seconds fn took in the thread
 
 
 def call_safely(done, result) -> None:
@@ -108,6 +141,12 @@ class StateWorker:
         self._watch: trio.CancelScope | None = None
         self._watch_at = math.inf        # time.monotonic() the watchdog wakes at
         self._idle = deadline
+        # The bounded wait (see the module doc): no waiting before _slow_until;
+        # seconds waited in the second that started at _window.
+        self._slow_until = 0.0
+        self._window = 0.0
+        self._waited = 0.0
+        self.waits = self.waits_answered = 0
         threading.Thread(target=self._loop, name=name, daemon=True).start()
         trio.lowlevel.spawn_system_task(self._watchdog, name=f"{name} watchdog")
 
@@ -117,8 +156,10 @@ class StateWorker:
     def usable(self) -> bool:
         return not (self._stopped or self.abandoned)
 
-    def submit(self, job: Job) -> bool:
-        """Queue a job; False (and nothing queued) once stopped or abandoned."""
+    def submit(self, job: Job, wait: float = 0.0) -> bool:
+        """Queue a job; False (and nothing queued) once stopped or abandoned.
+        With `wait` > 0 and nothing queued ahead, block for at most that long
+        and, if the job finished by then, call its `done` before returning."""
         if self._stopped or self.abandoned:
             return False
         pending = self._pending
@@ -128,8 +169,34 @@ class StateWorker:
         # now first, is due earlier (a caller's shorter deadline).
         if len(pending) == 1 and job.deadline_at + OVERRUN_GRACE < self._watch_at:
             self._rewatch(job.deadline_at + OVERRUN_GRACE)
+        if wait <= 0 or len(pending) > 1 or not self._may_wait(time.monotonic()):
+            self._jobs.put(job)
+            return True
+        waiter = job.waiter = threading.Lock()
+        job.wait = wait
+        waiter.acquire()
+        started = time.monotonic()
         self._jobs.put(job)
+        waiter.acquire(timeout=wait)     # releases the GIL while it waits
+        with self._lock:
+            handed = job.handed
+            job.waiter = None            # not handed yet: it takes the ride
+        now = time.monotonic()
+        self._waited += now - started
+        self.waits += 1
+        if not handed:
+            return True    # it rides; _deliver marks the state slow if it was
+        self.waits_answered += 1
+        pending.popleft()                # it was the only one pending
+        call_safely(job.done, job.result)
         return True
+
+    def _may_wait(self, now: float) -> bool:
+        if now < self._slow_until:
+            return False
+        if now - self._window >= 1.0:
+            self._window, self._waited = now, 0.0
+        return self._waited < WAIT_SHARE
 
     def stop(self) -> None:
         """No more jobs; those queued still run (and are answered), then the
@@ -150,6 +217,10 @@ class StateWorker:
                 # Jobs finish in submission order, so each is the first pending.
                 if pending and pending[0] is job:
                     pending.popleft()
+                if job.wait and job.ran > job.wait:
+                    # Slow in itself, not merely late to be scheduled on a
+                    # busy machine: stop waiting on this state for a while.
+                    self._slow_until = time.monotonic() + SLOW_HOLD
                 call_safely(job.done, job.result)
             if self._stopped and not pending and self._watch is not None:
                 self._watch.cancel()   # nothing left to guard: let the watchdog end
@@ -230,17 +301,22 @@ class StateWorker:
                 break
             if self.abandoned:
                 continue   # answered by the watchdog; the state is not used again
-            if clock() >= job.deadline_at:
+            began = clock()
+            if began >= job.deadline_at:
                 result = self._errors(LATE, job)
             else:
                 try:
                     result = job.fn(*job.args)
                 except BaseException as exc:   # a bug: reported as the job's result
                     result = detached(exc)
+                job.ran = clock() - began
             job.result = result
             with lock:
                 if self.abandoned:
                     post = False   # already answered; drop it
+                elif job.waiter is not None:
+                    job.handed, post = True, False   # the loop is waiting for it
+                    job.waiter.release()
                 else:
                     self._outbox.append(job)
                     post = not self._posted and (jobs.empty() or len(self._outbox) >= outbox_max)

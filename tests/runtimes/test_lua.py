@@ -848,7 +848,9 @@ def submitted(rt, events, deadline: float, settle: float = 0.0):
             def done(result, i=i):
                 assert threading.get_ident() == loop_thread   # on the trio thread
                 answers[i].append((result, time.monotonic() - t0))
-            rt.submit(ON_REQUEST, ev, time.monotonic() + deadline, done)
+            # One deadline for the batch: "submitted at once" even though the
+            # loop may wait up to INLINE_WAIT for the first answer.
+            rt.submit(ON_REQUEST, ev, t0 + deadline, done)
         while not all(answers):
             await trio.sleep(TICK)
         await trio.sleep(settle)

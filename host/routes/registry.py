@@ -61,7 +61,7 @@ from host.routes.settings import (CONFIG_NAME, ConfigError, Fallback, RoutesConf
                                   load_config, route_name)
 from host.routes.verbs import ON_REPLY, ON_REQUEST, Decision
 from host.routes.watcher import is_scratch_name, watch_folder
-from host.supervision.policy import GIVE_UP, decide_restart, next_retry
+from host.supervision.policy import GIVE_UP, next_retry, plan_restart
 from runtimes.base import LoadError, Runtime, RuntimeSpec, ScriptError
 
 log = logging.getLogger("babelsip.routes")
@@ -79,7 +79,6 @@ OK, LOADING, RESTARTING, FAILED, ABSENT = "ok", "loading", "restarting", "failed
 DECISION_KINDS = ("reply", "relay", "redirect", "drop", "none")
 HUNG_AFTER = 3            # deadline overruns in a row that count as a hung runtime
 DELETE_GRACE = 0.15       # a save by rename may briefly remove the file: look twice
-RESTART_BACKOFF = 0.05    # seconds before the 2nd restart in a row, doubling after
 LOG_EVERY = 1.0           # at most one script-error log line per route per second
 
 
@@ -655,8 +654,9 @@ class RouteRegistry:
         self._restart_or_give_up(route, gen.spec, gen.digest, gen.number)
 
     def _restart_or_give_up(self, route: _Route, spec: RuntimeSpec, digest: bytes, number: int) -> bool:
-        verdict, route.history = decide_restart(route.settings.restart, route.history, trio.current_time())
-        if verdict is GIVE_UP:
+        plan = plan_restart(route.settings.restart, route.history, trio.current_time())
+        route.history = plan.history
+        if plan.verdict is GIVE_UP:
             policy = route.settings.restart
             log.error("route %s: more than %d restarts in %g s — failed; answering its fallback, "
                       "retrying every %g s and on file change", route.name, policy.intensity,
@@ -667,15 +667,15 @@ class RouteRegistry:
         if route.state != RESTARTING:
             route.state, route.ready = RESTARTING, trio.Event()
         if self._nursery is not None:
-            self._nursery.start_soon(self._restart, route, spec, digest, number)
+            self._nursery.start_soon(self._restart, route, spec, digest, number, plan.delay)
         return True
 
-    async def _restart(self, route: _Route, spec: RuntimeSpec, digest: bytes, number: int) -> None:
-        """A fresh runtime of the same file and settings (same generation number)."""
-        # The first restart is immediate; repeated ones back off a little so a
-        # runtime that dies at start does not spend its whole budget in 1 ms.
-        if len(route.history) > 1:
-            await trio.sleep(min(RESTART_BACKOFF * 2 ** (len(route.history) - 2), 1.0))
+    async def _restart(self, route: _Route, spec: RuntimeSpec, digest: bytes, number: int,
+                       delay: float) -> None:
+        """A fresh runtime of the same file and settings (same generation number),
+        after the policy's backoff."""
+        if delay:
+            await trio.sleep(delay)
         async with route.lock:
             if route.current is not None or route.state != RESTARTING:
                 return   # a reload got there first

@@ -2,6 +2,15 @@
 live `Session` (a worker process or a connection to a logic server) up,
 restarting it with backoff, and a dispatcher choosing a session per event.
 
+Restarts follow `WORKER_RESTART`, a `RestartPolicy` decided by the same
+`plan_restart` as the route registry's (host.supervision): each slot keeps the
+times of its recent restarts; a restart that fits the budget waits its
+backoff; past the budget the route is failed (when no other slot has a live
+session), so events fail fast and the registry replaces the runtime under the
+route's own policy, while the slot keeps retrying every `retry_every`. A
+remote logic server that is down therefore costs one connection attempt per
+`retry_every`, not a busy loop.
+
 Task model: `start()` spawns one trio *system task* that owns a nursery with
 one supervising task per slot, and returns once the slots have started (or
 raises LoadError). The runtime's tasks therefore outlive the caller of
@@ -19,6 +28,7 @@ import trio
 
 from host.routes.verbs import Decision
 from host.storage import Store, shared_store
+from host.supervision.policy import GIVE_UP, RestartPolicy, backoff_delay, plan_restart
 from runtimes.base import LoadError, Runtime, RuntimeSpec, ScriptError
 from runtimes.jsonline.codec import MAX_LINE
 from runtimes.jsonline.session import HandshakeError, Session
@@ -28,19 +38,17 @@ MAX_IN_FLIGHT = 256     # per worker; beyond it handle() waits (backpressure)
 PING_INTERVAL = 1.0     # seconds; two missed pongs = hung (the issue's rule)
 START_TIMEOUT = 10.0    # hello -> ready; Java's JVM start fits well inside
 GRACE = 2.0             # shutdown -> exit before SIGTERM, then SIGTERM -> SIGKILL
-CRASH_LOOP = 5          # consecutive failed starts/short lives = route failed
-SHORT_LIFE = 1.0        # a worker dying sooner than this after ready counts as a failure
-MAX_BACKOFF = 5.0
+# The registry's budget (5 restarts in 10 s, 50 ms backoff doubling) for each
+# worker or connection; out of budget, the slot is tried every 5 s, the cap
+# the pool's backoff always had (a down logic server is probed that often).
+WORKER_RESTART = RestartPolicy(intensity=5, period=10.0, retry_every=5.0, backoff=0.05, max_backoff=5.0)
 
 log = logging.getLogger("babelsip.runtimes")
 
 
 def restart_delay(failures: int) -> float:
-    """Seconds to wait before restart attempt after `failures` consecutive
-    failures: immediate after a worker that lived, then 50 ms doubling."""
-    if failures <= 0:
-        return 0.0
-    return min(0.05 * 2 ** (failures - 1), MAX_BACKOFF)
+    """The pool's backoff after `failures` restarts in a row (WORKER_RESTART)."""
+    return backoff_delay(WORKER_RESTART, failures)
 
 
 @dataclass
@@ -50,7 +58,6 @@ class Outcome:
     message: str
     file: str | None = None
     line: int | None = None
-    lived: float = 0.0
 
 
 class Link:
@@ -77,6 +84,7 @@ def _option(opts: dict, key: str, default, cast):
 class PooledRuntime(Runtime):
     balance = "least"           # or "failover": first ready slot in order
     need_all_at_start = True    # stdio: every worker must start; tcp: one endpoint
+    restart_policy: RestartPolicy = WORKER_RESTART
 
     def __init__(self, spec: RuntimeSpec, *, store: Store | None = None):
         self.spec = spec
@@ -235,7 +243,7 @@ class PooledRuntime(Runtime):
             self._start_settled.set()
 
     async def _slot(self, index: int) -> None:
-        failures = 0
+        history: tuple[float, ...] = ()   # this slot's recent restarts (plan_restart)
         first = True
         while not self._closing.is_set():
             outcome = await self._run_once(index, first)
@@ -249,14 +257,15 @@ class PooledRuntime(Runtime):
                         return  # start() reports LoadError and closes us
             if outcome.kind in self.failures:
                 self.failures[outcome.kind] += 1
-            healthy = outcome.ready and outcome.lived >= SHORT_LIFE
-            failures = 0 if healthy else failures + 1
-            log.warning("route %s: %s (%s); restart #%d", self.spec.route, outcome.message,
-                        outcome.kind, failures)
-            if failures >= CRASH_LOOP and not any(self._sessions):
+            plan = plan_restart(self.restart_policy, history, trio.current_time())
+            history = plan.history
+            log.warning("route %s: %s (%s); %s in %g s", self.spec.route, outcome.message, outcome.kind,
+                        "restart budget spent, retrying" if plan.verdict is GIVE_UP else "restarting",
+                        plan.delay)
+            if plan.verdict is GIVE_UP and not any(self._sessions):
                 self.failure = outcome.message
                 self._notify()
-            with trio.move_on_after(restart_delay(failures)):
+            with trio.move_on_after(plan.delay):
                 await self._closing.wait()
             self.restarts += 1
 
@@ -280,7 +289,6 @@ class PooledRuntime(Runtime):
                 except HandshakeError as e:
                     outcome = Outcome(False, "crash", e.message, e.file, e.line)
                 else:
-                    began = trio.current_time()
                     self._sessions[index] = session
                     self.hooks = session.hooks
                     self.failure = None
@@ -294,8 +302,7 @@ class PooledRuntime(Runtime):
                         session.shutdown()
                     await session.closed.wait()
                     kind, message = session.end
-                    outcome = Outcome(True, kind, f"{link.label}: {message}",
-                                      lived=trio.current_time() - began)
+                    outcome = Outcome(True, kind, f"{link.label}: {message}")
             finally:
                 self._sessions[index] = None
                 with trio.CancelScope(shield=True):

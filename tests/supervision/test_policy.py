@@ -2,12 +2,14 @@ import itertools
 
 import pytest
 
-from host.supervision.policy import GIVE_UP, RESTART, RestartPolicy, decide_restart, next_retry
+from host.supervision.policy import (GIVE_UP, RESTART, RestartPolicy, backoff_delay, decide_restart,
+                                     next_retry, plan_restart)
 
 
 def test_defaults_match_the_documented_budget():
     p = RestartPolicy()
     assert (p.intensity, p.period, p.retry_every) == (5, 10.0, 30.0)
+    assert (p.backoff, p.max_backoff) == (0.05, 1.0)
 
 
 def test_first_restart_is_granted_and_recorded():
@@ -76,9 +78,40 @@ def test_next_retry():
     assert next_retry(RestartPolicy(retry_every=7.5), 100.0) == 107.5
 
 
+def test_backoff_is_immediate_first_then_doubles_to_the_cap():
+    p = RestartPolicy(backoff=0.05, max_backoff=0.3)
+    assert [backoff_delay(p, n) for n in range(6)] == [0.0, 0.05, 0.1, 0.2, 0.3, 0.3]
+    assert backoff_delay(RestartPolicy(backoff=0), 3) == 0.0
+
+
+def test_plan_waits_the_backoff_of_the_restarts_still_in_the_window():
+    p = RestartPolicy(intensity=3, period=10.0, retry_every=30.0, backoff=0.1, max_backoff=1.0)
+    plans, history = [], ()
+    for t in (0.0, 1.0, 2.0, 3.0):
+        plan = plan_restart(p, history, t)
+        history = plan.history
+        plans.append((plan.verdict, plan.delay))
+    assert plans == [(RESTART, 0.0), (RESTART, 0.1), (RESTART, 0.2), (GIVE_UP, 30.0)]
+    assert history == (0.0, 1.0, 2.0)
+    # once the old restarts left the window, the next one is immediate again
+    plan = plan_restart(p, history, 20.0)
+    assert (plan.verdict, plan.delay, plan.history) == (RESTART, 0.0, (20.0,))
+
+
+def test_plan_agrees_with_decide_restart():
+    p = RestartPolicy(intensity=2, period=3.0)
+    for times in itertools.combinations_with_replacement(range(6), 4):
+        history = ()
+        for t in times:
+            plan = plan_restart(p, history, float(t))
+            assert (plan.verdict, plan.history) == decide_restart(p, history, float(t))
+            history = plan.history
+
+
 @pytest.mark.parametrize("kwargs", [
     {"intensity": -1}, {"intensity": 1.5}, {"intensity": True},
     {"period": 0}, {"period": -1.0}, {"retry_every": 0}, {"retry_every": "30"},
+    {"backoff": -0.1}, {"backoff": True}, {"max_backoff": 0},
 ])
 def test_invalid_policies_are_refused(kwargs):
     with pytest.raises(ValueError):

@@ -1,9 +1,10 @@
-"""The route contract, declared once for every runtime.
+"""The host's side of the route contract: verb rules, decisions, the recorder.
 
+The table itself (hooks, verbs with their parameters, event fields, host
+calls) is `host.routes.contract`; `VERBS` and `HOOKS` here are derived from
+it, and `Recorder` has one method per verb row (tests/contract checks that).
 A route handles *events* (hooks) and answers each with at most one *decision*
-plus any number of *edits*. Lua, Python, Perl, Java and the line-JSON protocol
-all expose exactly these names; the SDKs and the conformance suite are checked
-against this table, and a verb used in a hook that does not allow it is a
+plus any number of *edits*; a verb used in a hook that does not allow it is a
 `VerbError` with a message naming both.
 
 What an event without a decision means (the route "just returns"):
@@ -12,12 +13,7 @@ What an event without a decision means (the route "just returns"):
   on_reply    -> forward the reply (with any header edits applied).
 
 The event a hook receives is a flat dict (cheap to hand to Lua, one JSON
-object on the wire):
-  hook, method, ruri, ruri_user, ruri_host, call_id, cseq (int), from_uri, from_tag, to_uri, to_tag,
-  source_ip, source_port, transport ("udp"|"tcp"), in_dialog (bool),
-  headers ([[name, value], ...] in wire order, compact names expanded),
-  body (str), vars (dict), and for on_failure/on_reply
-  reply ({"code", "reason", "headers"}).
+object on the wire) with the fields of `contract.FIELDS`.
 """
 
 from __future__ import annotations
@@ -27,17 +23,16 @@ from typing import Any
 
 import orjson
 
-ON_REQUEST = "on_request"
-ON_FAILURE = "on_failure"
-ON_REPLY = "on_reply"
-HOOKS = (ON_REQUEST, ON_FAILURE, ON_REPLY)
+# Decision lives below the core, which applies it (host/sip imports nothing above itself).
+from host.sip.decision import Decision  # noqa: F401  (re-exported for runtimes and SDK tests)
 
-DECISION = "decision"
-EDIT = "edit"
-
+from host.routes import contract
+from host.routes.contract import DECISION, EDIT, HOOKS, ON_FAILURE, ON_REPLY, ON_REQUEST
 
 @dataclass(frozen=True)
 class Verb:
+    """A row of contract.VERBS in the shape the host checks calls against."""
+
     name: str
     kind: str  # DECISION or EDIT
     hooks: frozenset[str]
@@ -45,32 +40,9 @@ class Verb:
     doc: str
 
 
-def _verb(name, kind, hooks, params, doc):
-    return Verb(name, kind, frozenset(hooks), tuple(params), doc)
-
-
 VERBS: dict[str, Verb] = {
-    v.name: v
-    for v in (
-        _verb("reply", DECISION, (ON_REQUEST, ON_FAILURE), ("code", "reason?", "headers?"),
-              "Answer the request with a final (or provisional, 101-199) response."),
-        _verb("relay", DECISION, (ON_REQUEST, ON_FAILURE), ("targets?", "opts?"),
-              "Proxy to one or more SIP URIs; opts: mode 'parallel'|'serial', timeout seconds per branch."),
-        _verb("redirect", DECISION, (ON_REQUEST, ON_FAILURE), ("contacts",),
-              "Answer 302 Moved Temporarily with these Contact URIs."),
-        _verb("drop", DECISION, (ON_REQUEST, ON_REPLY),
-              (), "Send nothing: on_request drops the request silently, on_reply swallows a provisional reply."),
-        _verb("set_ruri", EDIT, (ON_REQUEST, ON_FAILURE), ("uri",),
-              "Replace the request URI of the request to be relayed."),
-        _verb("set_header", EDIT, HOOKS, ("name", "value"),
-              "Replace every instance of a header with one value (request, or reply in on_reply)."),
-        _verb("add_header", EDIT, HOOKS, ("name", "value"),
-              "Append a header instance."),
-        _verb("remove_header", EDIT, HOOKS, ("name",),
-              "Remove every instance of a header."),
-        _verb("record_route", EDIT, (ON_REQUEST,), (),
-              "Insert our Record-Route so in-dialog requests come through this proxy."),
-    )
+    v.name: Verb(v.name, v.kind, frozenset(v.hooks), tuple(p.spec for p in v.params), v.doc)
+    for v in contract.VERBS
 }
 
 # Headers the core owns: a route may read them but not edit them, because
@@ -91,22 +63,6 @@ VARS_MAX_BYTES = 64 * 1024
 
 class VerbError(ValueError):
     """A route called a verb wrongly: wrong hook, bad arguments, a second decision."""
-
-
-@dataclass
-class Decision:
-    """What a route answered for one event. Runtimes build it through `Recorder`."""
-
-    verb: str | None = None          # a DECISION verb name, or None for "no decision"
-    code: int = 0                    # reply
-    reason: str = ""                 # reply
-    headers: list[tuple[str, str]] = field(default_factory=list)   # reply extra headers
-    targets: list[str] = field(default_factory=list)   # relay
-    parallel: bool = True            # relay
-    timeout: float | None = None     # relay, per branch, seconds
-    contacts: list[str] = field(default_factory=list)  # redirect
-    edits: list[tuple[Any, ...]] = field(default_factory=list)  # (verb, *args)
-    vars: dict[str, Any] | None = None  # per-call variables to keep, None = unchanged
 
 
 class Recorder:

@@ -30,6 +30,10 @@ import java.util.stream.Stream;
  * as {@code fatal} and the runner exits 1. First of all it starts its
  * {@link Lifeline} watcher: when the host dies, it ends this worker and every
  * process the route started.
+ *
+ * <p>{@code java -cp SDK_CLASSES babelsip.Runner --dump-contract} prints the
+ * verbs, event accessors and store calls this SDK offers instead
+ * ({@link ContractDump}).
  */
 public final class Runner {
     private Runner() {}
@@ -45,6 +49,10 @@ public final class Runner {
     }
 
     public static void main(String[] args) throws IOException {
+        if (args.length == 1 && args[0].equals("--dump-contract")) {
+            ContractDump.print();   // no route, no host: nothing to watch
+            return;
+        }
         Lifeline.watch();   // before the route's code runs
         OutputStream proto = new FileOutputStream(FileDescriptor.out);
         System.setOut(System.err);

@@ -8,7 +8,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-HOOKS = ("on_request", "on_failure", "on_reply")
+from babelsip_sdk.contract import HOOKS
 
 
 class RouteLoadError(Exception):

@@ -8,19 +8,9 @@ made it (a second decision, a verb in the wrong hook).
 
 from __future__ import annotations
 
-# Which hooks may call which verb: mirrors host/routes/verbs.py VERBS.
-_ALLOWED = {
-    "reply": ("on_request", "on_failure"),
-    "relay": ("on_request", "on_failure"),
-    "redirect": ("on_request", "on_failure"),
-    "drop": ("on_request", "on_reply"),
-    "set_ruri": ("on_request", "on_failure"),
-    "set_header": ("on_request", "on_failure", "on_reply"),
-    "add_header": ("on_request", "on_failure", "on_reply"),
-    "remove_header": ("on_request", "on_failure", "on_reply"),
-    "record_route": ("on_request",),
-}
-_DECISIONS = frozenset({"reply", "relay", "redirect", "drop"})
+from babelsip_sdk.contract import ALLOWED as _ALLOWED
+from babelsip_sdk.contract import DECISIONS as _DECISIONS
+from babelsip_sdk.contract import VALUE_FIELDS
 
 
 class VerbError(ValueError):
@@ -101,22 +91,9 @@ class Request:
         self.reply_info = Reply(r) if isinstance(r, dict) else None
 
     # -- event fields ---------------------------------------------------
+    # The other fields (method, ruri, cseq ...) are properties made from the
+    # contract's field table below the class.
     hook = property(lambda self: self._hook)
-    method = property(lambda self: self._ev.get("method", ""))
-    ruri = property(lambda self: self._ev.get("ruri", ""))
-    ruri_user = property(lambda self: self._ev.get("ruri_user", ""))
-    ruri_host = property(lambda self: self._ev.get("ruri_host", ""))
-    from_uri = property(lambda self: self._ev.get("from_uri", ""))
-    from_tag = property(lambda self: self._ev.get("from_tag", ""))
-    to_uri = property(lambda self: self._ev.get("to_uri", ""))
-    to_tag = property(lambda self: self._ev.get("to_tag", ""))
-    call_id = property(lambda self: self._ev.get("call_id", ""))
-    cseq = property(lambda self: self._ev.get("cseq", 0))
-    source_ip = property(lambda self: self._ev.get("source_ip", ""))
-    source_port = property(lambda self: self._ev.get("source_port", 0))
-    transport = property(lambda self: self._ev.get("transport", ""))
-    in_dialog = property(lambda self: bool(self._ev.get("in_dialog", False)))
-    body = property(lambda self: self._ev.get("body", ""))
     event = property(lambda self: self._ev)
 
     def header(self, name):
@@ -193,6 +170,17 @@ class Request:
 
     def __repr__(self):
         return f"<Request {self.method} {self.ruri}>"
+
+
+def _field(name, default):
+    if isinstance(default, bool):
+        return property(lambda self: bool(self._ev.get(name, default)))
+    return property(lambda self: self._ev.get(name, default))
+
+
+for _name, _default in VALUE_FIELDS.items():
+    setattr(Request, _name, _field(_name, _default))
+del _name, _default
 
 
 class StoreError(Exception):

@@ -4,6 +4,8 @@ File descriptor 1 carries the protocol; the route's own print() output is
 redirected to stderr so it cannot corrupt the stream. Before anything else
 the runner forks its lifeline watcher (`lifeline.watch`): when the host
 dies, it ends this worker and every process the route started.
+`--dump-contract` prints the verbs, event accessors and store calls this SDK
+offers instead (babelsip_sdk.dump; tests/contract compares them).
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ def _fd_writer(fd):
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--dump-contract"]:
+        from babelsip_sdk.dump import dump   # only this mode needs it
+        print(wire.dumps(dump()).decode(), end="")
+        return 0
     if len(argv) != 1:
         print("usage: python -m babelsip_sdk.runner ROUTE.py", file=sys.stderr)
         return 2

@@ -53,7 +53,7 @@ define apt_ensure
 	fi
 endef
 
-.PHONY: run test bench venv deps test-deps bench-deps clean
+.PHONY: run test bench venv deps test-deps bench-deps clean sdk-java-jar sdk-python-wheel
 
 run: venv
 	$(VENV)/bin/babelsip run $(RUN_ARGS)
@@ -82,5 +82,16 @@ bench-deps:
 
 deps: test-deps bench-deps
 
+# The SDKs for logic hosts (sdk/*/README.md): the Java SDK as one jar
+# (sdk/java/build/babelsip.jar, JDK only) and the Python SDK as a wheel
+# (dist/babelsip_sdk-*.whl). The Perl SDK installs with its own
+# `cd sdk/perl && perl Makefile.PL && make install`.
+sdk-java-jar:
+	$(MAKE) -C sdk/java jar
+
+sdk-python-wheel: venv
+	$(PY) -m pip wheel -q --no-deps -w dist sdk/python
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache bench/results
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache bench/results sdk/java/build \
+	  sdk/python/build sdk/python/*.egg-info

@@ -1,6 +1,7 @@
-"""The route logic, served over TCP: run it on the logic host with
+"""The route logic, served over TCP: run it on the logic host (after `pip install
+./sdk/python` there, or in the venv `make` sets up) with
 
-    PYTHONPATH=sdk/python python -m babelsip_sdk serve --listen 127.0.0.1:7001 examples/remote/logic/route.py
+    python -m babelsip_sdk serve --listen 127.0.0.1:7001 examples/remote/logic/route.py
 
 Several hosts (and several connections) share this one process; handlers run
 on threads, so anything they share must be thread-safe.

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import logging
 import os
 import time
@@ -62,32 +61,16 @@ from host.routes.settings import (CONFIG_NAME, ConfigError, Fallback, RoutesConf
 from host.routes.verbs import ON_REPLY, ON_REQUEST, Decision
 from host.routes.watcher import is_scratch_name, watch_folder
 from host.supervision.policy import GIVE_UP, next_retry, plan_restart
-from runtimes.base import LoadError, Runtime, RuntimeSpec, ScriptError
+from host.routes.runtime import LoadError, Runtime, RuntimeSpec, ScriptError
+from host.routes.runtimes_table import EXTENSIONS, default_runtime_factory
 
 log = logging.getLogger("babelsip.routes")
-
-# File extension -> runtime; an executable file with a shebang is "exec".
-# (`NAME.remote` is a TOML file listing the logic servers of a TCP route.)
-EXTENSIONS = {".lua": "lua54", ".py": "python", ".pl": "perl", ".java": "java", ".remote": "tcp"}
-# Runtime -> "module:Class", imported on first use so a missing runtime only
-# breaks the routes that need it.
-_LUA, _STDIO, _TCP = "runtimes.lua:LuaRuntime", "runtimes.jsonline:StdioRuntime", "runtimes.jsonline:TcpRuntime"
-RUNTIME_CLASSES = {"lua54": _LUA, "luajit": _LUA, "python": _STDIO, "perl": _STDIO, "java": _STDIO,
-                   "exec": _STDIO, "tcp": _TCP}
 
 OK, LOADING, RESTARTING, FAILED, ABSENT = "ok", "loading", "restarting", "failed", "absent"
 DECISION_KINDS = ("reply", "relay", "redirect", "drop", "none")
 HUNG_AFTER = 3            # deadline overruns in a row that count as a hung runtime
 DELETE_GRACE = 0.15       # a save by rename may briefly remove the file: look twice
 LOG_EVERY = 1.0           # at most one script-error log line per route per second
-
-
-def default_runtime_factory(spec: RuntimeSpec) -> Runtime:
-    try:
-        module, _, cls = RUNTIME_CLASSES[spec.runtime].partition(":")
-        return getattr(importlib.import_module(module), cls)(spec)
-    except (KeyError, ImportError, AttributeError) as exc:
-        raise LoadError(spec.path, None, f"runtime {spec.runtime!r} is not available: {exc}") from None
 
 
 def runtime_of_file(path: Path) -> str | None:

@@ -80,7 +80,8 @@ class Server:
             self.core = ProxyCore(bound, relay_to=cfg.relay_to, new_id=_id_source(), names=cfg.names)
             if cfg.routes_dir is not None:
                 from host.routes.registry import RouteRegistry
-                self.registry = RouteRegistry(cfg.routes_dir)
+                from host.routes.runtimes_table import default_runtime_factory
+                self.registry = RouteRegistry(cfg.routes_dir, runtime_factory=default_runtime_factory)
                 await nursery.start(self.registry.run)
             await nursery.start(self.timers.run)
             for t in self.transports.values():

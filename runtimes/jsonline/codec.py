@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from host.routes.verbs import HOOKS, Decision, Recorder, VerbError
-from runtimes.base import ScriptError
+from host.routes.runtime import ScriptError
 
 PROTOCOL_VERSION = 1
 MAX_LINE = 1 << 20  # 1 MiB per line, either direction (PROTOCOL.md "Limits")

@@ -19,7 +19,7 @@ from typing import Awaitable, Callable
 
 import trio
 
-from runtimes.base import LoadError, RuntimeSpec
+from host.routes.runtime import LoadError, RuntimeSpec
 
 SDK_ROOT = Path(__file__).resolve().parents[2] / "sdk"
 # Stands between the host and an `exec` route, which may know nothing of the

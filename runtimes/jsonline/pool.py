@@ -29,7 +29,7 @@ import trio
 from host.routes.verbs import Decision
 from host.storage import Store, shared_store
 from host.supervision.policy import GIVE_UP, RestartPolicy, backoff_delay, plan_restart
-from runtimes.base import LoadError, Runtime, RuntimeSpec, ScriptError
+from host.routes.runtime import LoadError, Runtime, RuntimeSpec, ScriptError
 from runtimes.jsonline.codec import MAX_LINE
 from runtimes.jsonline.session import HandshakeError, Session
 

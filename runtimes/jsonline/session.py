@@ -17,7 +17,7 @@ import trio
 
 from host.routes.verbs import Decision
 from host.storage import Store
-from runtimes.base import ScriptError
+from host.routes.runtime import ScriptError
 from runtimes.jsonline import calls
 from runtimes.jsonline.codec import (Answered, Call, Failed, Fatal, HostCodec, Log,
                                       ProtocolError, Ready)

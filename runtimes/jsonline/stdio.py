@@ -36,7 +36,7 @@ from pathlib import Path
 import trio
 
 from host.storage import Store
-from runtimes.base import LoadError, RuntimeSpec
+from host.routes.runtime import LoadError, RuntimeSpec
 from runtimes.jsonline.languages import Language, language_for
 from runtimes.jsonline.pool import Link, PooledRuntime
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import trio
 
 from host.storage import Store
-from runtimes.base import LoadError, RuntimeSpec
+from host.routes.runtime import LoadError, RuntimeSpec
 from runtimes.jsonline.pool import Link, PooledRuntime
 
 CONNECT_TIMEOUT = 2.0

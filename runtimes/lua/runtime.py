@@ -59,7 +59,7 @@ import outcome
 import trio
 
 from host.routes.verbs import HOOKS, ON_REQUEST, VARS_MAX_BYTES, VERBS, Decision, Recorder, VerbError
-from runtimes.base import LoadError, Runtime, RuntimeSpec, ScriptError
+from host.routes.runtime import LoadError, Runtime, RuntimeSpec, ScriptError
 
 from .bridge import header_values, to_python
 from .sandbox import HOOK_EVERY, install_prelude, lupa_module, new_state

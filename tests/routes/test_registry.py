@@ -15,7 +15,7 @@ import trio
 from host.routes.registry import FAILED, OK, RESTARTING, RouteRegistry, runtime_of_file, scan_routes
 from host.routes.settings import ConfigError, Fallback
 from host.routes.verbs import HOOKS, ON_FAILURE, ON_REPLY, ON_REQUEST, Decision
-from runtimes.base import LoadError, Runtime, ScriptError
+from host.routes.runtime import LoadError, Runtime, ScriptError
 
 
 class Damage(Exception):

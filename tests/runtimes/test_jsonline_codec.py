@@ -87,7 +87,7 @@ def test_event_before_ready_is_refused():
 
 def test_oversize_event_fails_only_that_event():
     c = ready_codec(max_line=200)
-    from runtimes.base import ScriptError
+    from host.routes.runtime import ScriptError
     with pytest.raises(ScriptError, match="exceeds"):
         c.event("on_request", {"body": "x" * 500})
     assert c.in_flight == 0

@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from host.routes.verbs import ON_FAILURE, ON_REPLY, ON_REQUEST, VARS_MAX_BYTES
-from runtimes.base import LoadError, RuntimeSpec, ScriptError
+from host.routes.runtime import LoadError, RuntimeSpec, ScriptError
 from runtimes.lua import LuaRuntime
 from runtimes.lua.runtime import LOG_LINE_MAX, LOG_LINES_PER_SECOND, OVERRUN_GRACE
 

@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from host.storage.memory import MemoryStore
-from runtimes.base import LoadError, RuntimeSpec, ScriptError
+from host.routes.runtime import LoadError, RuntimeSpec, ScriptError
 from runtimes.jsonline import StdioRuntime
 from runtimes.jsonline.pool import restart_delay
 

@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from host.storage.memory import MemoryStore
-from runtimes.base import LoadError, RuntimeSpec, ScriptError
+from host.routes.runtime import LoadError, RuntimeSpec, ScriptError
 from runtimes.jsonline import StdioRuntime
 
 pytestmark = pytest.mark.skipif(shutil.which("perl") is None or shutil.which("javac") is None,

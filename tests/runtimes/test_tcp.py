@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from runtimes.base import LoadError, RuntimeSpec, ScriptError
+from host.routes.runtime import LoadError, RuntimeSpec, ScriptError
 from runtimes.jsonline import TcpRuntime
 
 SDK = Path(__file__).resolve().parents[2] / "sdk" / "python"

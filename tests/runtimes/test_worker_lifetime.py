@@ -35,7 +35,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from runtimes.base import RuntimeSpec, ScriptError
+from host.routes.runtime import RuntimeSpec, ScriptError
 from runtimes.jsonline import StdioRuntime
 from runtimes.jsonline import stdio
 

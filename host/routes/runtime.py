@@ -1,8 +1,10 @@
-"""The one small interface every runtime adapter implements.
+"""The Runtime interface: what the host's route registry asks of a runtime.
 
-A runtime runs the script of one route generation. The host's route registry
-(`host.routes`) owns generations, deadlines, fallbacks and restarts; a runtime
-only loads a script, hands it events and returns `Decision`s.
+The interface is the host's own, so it lives on the host side: the registry
+(`host.routes.registry`) owns generations, deadlines, fallbacks and restarts;
+a runtime adapter (`runtimes.lua`, `runtimes.jsonline`) implements this and
+only loads a script, hands it events and returns `Decision`s. Which adapter
+serves which runtime name is the table in `host.routes.runtimes_table`.
 """
 
 from __future__ import annotations

@@ -226,6 +226,15 @@ def test_malformed_burst_answered_and_server_keeps_serving(tmp_path):
                 wrong.append(f"{kind}: expected {expected}, got {sorted(codes) or 'nothing'}")
             if expected != 200 and any(code is not None and 200 <= code < 300 for code in codes):
                 wrong.append(f"{kind}: accepted with {sorted(codes)}")
+            if expected is None and codes:
+                wrong.append(f"{kind}: expected nothing back, got {sorted(codes, key=str)}")
+        # Nothing came back that answers no datagram of the burst (garbage, a
+        # request without Via, a bad response: §18.2.1/§18.3 drop them).
+        answerable = {branch for _, branch, expected, _ in burst if expected is not None}
+        stray = sorted(set(codes_by_branch) - answerable)
+        if stray:
+            wrong.append(f"replies to no answerable request: "
+                         f"{[(b, sorted(codes_by_branch[b], key=str)) for b in stray]}")
         assert not wrong, "\n".join(sorted(set(wrong))) + "\n" + path.why()
 
         assert path.proxy.alive(), path.why()

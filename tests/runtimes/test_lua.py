@@ -178,21 +178,26 @@ async def test_bad_arguments_and_second_decision_are_script_errors(make):
 
 
 async def test_every_field_reads_from_the_event(make):
-    d = await decide(make, """
-        for _, k in ipairs({"method", "ruri", "ruri_user", "ruri_host", "from_uri", "from_tag",
-                            "to_uri", "to_tag", "call_id", "cseq", "source_ip", "source_port",
-                            "transport", "in_dialog", "body"}) do
+    """Every plain field of the contract table (host.routes.contract), read
+    as req.<name>, has the event's value and the Lua type of its table type."""
+    contract = pytest.importorskip("host.routes.contract", reason="the contract table is not there yet")
+    lua_type = {"string": "string", "integer": "number", "number": "number", "boolean": "boolean"}
+    # `hook` is in the table but the Lua prelude does not expose req.hook yet
+    # (issue 8: the Lua SDK's share of the contract); drop it here when it does.
+    fields = [f for f in contract.FIELDS if f.access == contract.VALUE and ON_REQUEST in f.hooks
+              and f.name != "hook"]
+    assert {"method", "ruri", "cseq", "in_dialog", "body"} <= {f.name for f in fields}
+    names = ", ".join(f'"{f.name}"' for f in fields)
+    d = await decide(make, f"""
+        for _, k in ipairs({{{names}}}) do
           req.vars[k] = req[k]
           req.vars[k .. "_type"] = type(req[k])
         end
     """)
     ev = event()
-    for k in ("method", "ruri", "ruri_user", "ruri_host", "from_uri", "from_tag", "to_uri",
-              "to_tag", "call_id", "cseq", "source_ip", "source_port", "transport",
-              "in_dialog", "body"):
-        assert d.vars[k] == ev[k], k
-    assert d.vars["cseq_type"] == "number" and d.vars["source_port_type"] == "number"
-    assert d.vars["in_dialog_type"] == "boolean" and d.vars["method_type"] == "string"
+    for f in fields:
+        assert d.vars[f.name] == ev[f.name], f.name
+        assert d.vars[f.name + "_type"] == lua_type[f.type], f.name
 
 
 async def test_unknown_and_missing_fields_read_as_nil(make):
@@ -557,17 +562,20 @@ async def test_runtime_serves_normally_after_a_budget_stop(make):
 
 
 @pytest.mark.parametrize("protected", [False, True])
-async def test_unbounded_allocation_is_a_memory_error_and_a_fresh_runtime_works(make, protected):
+async def test_unbounded_allocation_is_a_memory_error_and_the_runtime_recovers(make, protected):
     grow = 't = {} while true do t[#t + 1] = string.rep("x", 1000) .. #t end'
     body = f"pcall(function() {grow} end)\nwhile true do end" if protected else grow
-    src = "function on_request(req)\n" + body + "\nend\n"
+    src = ("function on_request(req)\nif req.ruri_user == 'grow' then\n" + body +
+           "\nend\nreq:relay()\nend\n")
     rt = await make(src, memory_mb=8, deadline=2.0)
     with pytest.raises(ScriptError) as info:
-        await rt.handle(ON_REQUEST, event())
+        await rt.handle(ON_REQUEST, event(ruri_user="grow"))
     assert info.value.kind in ("memory", "budget")
     assert info.value.damaged  # the registry recreates the state
-    fresh = await make("function on_request(req) req:relay() end", memory_mb=8, name="fresh.lua")
-    assert (await fresh.handle(ON_REQUEST, event())).verb == "relay"
+    # The same runtime, not a fresh one, serves the next events (twice: the
+    # first is not a lucky leftover), its global `t` still near the cap.
+    for _ in range(2):
+        assert (await rt.handle(ON_REQUEST, event())).verb == "relay"
 
 
 async def test_statistics_report_memory(make):

@@ -158,5 +158,18 @@ def test_unserialisable_vars_become_an_error(tmp_path):
     assert "JSON" in err["message"]
 
 
-def test_store_error_type_is_exported():
-    assert issubclass(StoreError, Exception)
+def test_store_error_type_is_exported(tmp_path):
+    """A route imports StoreError from the package itself and catches the
+    refused store call with it: the name is exported and is the type raised."""
+    import babelsip_sdk
+    assert "StoreError" in babelsip_sdk.__all__ and babelsip_sdk.StoreError is StoreError
+    code = ("from babelsip_sdk import StoreError\n"
+            "def on_request(req):\n"
+            "    try:\n"
+            "        req.store.get('k')\n"
+            "    except StoreError as e:\n"
+            "        return req.reply(503, 'caught: ' + str(e))\n"
+            "    req.reply(200)\n")
+    out = run_session(tmp_path, code, [EVENT], lambda msg: {"error": "refused"})
+    [decision] = [m for m in out if m["type"] == "decision"]
+    assert decision["verbs"] == [["reply", 503, "caught: kv.get: refused"]]

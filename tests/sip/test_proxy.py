@@ -118,10 +118,15 @@ def test_best_response_prefers_6xx_and_6xx_cancels_other_branches():
 
 
 def test_best_response_lowest_class_and_503_becomes_500():
-    net, proxy, uac, uases = setup(relay(UAS0, UAS1), uas_scripts=((486,), (404,)))
-    uac.request()
-    net.run(until=5)
-    assert [c for c in uac.codes if c >= 200] in ([486], [404])
+    """§16.7 step 6: the lowest class wins whichever branch returns it; within
+    4xx, 401/407/415/420/484 beat the others (here 484 over 486), in either
+    arrival order; a 503 forwarded upstream becomes 500."""
+    for scripts, best in ((((503,), (486,)), 486), (((486,), (503,)), 486),
+                          (((486,), (484,)), 484), (((484,), (486,)), 484)):
+        net, proxy, uac, uases = setup(relay(UAS0, UAS1), uas_scripts=scripts)
+        uac.request()
+        net.run(until=5)
+        assert [c for c in uac.codes if c >= 200] == [best], scripts
     net, proxy, uac, uases = setup(relay(UAS0), uas_scripts=((503,),))
     uac.request()
     net.run(until=5)

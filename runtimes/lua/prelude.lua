@@ -39,6 +39,7 @@ local tonumber, floor = tonumber, math.floor
 local format, s_sub = string.format, string.sub
 local co_create, co_wrap, co_resume, co_close =
       coroutine.create, coroutine.wrap, coroutine.resume, coroutine.close
+local co_yield, co_running, co_isyieldable = coroutine.yield, coroutine.running, coroutine.isyieldable
 
 -- LuaJIT ignores debug hooks inside compiled traces, so a hot loop would never
 -- meet the budget. With the JIT off, every instruction goes through the
@@ -319,15 +320,39 @@ if per_thread_hooks then
   coroutine.create = function(f) return co_create(hooked(f, "create")) end
   coroutine.wrap = function(f) return co_wrap(hooked(f, "wrap")) end
 end
-coroutine.resume = function(co, ...) return after_protected(co_resume(co, ...)) end
+-- Events run in coroutines of the host's own (runners, below). A script must
+-- not drive one: resuming another event's parked runner would run that event's
+-- code in this one's context, and a yield of its own would reach the host.
+local RUNNERS = setmetatable({}, {__mode = "k"})
+local function not_a_runner(co, who)
+  if RUNNERS[co] then error("coroutine." .. who .. "(): the event's own coroutine is the host's", 3) end
+end
+coroutine.resume = function(co, ...)
+  not_a_runner(co, "resume")
+  return after_protected(co_resume(co, ...))
+end
 if co_close then
-  coroutine.close = function(co) return after_protected(co_close(co)) end
+  coroutine.close = function(co)
+    not_a_runner(co, "close")
+    return after_protected(co_close(co))
+  end
+end
+coroutine.yield = function(...)
+  if RUNNERS[co_running()] then error("attempt to yield from outside a coroutine", 2) end
+  return co_yield(...)
+end
+if co_isyieldable then
+  coroutine.isyieldable = function()
+    return not RUNNERS[co_running()] and co_isyieldable()
+  end
 end
 
 ------------------------------------------------------------------------------
 -- Events.
 
 local cur_ev, cur_reply, cur_req, cur_rep = nil, nil, nil, nil
+local cur_store = nil                -- req.store of the current event, made when first read
+local cur_runner = nil               -- the coroutine the current event runs in
 local cur_fields = nil               -- the event's prefetched fields, by PREFETCHED index
 local vars_touched = false           -- req.vars was read or assigned this event
 local script_source = nil            -- "@name.lua" of the loaded script
@@ -383,6 +408,50 @@ REQ.header = header_method(false, false, "req:header")
 REQ.headers = header_method(false, true, "req:headers")
 REPLY.header = header_method(true, false, "reply:header")
 
+------------------------------------------------------------------------------
+-- Host calls (the OpenResty cosocket model). An event runs in a coroutine, a
+-- runner; req.store:incr(...) yields HOSTCALL and the operation to the host,
+-- which answers the Python side "needs a host call". The thread is then free
+-- for other events while the trio side awaits the store; the answer comes back
+-- as a new job that resumes the runner (api.resume). Across the yield the
+-- event's budget (instructions left, deadline) is saved with it and restored,
+-- so a loop after a yield is still stopped; the memory cap is the state's.
+local HOSTCALL, DONE = {}, {}        -- unique markers of a runner's yields
+
+local STORE = {}
+local STORE_MT = {
+  __index = STORE, __metatable = false,
+  __newindex = function(_, k) error("req.store." .. tostring(k) .. " is read-only", 2) end,
+}
+
+local function store_method(op, name)
+  local what = "req.store:" .. name .. "()"
+  return function(self, a, b, c)
+    if cur_runner == nil then
+      error(what .. ": host calls are only possible inside an event, not while the script loads", 2)
+    end
+    if not rawequal(self, cur_store) then
+      error(what .. " called outside the event it belongs to (use req.store:, not req.store.)", 2)
+    end
+    if co_running() ~= cur_runner then
+      error(what .. " cannot be called inside a coroutine the route created", 2)
+    end
+    if co_isyieldable and not co_isyieldable() then
+      error(what .. " cannot be called from a function Lua calls from C (a metamethod, "
+            .. "a table.sort comparator, a string.gsub callback)", 2)
+    end
+    guard = true                      -- the host's code until the runner runs again
+    local ok, v = co_yield(HOSTCALL, op, a, b, c)
+    guard = false
+    if not ok then error(what .. ": " .. tostring(v), 2) end
+    return v
+  end
+end
+STORE.get = store_method("kv.get", "get")
+STORE.set = store_method("kv.set", "set")
+STORE.delete = store_method("kv.delete", "delete")
+STORE.incr = store_method("kv.incr", "incr")
+
 local REQ_MT = {
   __metatable = false,
   __index = function(t, k)
@@ -390,6 +459,12 @@ local REQ_MT = {
     if m then return m end
     if not rawequal(t, cur_req) then
       error("req." .. tostring(k) .. " read outside the event it belongs to", 2)
+    end
+    if k == "store" then
+      local store = setmetatable({}, STORE_MT)
+      cur_store = store
+      rawset(t, "store", store)
+      return store
     end
     if k == "vars" then
       local vars = vars_in()
@@ -545,7 +620,57 @@ function api.load_script(src, chunkname, ticks, dl)
   return "ok", unpack(found)
 end
 
--- Run one hook. Returns nothing on success, or kind, message, line.
+-- A runner runs one event after another: finished ones go back to `idle`, so
+-- an event without host calls costs one resume and one yield, not a new
+-- coroutine. One that waits on the host stays with its event (`parked`).
+local function runner_body(fn, req, rep)
+  while true do
+    local fine, ok, e = raw_pcall(protected, run_hook, fn, req, rep)
+    guard = true
+    if not fine then ok, e = false, ok end
+    fn, req, rep = co_yield(DONE, ok, e)
+  end
+end
+-- Lua 5.2+: a coroutine starts without the count hook (see `hooked`).
+local runner_start = per_thread_hooks and function(...)
+  sethook(on_count, "", EVERY)
+  return runner_body(...)
+end or runner_body
+
+local IDLE_MAX = 4
+local idle, n_idle = {}, 0
+local parked, last_token = {}, 0
+
+local function clear_event()
+  cur_ev, cur_reply, cur_req, cur_rep, cur_fields = nil, nil, nil, nil, nil
+  cur_store, cur_runner = nil, nil
+end
+
+-- What the runner's resume returned -> dispatch's answer: nothing (done),
+-- kind, message, line (failed), or "call", token, op, a, b, c (parked).
+local function settle(runner, resumed, tag, x, y, z, w)
+  if resumed and tag == DONE then
+    if n_idle < IDLE_MAX then n_idle = n_idle + 1; idle[n_idle] = runner end
+    clear_event()
+    if x then return end
+    return classify(y)
+  end
+  if resumed and tag == HOSTCALL then
+    last_token = last_token + 1
+    parked[last_token] = {runner, cur_ev, cur_reply, cur_req, cur_rep, cur_fields, cur_store,
+                          vars_touched, ticks_left, deadline, spent, oom, err_line, hook_line}
+    clear_event()
+    return "call", last_token, x, y, z, w
+  end
+  -- The runner died (out of memory while resuming; nothing else escapes its
+  -- pcall) or yielded something else; it is not used again.
+  clear_event()
+  if not resumed then return classify(tag) end
+  return "error", "the event's coroutine yielded outside a host call", err_line
+end
+
+-- Run one hook. Returns nothing on success, kind, message, line on failure,
+-- or "call", token, op, args... when it waits for a host call (api.resume).
 function api.dispatch(hook, ev, reply, ticks, dl, ...)
   local fn = rawget(G, hook)
   if type(fn) ~= "function" then return end
@@ -553,10 +678,42 @@ function api.dispatch(hook, ev, reply, ticks, dl, ...)
   local req = setmetatable({}, REQ_MT)
   local rep = reply and setmetatable({}, REPLY_MT) or nil
   cur_req, cur_rep = req, rep
-  local ok, e = run_budgeted(ticks, dl, run_hook, fn, req, rep)
-  cur_ev, cur_reply, cur_req, cur_rep, cur_fields = nil, nil, nil, nil, nil
-  if ok then return end
-  return classify(e)
+  ticks_left, deadline, spent, oom, err_line, hook_line = ticks, dl, false, false, nil, nil
+  local runner = idle[n_idle]
+  if runner then
+    idle[n_idle], n_idle = nil, n_idle - 1
+  else
+    runner = co_create(runner_start)
+    RUNNERS[runner] = true
+  end
+  cur_runner = runner
+  return settle(runner, co_resume(runner, fn, req, rep))
+end
+
+-- Resume a parked event with its host call's answer: ok, value | false, message.
+-- Same answers as dispatch.
+function api.resume(token, ok, value)
+  local p = parked[token]
+  if p == nil then return "error", "host call answered for an event that is gone" end
+  parked[token] = nil
+  local runner
+  runner, cur_ev, cur_reply, cur_req, cur_rep, cur_fields, cur_store, vars_touched,
+    ticks_left, deadline, spent, oom, err_line, hook_line = unpack(p, 1, 14)
+  cur_runner = runner
+  return settle(runner, co_resume(runner, ok, value))
+end
+
+-- Drop a parked event that will not be resumed (past its deadline): its
+-- runner is garbage; no script code runs.
+function api.forget(token)
+  parked[token] = nil
+end
+
+-- How many events wait on the host (tests, statistics).
+function api.parked()
+  local n = 0
+  for _ in next, parked do n = n + 1 end
+  return n
 end
 
 return api

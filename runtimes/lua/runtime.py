@@ -33,6 +33,15 @@ makes a quick event cost about what running it inline did. `handle` (tests,
 and the registry's async path while a route restarts) runs through the same
 queue.
 
+Host calls (req.store:get/set/delete/incr). Every event runs in a Lua
+coroutine (a reused "runner", prelude.lua); a host call yields it, the job
+returns a HostCall instead of a Decision, the trio side performs the call in
+a task of this runtime's host-call nursery (started on the first call) and
+submits a resume job with the answer. The thread serves other events
+meanwhile; a parked event is not pending in the worker, so the watchdog does
+not count it; its deadline bounds the wait (`_host_call`) and the resume
+(LATE). Events without host calls take the same single job as before.
+
 Options (RuntimeSpec.options, from routes.toml):
   ("instructions", N)  Lua VM instructions per event (default 10 million).
   ("pattern_steps", N) worst-case steps allowed to one Lua pattern match (default
@@ -59,11 +68,17 @@ import outcome
 import trio
 
 from host.routes.verbs import HOOKS, ON_REQUEST, VARS_MAX_BYTES, VERBS, Decision, Recorder, VerbError
+from host.storage import Store, shared_store
 from host.routes.runtime import LoadError, Runtime, RuntimeSpec, ScriptError
+# The host-call table the line-JSON runtimes answer from: the same checks and
+# the same error messages for a Lua route.
+from runtimes.jsonline.calls import CallError, perform
 
 from .bridge import header_values, to_python
 from .sandbox import HOOK_EVERY, install_prelude, lupa_module, new_state
-from .worker import LATE, OVERRUN, OVERRUN_GRACE, Job, StateWorker, detached
+from .worker import LATE, OVERRUN, OVERRUN_GRACE, Job, StateWorker, Suspended, call_safely, detached
+
+log = logging.getLogger("babelsip.routes.lua")
 
 # ~20-50 ms of plain Lua on the reference machine: far above what a routing
 # decision needs, low enough that a runaway script costs little.
@@ -112,11 +127,30 @@ PREFETCHED = ("method", "ruri", "ruri_user", "ruri_host", "from_uri", "from_tag"
 _ARITY = {name: len(verb.params) for name, verb in VERBS.items()}
 
 
+class HostCall(Suspended):
+    """An event parked in its Lua coroutine until the host answers `op(*args)`
+    (see prelude.lua "Host calls"). Made in the worker thread; the trio side
+    performs the call and resumes the event with a new job (`_resume_event`)."""
+
+    __slots__ = ("runtime", "token", "op", "args", "recorder", "event", "reply", "done", "deadline_at")
+
+    def __init__(self, runtime, token, op, args, recorder, event, reply):
+        self.runtime, self.token, self.op, self.args = runtime, token, op, args
+        self.recorder, self.event, self.reply = recorder, event, reply
+        self.done = self.deadline_at = None
+
+    def suspended(self, job: Job) -> None:
+        self.done, self.deadline_at = job.done, job.deadline_at
+        self.runtime._start_host_call(self)
+
+
 class LuaRuntime(Runtime):
     """A route script in Lua 5.4 (spec.runtime "lua54") or LuaJIT ("luajit")."""
 
-    def __init__(self, spec: RuntimeSpec):
+    def __init__(self, spec: RuntimeSpec, *, store: Store | None = None):
         self.spec = spec
+        # As the line-JSON runtimes do: the process-wide store unless given one.
+        self.store = store if store is not None else shared_store()
         options = dict(spec.options)
         self._instructions = int(options.get("instructions", DEFAULT_INSTRUCTIONS))
         self._pattern_steps = int(options.get("pattern_steps", DEFAULT_PATTERN_STEPS))
@@ -130,7 +164,16 @@ class LuaRuntime(Runtime):
         self._lua = None
         self._module = None
         self._dispatch = None
+        self._resume = self._forget = None
         self._table_type = None
+        # Host calls: a nursery (in one system task, started on the first
+        # call) runs one task per call; routes that never call the host never
+        # start it. `_closing` lets it end once the runtime is closed.
+        self._calls: trio.Nursery | None = None
+        self._calls_queued: list[HostCall] = []
+        self._calls_started = False
+        self._closing = trio.Event()
+        self._host_calls = 0
         # The event being handled; set only for the duration of one dispatch.
         self._recorder: Recorder | None = None
         self._event: dict | None = None
@@ -181,6 +224,14 @@ class LuaRuntime(Runtime):
         """StateWorker's `errors`: what a job gets that did not run to its end."""
         deadline = self.spec.deadline
         self._errors += why != LATE
+        if why == LATE and job.fn == self._resume_event:
+            # In the thread: the parked event will not be resumed, drop it.
+            self._forget_parked(job.args[0].token)
+            return ScriptError(f"the host call's answer came after its deadline of {deadline:g} s; "
+                               f"not resumed", file=self._file, kind="timeout")
+        if why == LATE and job.fn == self._forget_parked:
+            self._forget_parked(*job.args)
+            return None
         if why == LATE:
             return ScriptError(f"waited past its deadline of {deadline:g} s behind slower events "
                                f"of this route; not run", file=self._file, kind="timeout")
@@ -199,7 +250,7 @@ class LuaRuntime(Runtime):
     def _drop_state(self) -> None:
         # Runs in the state's thread after its last job, so freeing the state
         # (lua_close, up to the memory cap) never runs on the event loop.
-        self._lua = self._dispatch = self._module = None
+        self._lua = self._dispatch = self._module = self._resume = self._forget = None
 
     # ------------------------------------------------------------------ life
 
@@ -259,6 +310,8 @@ class LuaRuntime(Runtime):
         self._memory_used = lua.get_memory_used()
         self._lua, self._module = lua, module
         self._dispatch = api.dispatch
+        self._resume, self._forget = api.resume, api.forget
+        self._parked_count = api.parked
         self.hooks = hooks
         return None
 
@@ -268,6 +321,7 @@ class LuaRuntime(Runtime):
         if not self._closed and self._worker is not None:
             self._closed = True
             self._worker.stop()
+        self._closing.set()
         self._flush_log()
 
     # ----------------------------------------------------------------- events
@@ -308,7 +362,8 @@ class LuaRuntime(Runtime):
                       INLINE_WAIT)
 
     def _run_event(self, hook: str, event: dict, deadline: float):
-        """Runs in the worker thread. Returns the Decision or the ScriptError."""
+        """Runs in the worker thread. Returns the Decision, the ScriptError, or
+        a HostCall when the event waits for the host."""
         recorder = Recorder(hook)
         reply = event.get("reply")
         self._recorder, self._event, self._reply = recorder, event, reply
@@ -326,7 +381,135 @@ class LuaRuntime(Runtime):
         self._memory_used = self._lua.get_memory_used()
         if failure is None:
             return recorder.decision
-        return self._script_error(failure if isinstance(failure, tuple) else (failure,))
+        return self._settled(failure if isinstance(failure, tuple) else (failure,),
+                             recorder, event, reply)
+
+    def _settled(self, failure: tuple, recorder, event, reply):
+        """Runs in the worker thread: the answer for what dispatch/resume returned."""
+        while failure[0] == "call":
+            _, token, op, *args = failure
+            try:
+                args = self._host_args(op, args)
+            except ValueError as exc:   # an argument Python cannot take: the script's error
+                failure = self._resumed(token, False, str(exc), recorder, event, reply)
+                continue
+            self._host_calls += 1
+            return HostCall(self, token, op, args, recorder, event, reply)
+        if failure[0] is None:   # finished after a resume
+            return recorder.decision
+        return self._script_error(failure)
+
+    def _host_args(self, op: str, args: list) -> list:
+        """Lua's (a, b, c) -> the argument list of the host call: trailing nils
+        dropped (kv.get takes one), tables as lists/dicts, and an integral
+        float as an int (LuaJIT has no integers; incr wants one)."""
+        while args and args[-1] is None:
+            args.pop()
+        table_type = self._table_type
+        out = []
+        for arg in args:
+            if type(arg) is table_type:
+                arg = to_python(arg, table_type)
+            elif type(arg) is float and arg.is_integer() and op == "kv.incr":
+                arg = int(arg)
+            out.append(arg)
+        return out
+
+    def _resumed(self, token: int, ok: bool, value, recorder, event, reply) -> tuple:
+        """Runs in the worker thread: resume a parked event; dispatch's answer
+        as a tuple ((None,) when it finished)."""
+        self._recorder, self._event, self._reply = recorder, event, reply
+        try:
+            if ok and isinstance(value, (dict, list)):
+                value = self._lua.table_from(value, recursive=True)
+            failure = self._resume(token, ok, value)
+        except self._module.LuaMemoryError:
+            failure = ("memory", "not enough memory")
+        finally:
+            self._recorder = self._event = self._reply = None
+        self._memory_used = self._lua.get_memory_used()
+        if failure is None:
+            return (None,)
+        return failure if isinstance(failure, tuple) else (failure,)
+
+    def _resume_event(self, call: HostCall, ok: bool, value):
+        """Runs in the worker thread: a parked event, with its host call's answer."""
+        try:
+            failure = self._resumed(call.token, ok, value, call.recorder, call.event, call.reply)
+        except self._module.LuaError as exc:
+            self._errors += 1
+            return ScriptError(f"Lua runtime failure: {exc}", file=self._file,
+                               damaged=True, kind="crash")
+        return self._settled(failure, call.recorder, call.event, call.reply)
+
+    def _forget_parked(self, token: int) -> None:
+        """Runs in the worker thread: drop an event that will not be resumed."""
+        if self._forget is not None:
+            self._forget(token)
+
+    # ------------------------------------------------------ host calls (trio)
+
+    def _start_host_call(self, call: HostCall) -> None:
+        """On the trio thread (HostCall.suspended): run the call in a task."""
+        if self._closed or self._abandoned:
+            call_safely(call.done, self._not_running())
+            return
+        if self._calls is not None:
+            self._calls.start_soon(self._host_call, call)
+            return
+        self._calls_queued.append(call)
+        if not self._calls_started:
+            self._calls_started = True
+            trio.lowlevel.spawn_system_task(self._run_host_calls, name=f"lua {self.spec.route} host calls")
+
+    async def _run_host_calls(self) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._calls = nursery
+                queued, self._calls_queued = self._calls_queued, []
+                for call in queued:
+                    nursery.start_soon(self._host_call, call)
+                await self._closing.wait()
+                # Calls in flight still finish (each bounded by its deadline).
+                self._calls = None
+        except Exception:   # _host_call catches everything: a bug here
+            log.exception("Lua host-call task failed")
+        finally:
+            self._calls = None
+            for call in self._calls_queued:
+                call_safely(call.done, self._not_running())
+            self._calls_queued = []
+
+    async def _host_call(self, call: HostCall) -> None:
+        """Perform one host call, then resume its event in the state's thread;
+        the event's deadline covers the wait for the store too."""
+        deadline_at = call.deadline_at
+        ok, value = False, None
+        with trio.move_on_at(trio.current_time() + (deadline_at - time.monotonic())) as scope:
+            try:
+                value, ok = await perform(self.store, call.op, call.args), True
+            except CallError as exc:
+                value = str(exc)
+            except Exception as exc:   # a store backend's failure: the script's error
+                log.warning("%s: host call %s failed: %r", self.spec.route, call.op, exc)
+                value = f"{call.op} failed: {exc}"
+        if scope.cancelled_caught:
+            self._errors += 1
+            call_safely(call.done, ScriptError(
+                f"exceeded its deadline of {self.spec.deadline:g} s waiting for the host "
+                f"({call.op})", file=self._file, kind="timeout"))
+            self._drop_parked(call.token)
+            return
+        worker = self._worker
+        if not worker.submit(Job(self._resume_event, (call, ok, value), deadline_at, call.done),
+                             INLINE_WAIT):
+            call_safely(call.done, self._not_running())
+
+    def _drop_parked(self, token: int) -> None:
+        worker = self._worker
+        # Best effort: a stopped state is freed with its parked events anyway.
+        worker.submit(Job(self._forget_parked, (token,), time.monotonic() + self.spec.deadline,
+                          _ignore))
 
     def statistics(self) -> dict:
         # Never asks the state itself: a thread may be running in it.
@@ -337,6 +520,7 @@ class LuaRuntime(Runtime):
             "budget_stops": self._budget_stops,
             "memory_errors": self._memory_errors,
             "overruns": self._overruns,
+            "host_calls": self._host_calls,
             "memory_limit": self.spec.memory_mb * 1024 * 1024,
         }
         if self._dispatch is not None:
@@ -439,3 +623,7 @@ class LuaRuntime(Runtime):
                                damaged=damaged, kind="budget")
         line, message = self._split_position(str(detail), line)
         return ScriptError(message, file=self._file, line=line, damaged=damaged, kind="error")
+
+
+def _ignore(_result) -> None:
+    """done() of a job nobody waits for."""

@@ -88,6 +88,29 @@ def detached(exc: BaseException) -> BaseException:
     return exc
 
 
+class Suspended:
+    """A job's result that is not its answer yet: the job's function stopped
+    to wait for something on the trio side (a Lua host call). Delivered to
+    `suspended(job)` on the trio thread instead of `job.done`; the job is then
+    finished as far as the worker is concerned (not running, not pending:
+    the watchdog no longer counts it), and whoever continues it submits a new
+    job with the same `done` and deadline."""
+
+    __slots__ = ()
+
+    def suspended(self, job: "Job") -> None:
+        raise NotImplementedError
+
+
+def answer(job: "Job") -> None:
+    """On the trio thread: job.done(result), or result.suspended(job)."""
+    result = job.result
+    if isinstance(result, Suspended):
+        call_safely(result.suspended, job)
+    else:
+        call_safely(job.done, result)
+
+
 class Job:
     """fn(*args) to run in the thread before `deadline_at` (time.monotonic());
     `done(result)` is called on the trio thread with what fn returned (fn
@@ -188,7 +211,7 @@ class StateWorker:
             return True    # it rides; _deliver marks the state slow if it was
         self.waits_answered += 1
         pending.popleft()                # it was the only one pending
-        call_safely(job.done, job.result)
+        answer(job)
         return True
 
     def _may_wait(self, now: float) -> bool:
@@ -221,7 +244,7 @@ class StateWorker:
                     # Slow in itself, not merely late to be scheduled on a
                     # busy machine: stop waiting on this state for a while.
                     self._slow_until = time.monotonic() + SLOW_HOLD
-                call_safely(job.done, job.result)
+                answer(job)
             if self._stopped and not pending and self._watch is not None:
                 self._watch.cancel()   # nothing left to guard: let the watchdog end
         except Exception:   # a bug here must not end trio.run
@@ -277,7 +300,7 @@ class StateWorker:
         for job in finished:   # finished before the cut: their own answers
             if pending and pending[0] is job:
                 pending.popleft()
-            call_safely(job.done, job.result)
+            answer(job)
         self._answer_the_rest(overrun=False)
 
     def _answer_the_rest(self, overrun: bool) -> None:

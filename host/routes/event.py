@@ -1,11 +1,20 @@
-"""Turn SIP messages into the flat event dicts routes receive (see verbs.py)."""
+"""The event a route script sees, built from the core's `Consult` (see verbs.py).
+
+The core hands over its request and reply objects; this is the one place they
+become the flat dict of the route contract. The fields a route reads on
+nearly every event (method, URIs, tags, source) are filled at once; the
+header lists and the body are built only when read (`ScriptEvent`), so a Lua
+route that looks at two fields does not pay for copying every header. A
+runtime that serializes the whole event (line-JSON) takes `plain()`.
+"""
 
 from __future__ import annotations
 
+from host.sip.actions import Consult
+from host.sip.errors import BadMessage
 from host.sip.headers import display_name, parse_name_addr, tag_of
 from host.sip.message import Request, Response
 from host.sip.uri import parse_uri
-from host.sip.errors import BadMessage
 
 
 def _uri_of(value: str | None) -> str:
@@ -17,17 +26,73 @@ def _uri_of(value: str | None) -> str:
         return ""
 
 
-def request_event(hook: str, req: Request, source: tuple[str, str, int], *,
-                  in_dialog: bool, vars: dict | None, reply: Response | None = None) -> dict:
-    transport, ip, port = source
+def _header_list(message) -> list[list[str]]:
+    return [[display_name(k), v] for k, v in message.headers]
+
+
+class ScriptEvent(dict):
+    """A dict whose costly entries ("headers", and "body" of a request) are
+    built from the message on first read, by `[]` or `get`, and then kept.
+
+    A dict subclass, not a Mapping, because Lua (lupa) indexes it like a dict
+    and the route table and runtimes call `get`. `in`, `len` and iteration
+    see only what was built so far: hand `plain()` to code that walks it.
+    The message is only read, never changed, while the event is handled
+    (the core changes it only once the decision is back)."""
+
+    __slots__ = ("_message",)
+
+    def __init__(self, message, fields):
+        super().__init__(fields)
+        self._message = message
+
+    def __missing__(self, key):
+        message = self._message
+        if key == "headers":
+            value = _header_list(message)
+        elif key == "body" and isinstance(message, Request):
+            value = message.body.decode("utf-8", "replace")
+        else:
+            raise KeyError(key)
+        self[key] = value
+        return value
+
+    def get(self, key, default=None):
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def plain(self) -> dict:
+        """Every field built, as a plain dict in the contract's order (nested
+        reply included): for runtimes that serialize the whole event."""
+        out = {}
+        for key in _ORDER:
+            value = self.get(key, _ABSENT)
+            if value is not _ABSENT:
+                out[key] = value.plain() if type(value) is ScriptEvent else value
+        return out
+
+
+_ABSENT = object()
+_ORDER = ("hook", "method", "ruri", "ruri_user", "ruri_host", "call_id", "cseq", "from_uri",
+          "from_tag", "to_uri", "to_tag", "source_ip", "source_port", "transport", "in_dialog",
+          "headers", "body", "vars", "reply", "code", "reason")
+
+
+def script_event(consult: Consult) -> ScriptEvent:
+    """The event of `consult`, lazy in its header lists and body."""
+    req = consult.request
+    transport, ip, port = consult.source
     try:
         uri = parse_uri(req.uri)
         ruri_user, ruri_host = uri.user or "", uri.host
     except BadMessage:
         ruri_user = ruri_host = ""
     from_value, to_value = req.header("from"), req.header("to")
-    event = {
-        "hook": hook,
+    vars = consult.vars
+    event = ScriptEvent(req, {
+        "hook": consult.hook,
         "method": req.method,
         "ruri": req.uri,
         "ruri_user": ruri_user,
@@ -41,15 +106,16 @@ def request_event(hook: str, req: Request, source: tuple[str, str, int], *,
         "source_ip": ip,
         "source_port": port,
         "transport": transport,
-        "in_dialog": in_dialog,
-        "headers": [[display_name(k), v] for k, v in req.headers],
-        "body": req.body.decode("utf-8", "replace"),
+        "in_dialog": consult.in_dialog,
         "vars": vars if vars is not None else {},
-    }
+    })
+    reply: Response | None = consult.reply
     if reply is not None:
-        event["reply"] = {
-            "code": reply.status,
-            "reason": reply.reason,
-            "headers": [[display_name(k), v] for k, v in reply.headers],
-        }
+        event["reply"] = ScriptEvent(reply, {"code": reply.status, "reason": reply.reason})
     return event
+
+
+def request_event(hook: str, req: Request, source: tuple[str, str, int], *,
+                  in_dialog: bool, vars: dict | None, reply: Response | None = None) -> dict:
+    """The whole event as a plain dict (tests, tools)."""
+    return script_event(Consult(0, hook, req, reply, source, in_dialog, vars, None)).plain()

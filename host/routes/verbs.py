@@ -23,6 +23,9 @@ from typing import Any
 
 import orjson
 
+# Decision lives below the core, which applies it (host/sip imports nothing above itself).
+from host.sip.decision import Decision  # noqa: F401  (re-exported for runtimes and SDK tests)
+
 from host.routes import contract
 from host.routes.contract import DECISION, EDIT, HOOKS, ON_FAILURE, ON_REPLY, ON_REQUEST
 
@@ -60,22 +63,6 @@ VARS_MAX_BYTES = 64 * 1024
 
 class VerbError(ValueError):
     """A route called a verb wrongly: wrong hook, bad arguments, a second decision."""
-
-
-@dataclass
-class Decision:
-    """What a route answered for one event. Runtimes build it through `Recorder`."""
-
-    verb: str | None = None          # a DECISION verb name, or None for "no decision"
-    code: int = 0                    # reply
-    reason: str = ""                 # reply
-    headers: list[tuple[str, str]] = field(default_factory=list)   # reply extra headers
-    targets: list[str] = field(default_factory=list)   # relay
-    parallel: bool = True            # relay
-    timeout: float | None = None     # relay, per branch, seconds
-    contacts: list[str] = field(default_factory=list)  # redirect
-    edits: list[tuple[Any, ...]] = field(default_factory=list)  # (verb, *args)
-    vars: dict[str, Any] | None = None  # per-call variables to keep, None = unchanged
 
 
 class Recorder:

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 import trio
 
-from host.routes.verbs import Decision
+from host.routes.event import script_event
+from host.sip.decision import Decision
 from host.sip.proxy import Arm, Consult, Disarm, ProxyCore, Transmit
 
 from .limits import raise_nofile_limit
@@ -46,6 +47,18 @@ def _id_source():
     prefix = os.urandom(4).hex()
     counter = itertools.count(1)
     return lambda: f"{prefix}{next(counter):x}"
+
+
+class RouteCall:
+    """One consult of the core on its way through a route: the core's
+    `Consult` turned into the event a script sees (built here, at the routes
+    boundary; lazy in its headers and body), and the route once picked."""
+    __slots__ = ("token", "hook", "event", "route", "call_id")
+
+    def __init__(self, consult: Consult):
+        self.token, self.hook, self.route = consult.token, consult.hook, consult.route
+        self.call_id = consult.request.call_id
+        self.event = script_event(consult)
 
 
 class Server:
@@ -136,7 +149,7 @@ class Server:
             elif cls is Disarm:
                 self.timers.cancel(action.key)
             elif cls is Consult:
-                self._queue_consult(action)
+                self._queue_consult(RouteCall(action))
 
     def _transmit(self, action: Transmit) -> None:
         transport = self.transports.get(action.transport)
@@ -173,13 +186,13 @@ class Server:
         if action.error_key is not None:
             self._execute(self.core.transport_error(action.error_key))
 
-    def _queue_consult(self, action: Consult) -> None:
+    def _queue_consult(self, action: RouteCall) -> None:
         """Route events of one call run one after another, in the order the
         core asked: trio does not run new tasks in spawn order, and an ACK
         must not overtake its BYE on the way through a route. While one is
         being decided (submitted to a runtime's thread, or in a task), the
         call's later events wait in _consulting[call_id]."""
-        call_id = action.event["call_id"]
+        call_id = action.call_id
         waiting = self._consulting.get(call_id)
         if waiting is None:
             if self._consult_now(action):
@@ -190,7 +203,7 @@ class Server:
         else:
             waiting.append(action)
 
-    async def _consult_in_order(self, call_id: str, action: Consult) -> None:
+    async def _consult_in_order(self, call_id: str, action: RouteCall) -> None:
         waiting = self._consulting[call_id]
         try:
             while True:
@@ -201,7 +214,7 @@ class Server:
         finally:
             del self._consulting[call_id]
 
-    def _consult_now(self, action: Consult) -> bool:
+    def _consult_now(self, action: RouteCall) -> bool:
         """Run a route that answers without waiting right here: no task, no
         cancel scope. False when the event needs another path."""
         registry = self.registry
@@ -216,7 +229,7 @@ class Server:
         self._deliver(action, decision, route)
         return True
 
-    def _submit(self, call_id: str, action: Consult) -> bool:
+    def _submit(self, call_id: str, action: RouteCall) -> bool:
         """Hand the event to a runtime that runs it in its own thread (Lua):
         no task, no cancel scope; `_submitted` delivers the decision on this
         thread and starts the call's next waiting event. False when the
@@ -233,7 +246,7 @@ class Server:
 
         return route.submit(action.hook, action.event, done)
 
-    def _submitted(self, call_id: str, action: Consult, route, decision: Decision) -> None:
+    def _submitted(self, call_id: str, action: RouteCall, route, decision: Decision) -> None:
         try:
             self._deliver(action, decision, route)
         finally:
@@ -247,7 +260,7 @@ class Server:
                 if not self._submit(call_id, following):
                     self._nursery.start_soon(self._consult_in_order, call_id, following)
 
-    async def _consult(self, action: Consult) -> None:
+    async def _consult(self, action: RouteCall) -> None:
         route = action.route
         registry = self.registry
         if registry is None:
@@ -255,15 +268,17 @@ class Server:
             return
         if route is None:
             route = registry.select(action.event)
-        self._deliver(action, await route.handle(action.hook, action.event), route)
+        # The async path may end in a line-JSON runtime, which writes the
+        # whole event: build every field.
+        self._deliver(action, await route.handle(action.hook, action.event.plain()), route)
 
-    def _deliver(self, action: Consult, decision: Decision, route) -> None:
+    def _deliver(self, action: RouteCall, decision: Decision, route) -> None:
         gen = route.generation if route is not None else None
         hooks = gen.runtime.hooks if gen is not None else frozenset()
         try:
             self._execute(self.core.decided(action.token, decision, route, hooks))
         except Exception:
-            self._internal_error("route decision", action.event.get("call_id"))
+            self._internal_error("route decision", action.call_id)
 
     async def drain(self, timeout: float) -> int:
         """Stop taking new calls (503) and wait, at most `timeout` seconds,

@@ -49,13 +49,26 @@ class Disarm:
 
 
 class Consult:
-    """Run `hook` of a route with `event`, then call `ProxyCore.decided(token, ...)`.
-    `route` is None for an initial request (the shell picks the route) and the
-    pinned route afterwards, so a call stays on the generation that started it."""
-    __slots__ = ("token", "hook", "event", "route")
+    """Run `hook` of a route for `request`, then call `ProxyCore.decided(token, ...)`.
 
-    def __init__(self, token, hook, event, route):
-        self.token, self.hook, self.event, self.route = token, hook, event, route
+    The core hands over its own objects, not the dict a script sees: the
+    event is built at the routes boundary (host/routes/event.py), only as far
+    as the runtime reads it. `reply` is the response on_failure/on_reply are
+    about, `source` the (transport, ip, port) the request came from, `vars`
+    the call's variables as the route last set them (None: none yet).
+    `route` is None for an initial request (the shell picks the route) and the
+    pinned route afterwards, so a call stays on the generation that started it.
+
+    The request and reply are not changed by the core until `decided`: the
+    shell runs one event of a call at a time, so it may read them later."""
+    __slots__ = ("token", "hook", "request", "reply", "source", "in_dialog", "vars", "route")
+
+    def __init__(self, token, hook, request, reply, source, in_dialog, vars, route):
+        self.token, self.hook, self.request, self.reply = token, hook, request, reply
+        self.source, self.in_dialog, self.vars, self.route = source, in_dialog, vars, route
+
+    def __repr__(self):
+        return f"Consult({self.token}, {self.hook}, {self.request.method} {self.request.call_id})"
 
 
 class CoreStats:

@@ -4,7 +4,7 @@ Bytes and timer expiries go in; `Transmit`, `Arm` and `Consult` actions come
 out. The core owns every SIP rule: validation, Max-Forwards, loop detection,
 Via/Record-Route/Route handling, 100 Trying, CANCEL, hop-by-hop ACK, forking
 and response aggregation. Routing *decisions* come from outside: for each
-initial request the core emits `Consult(token, hook, event, route)` and the
+initial request the core emits `Consult(token, hook, request, ...)` and the
 shell later calls `decided(token, decision, route, hooks)`. In static mode
 (`relay_to`) the decision is made here, with no round trip.
 
@@ -19,14 +19,12 @@ from __future__ import annotations
 import hashlib
 from typing import Callable
 
-from host.routes.event import request_event
-from host.routes.verbs import ON_FAILURE, ON_REPLY, ON_REQUEST, Decision
-
 from . import answers
 from . import proxy_rules as rules
 from . import transaction as tx
 from .actions import Arm, Consult, CoreStats, Disarm, Transmit
 from .context import Branch, ResponseContext, choose_best
+from .decision import ON_FAILURE, ON_REPLY, ON_REQUEST, Decision
 from .errors import BadMessage
 from .message import Request, Response, make_response, reason_for
 from .parser import parse_message
@@ -271,15 +269,14 @@ class ProxyCore:
             ctx.record_route = not in_dialog
             self._relay(ctx, [], out)
             return
-        self._consult(("request", ctx), ON_REQUEST,
-                      request_event(ON_REQUEST, req, source, in_dialog=in_dialog, vars=None), None, out)
+        self._consult(("request", ctx), ON_REQUEST, req, None, source, in_dialog, None, None, out)
         ctx.consulting = True
 
-    def _consult(self, entry, hook, event, route, out) -> None:
+    def _consult(self, entry, hook, request, reply, source, in_dialog, vars, route, out) -> None:
         self._token += 1
         self._consults[self._token] = entry
         self.stats.consults += 1
-        out.append(Consult(self._token, hook, event, route))
+        out.append(Consult(self._token, hook, request, reply, source, in_dialog, vars, route))
 
     def _apply_request_decision(self, ctx: ResponseContext, d: Decision, out) -> None:
         if ctx.cancelled or ctx.final_sent or ctx.txn.terminated:
@@ -529,9 +526,8 @@ class ProxyCore:
                 and ctx.failures_asked < MAX_FAILURE_ROUNDS and best.status < 600):
             ctx.failures_asked += 1
             ctx.consulting = True
-            self._consult(("failure", ctx), ON_FAILURE,
-                          request_event(ON_FAILURE, ctx.request, ctx.source, in_dialog=ctx.in_dialog,
-                                        vars=ctx.vars, reply=best), ctx.route, out)
+            self._consult(("failure", ctx), ON_FAILURE, ctx.request, best, ctx.source,
+                          ctx.in_dialog, ctx.vars, ctx.route, out)
             return
         self._forward_best(ctx, best, out)
 
@@ -572,9 +568,8 @@ class ProxyCore:
 
     def _consult_reply(self, ctx, out) -> None:
         resp = ctx.reply_queue[0]
-        self._consult(("reply", ctx), ON_REPLY,
-                      request_event(ON_REPLY, ctx.request, ctx.source, in_dialog=ctx.in_dialog,
-                                    vars=ctx.vars, reply=resp), ctx.route, out)
+        self._consult(("reply", ctx), ON_REPLY, ctx.request, resp, ctx.source,
+                      ctx.in_dialog, ctx.vars, ctx.route, out)
 
     def _apply_reply_decision(self, ctx: ResponseContext, d: Decision, out) -> None:
         resp = ctx.reply_queue.pop(0)
@@ -659,9 +654,8 @@ class ProxyCore:
         elif self.relay_to is not None:
             self._relay_stateless(req, self.relay_to, out)
         else:
-            self._consult(("ack", (req, source)), ON_REQUEST,
-                          request_event(ON_REQUEST, req, source, in_dialog=req.to_tag is not None,
-                                        vars=None), None, out)
+            self._consult(("ack", (req, source)), ON_REQUEST, req, None, source,
+                          req.to_tag is not None, None, None, out)
 
     def _apply_ack_decision(self, req: Request, d: Decision, out) -> None:
         if d.verb not in (None, "relay"):

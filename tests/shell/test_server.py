@@ -7,8 +7,14 @@ import time
 import pytest
 import trio
 
+import orjson
+
+from host.routes.event import ScriptEvent, request_event, script_event
 from host.routes.verbs import Decision, Recorder
-from host.shell.server import Server, ServerConfig
+from host.shell.server import RouteCall, Server, ServerConfig
+from host.sip.actions import Consult
+from host.sip.decision import ON_REPLY
+from host.sip.parser import parse_message
 
 
 class FakeRoute:
@@ -25,6 +31,8 @@ class FakeRoute:
         return False  # (no runtime thread either)
 
     async def handle(self, hook, event):
+        # The async path may end in a line-JSON runtime: it gets every field.
+        assert type(event) is dict and "headers" in event and "body" in event
         await trio.sleep(self.delays.get(event["method"], 0))
         self.log.append(event["method"])
         rec = Recorder(hook)
@@ -175,3 +183,34 @@ async def test_drain_waits_for_calls_in_progress_and_refuses_new_ones():
             assert refused.startswith(b"SIP/2.0 503") and b"Retry-After: 5" in refused
         assert trio.current_time() - start >= 0.5
         nursery.cancel_scope.cancel()
+
+
+def test_the_script_event_builds_headers_and_body_only_when_read():
+    req = parse_message(request("INVITE", 5090, 1, to_tag=None).replace(b";tag=None", b""))
+    reply = parse_message(b"SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP 127.0.0.1:1;branch=z9hG4bK-x\r\n"
+                          b"From: <sip:a@x>;tag=f1\r\nTo: <sip:bob@x>\r\nCall-ID: order-1\r\nCSeq: 1 INVITE\r\n"
+                          b"X-Hop: 1\r\nContent-Length: 0\r\n\r\n")
+    consult = Consult(7, ON_REPLY, req, reply, ("udp", "127.0.0.1", 1), False, {"n": 1}, None)
+    call = RouteCall(consult)
+    event = call.event
+    assert call.call_id == "order-1" and type(event) is ScriptEvent
+    assert event["method"] == "INVITE" and event["vars"] == {"n": 1} and event["reply"]["code"] == 180
+    assert "headers" not in event and "body" not in event and "headers" not in event["reply"]
+    # Built on first read, by [] (Lua) or get (route table, runtimes), then kept.
+    assert event.get("headers")[0] == ["Via", "SIP/2.0/UDP 127.0.0.1:1;branch=z9hG4bK-INVITE1;rport"]
+    assert "headers" in event and event["body"] == ""
+    assert event["reply"].get("headers") == [
+        ["Via", "SIP/2.0/UDP 127.0.0.1:1;branch=z9hG4bK-x"], ["From", "<sip:a@x>;tag=f1"],
+        ["To", "<sip:bob@x>"], ["Call-ID", "order-1"], ["CSeq", "1 INVITE"], ["X-Hop", "1"],
+        ["Content-Length", "0"]]
+    assert event.get("nonexistent", "d") == "d" and event["reply"].get("body") is None
+    # plain(): every field, plain dicts all the way down, as a line-JSON runtime writes it.
+    plain = script_event(consult).plain()
+    assert type(plain) is dict and type(plain["reply"]) is dict
+    assert plain == request_event(ON_REPLY, req, ("udp", "127.0.0.1", 1), in_dialog=False,
+                                  vars={"n": 1}, reply=reply)
+    assert set(plain) == {"hook", "method", "ruri", "ruri_user", "ruri_host", "call_id", "cseq",
+                          "from_uri", "from_tag", "to_uri", "to_tag", "source_ip", "source_port",
+                          "transport", "in_dialog", "headers", "body", "vars", "reply"}
+    assert set(plain["reply"]) == {"code", "reason", "headers"}
+    assert orjson.loads(orjson.dumps(plain)) == plain

@@ -11,7 +11,8 @@ from __future__ import annotations
 import heapq
 import itertools
 
-from host.routes.verbs import Decision
+from host.routes.event import script_event
+from host.sip.decision import Decision
 from host.sip.message import Request, Response, make_response
 from host.sip.parser import parse_message
 from host.sip.proxy import Arm, Consult, ProxyCore, Transmit
@@ -84,8 +85,9 @@ class ProxyNode:
             elif isinstance(a, Arm):
                 self.net.at(a.delay, lambda key=a.key: self.execute(self.core.timer(key)))
             elif isinstance(a, Consult):
-                self.events.append(a.event)
-                decision = self.router(a.hook, a.event)
+                event = script_event(a).plain()   # as the shell builds it
+                self.events.append(event)
+                decision = self.router(a.hook, event)
                 self.execute(self.core.decided(a.token, decision, "route", self.hooks))
 
 

@@ -5,7 +5,7 @@ Sans-IO: each case checks every Transmit the core returns."""
 
 import pytest
 
-from host.routes.verbs import Decision
+from host.sip.decision import Decision
 from host.sip.proxy import REPLY_MARGIN, ProxyCore
 from host.sip.actions import Consult, Transmit
 

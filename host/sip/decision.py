@@ -1,0 +1,33 @@
+"""What a route answered, as the proxy core applies it, and the hook names.
+
+These live below both the core and the routes layer: the core applies a
+`Decision` and asks for hooks by name, the routes layer (host/routes/verbs.py)
+builds decisions through its `Recorder` and declares which verb each hook
+allows. Keeping them here means host/sip imports nothing above itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+ON_REQUEST = "on_request"
+ON_FAILURE = "on_failure"
+ON_REPLY = "on_reply"
+HOOKS = (ON_REQUEST, ON_FAILURE, ON_REPLY)
+
+
+@dataclass
+class Decision:
+    """What a route answered for one event. Runtimes build it through `Recorder`."""
+
+    verb: str | None = None          # a DECISION verb name, or None for "no decision"
+    code: int = 0                    # reply
+    reason: str = ""                 # reply
+    headers: list[tuple[str, str]] = field(default_factory=list)   # reply extra headers
+    targets: list[str] = field(default_factory=list)   # relay
+    parallel: bool = True            # relay
+    timeout: float | None = None     # relay, per branch, seconds
+    contacts: list[str] = field(default_factory=list)  # redirect
+    edits: list[tuple[Any, ...]] = field(default_factory=list)  # (verb, *args)
+    vars: dict[str, Any] | None = None  # per-call variables to keep, None = unchanged

@@ -367,7 +367,9 @@ for i, k in next, {"method", "ruri", "ruri_user", "ruri_host", "from_uri", "from
                    "transport", "in_dialog"} do
   PREFETCHED[k] = i
 end
-local LAZY = {body = true}
+-- Read from the event dict only when a script asks (a call back into Python):
+-- the body is large, and the hook is rarely asked (it is the function's name).
+local LAZY = {body = true, hook = true}
 
 local function getitem(d, k) return d[k] end
 

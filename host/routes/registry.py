@@ -1,6 +1,7 @@
 """The route registry: route files become supervised, hot-reloaded generations.
 
-One `RouteRegistry` serves one routes folder. The SIP engine asks it two things:
+One `RouteRegistry` serves one routes folder (which files are routes:
+discovery.py; its records: records.py). The SIP engine asks it two things:
 
     handle = registry.select(event)            # sync: table lookup, pins a generation
     decision = await handle.handle(hook, event)  # never raises (but trio.Cancelled)
@@ -9,8 +10,10 @@ and keeps `handle` for the transaction, so on_failure/on_reply run on the
 generation that ran on_request. For a runtime with a thread of its own (Lua)
 the engine calls `handle.submit(hook, event, done)` instead: no task, no
 cancel scope; done(decision) follows on the trio thread, and False means
-"use handle()" (restarting, or a runtime that has no submit). `handle.release()` (or dropping the handle)
-unpins it.
+"use handle()" (restarting, or a runtime that has no submit). `handle.release()`
+(or dropping the handle) unpins it. Handles (handle.py) count events on the
+route's record and call back only through the registry's public handle API:
+`answer_unrouted`, `script_failed`, `generation_released`.
 
 Generations. Every successful load of a route file is a new generation. It is
 started (compiled, hooks checked) before it replaces the old one; the swap is a
@@ -30,17 +33,14 @@ settings.py; default 500 Server Internal Error):
   * a hook the script does not define: "no decision" at once, the engine does
     its default (verbs.py).
 
-Supervision. A ScriptError with `damaged`, any unexpected
-exception, or HUNG_AFTER deadline overruns in a row mark the runtime damaged:
+Supervision. A ScriptError with `damaged`, any unexpected exception, or
+HUNG_AFTER (handle.py) deadline overruns in a row mark the runtime damaged:
 it is never used again and a fresh runtime of the same file is started in the
 background, under the route's RestartPolicy. Events arriving during the restart
 wait for it within their own deadline, then get the fallback (a Lua state
 restarts in milliseconds, so waiting saves those calls). Past the restart
 budget the route is *failed*: it answers its fallback and is retried every
 `retry_every` seconds and on its next file change.
-
-(One module past 600 lines on purpose: the handle, the swap and the restart
-all read and write the same per-route counters and generation pins.)
 """
 
 from __future__ import annotations
@@ -50,312 +50,26 @@ import hashlib
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import trio
 
-from host.routes.settings import (CONFIG_NAME, ConfigError, Fallback, RoutesConfig, RouteSettings,
-                                  load_config, route_name)
-from host.routes.verbs import ON_REPLY, ON_REQUEST, Decision
-from host.routes.watcher import is_scratch_name, watch_folder
+from host.routes.discovery import changed_routes, runtime_of_file, scan_routes
+from host.routes.handle import RouteHandle, fallback_decision
+from host.routes.records import (ABSENT, FAILED, OK, RESTARTING, Generation, RouteError, RouteRecord,
+                                 RouteStatistics)
+from host.routes.runtime import LoadError, Runtime, RuntimeSpec
+from host.routes.runtimes_table import default_runtime_factory
+from host.routes.settings import ConfigError, Fallback, RoutesConfig, RouteSettings, load_config, route_name
+from host.routes.verbs import ON_REQUEST, Decision
+from host.routes.watcher import watch_folder
 from host.supervision.policy import GIVE_UP, next_retry, plan_restart
-from host.routes.runtime import LoadError, Runtime, RuntimeSpec, ScriptError
-from host.routes.runtimes_table import EXTENSIONS, default_runtime_factory
 
 log = logging.getLogger("babelsip.routes")
 
-OK, LOADING, RESTARTING, FAILED, ABSENT = "ok", "loading", "restarting", "failed", "absent"
-DECISION_KINDS = ("reply", "relay", "redirect", "drop", "none")
-HUNG_AFTER = 3            # deadline overruns in a row that count as a hung runtime
 DELETE_GRACE = 0.15       # a save by rename may briefly remove the file: look twice
 LOG_EVERY = 1.0           # at most one script-error log line per route per second
-
-
-def runtime_of_file(path: Path) -> str | None:
-    """The runtime a file's name asks for, or None when it is not a route."""
-    if is_scratch_name(path.name) or path.name == CONFIG_NAME:
-        return None
-    runtime = EXTENSIONS.get(path.suffix.lower())
-    if runtime is not None:
-        return runtime
-    try:
-        if path.is_file() and os.access(path, os.X_OK):
-            with open(path, "rb") as f:
-                return "exec" if f.read(2) == b"#!" else None
-    except OSError:
-        pass
-    return None
-
-
-def scan_routes(directory: Path) -> dict[str, list[Path]]:
-    """Route name -> its files (more than one is an error for that route)."""
-    found: dict[str, list[Path]] = {}
-    for path in sorted(Path(directory).iterdir()):
-        if path.is_file() and runtime_of_file(path) is not None:
-            found.setdefault(route_name(path.stem), []).append(path)
-    return found
-
-
-@dataclass(frozen=True)
-class RouteError:
-    file: str
-    line: int | None
-    message: str
-    kind: str          # load | config | error | budget | memory | crash | protocol | timeout
-    at: float          # wall clock, time.time()
-
-
-class Generation:
-    """One loaded version of one route file, with the counts that decide when
-    it may be closed."""
-
-    __slots__ = ("route", "number", "runtime", "spec", "digest", "loaded_at", "inflight",
-                 "handles", "retired_at", "damaged", "closing", "overruns")
-
-    def __init__(self, route: str, number: int, runtime: Runtime, spec: RuntimeSpec, digest: bytes):
-        self.route, self.number, self.runtime, self.spec, self.digest = route, number, runtime, spec, digest
-        self.loaded_at = time.time()
-        self.inflight = 0          # events running on it now
-        self.handles = 0           # RouteHandles pinning it
-        self.retired_at: float | None = None
-        self.damaged = False
-        self.closing = False
-        self.overruns = 0          # deadline overruns in a row
-
-    @property
-    def usable(self) -> bool:
-        return not (self.damaged or self.closing)
-
-    def closable(self, now: float, linger: float) -> bool:
-        if self.retired_at is None or self.closing or self.inflight:
-            return False
-        return self.damaged or self.handles == 0 or now - self.retired_at >= linger
-
-    def __repr__(self) -> str:
-        return f"<Generation {self.route}#{self.number} {self.spec.runtime}>"
-
-
-@dataclass(frozen=True)
-class RouteStatistics:
-    route: str
-    state: str
-    file: str | None
-    runtime: str | None
-    generation: int | None
-    loaded_at: float | None
-    events: int
-    decisions: dict
-    fallbacks: int
-    errors: int
-    timeouts: int
-    restarts: int
-    inflight: int
-    last_error: RouteError | None
-    load_error: RouteError | None
-
-
-@dataclass(eq=False)
-class _Route:
-    name: str
-    settings: RouteSettings
-    state: str = LOADING
-    current: Generation | None = None
-    path: Path | None = None
-    last_number: int = 0
-    load_error: RouteError | None = None
-    last_error: RouteError | None = None
-    history: tuple = ()
-    retry_at: float | None = None
-    ready: trio.Event = field(default_factory=trio.Event)
-    lock: trio.Lock = field(default_factory=trio.Lock)
-    events: int = 0
-    decisions: dict = field(default_factory=lambda: dict.fromkeys(DECISION_KINDS, 0))
-    fallbacks: int = 0
-    errors: int = 0
-    timeouts: int = 0
-    restarts: int = 0
-    logged_at: float = float("-inf")
-    unlogged: int = 0
-
-
-class RouteHandle:
-    """The route chosen for one transaction, pinned to one generation."""
-
-    __slots__ = ("route", "_registry", "_route", "_gen")
-
-    def __init__(self, registry: "RouteRegistry", name: str, route: _Route | None, gen: Generation | None):
-        self.route, self._registry, self._route, self._gen = name, registry, route, gen
-
-    @property
-    def generation(self) -> Generation | None:
-        return self._gen
-
-    def release(self) -> None:
-        """Unpin the generation (the transaction is over). Idempotent; also
-        done when the handle is garbage collected."""
-        gen, self._gen = self._gen, None
-        if gen is not None:
-            gen.handles -= 1
-            if gen.retired_at is not None:
-                self._registry._close_if_done(gen)
-
-    def __del__(self):
-        gen = self._gen
-        if gen is not None:   # only a counter: no trio calls from a finalizer
-            self._gen = None
-            gen.handles -= 1
-
-    async def handle(self, hook: str, event: dict) -> Decision:
-        reg, route = self._registry, self._route
-        if route is None:
-            reg.unrouted[self.route] = reg.unrouted.get(self.route, 0) + 1
-            return _fallback(hook, reg.config.settings(self.route).fallback)
-        gen = self._gen
-        if gen is None or not gen.usable:
-            gen = route.current
-        settings = route.settings
-        # One deadline covers waiting for a restart and running the hook.
-        with trio.move_on_after(settings.deadline):
-            if (gen is None or not gen.usable) and route.state == RESTARTING:
-                await route.ready.wait()
-                gen = route.current
-            if gen is None or not gen.usable:
-                route.events += 1
-                route.fallbacks += 1
-                return _fallback(hook, settings.fallback)
-            if hook not in gen.runtime.hooks:
-                return Decision()
-            route.events += 1
-            gen.inflight += 1
-            try:
-                decision = await gen.runtime.handle(hook, event)
-            except Exception as exc:
-                return self._failed(route, gen, hook, exc)
-            finally:
-                self._done(gen)
-            return self._account(route, gen, hook, decision)
-        # The deadline passed (while waiting for a restart or inside the hook).
-        route.timeouts += 1
-        if gen is None or not gen.usable:   # still restarting
-            route.events += 1
-            route.fallbacks += 1
-            return _fallback(hook, settings.fallback)
-        gen.overruns += 1
-        return reg._script_failed(route, gen, hook, "timeout", None, None,
-                                  f"{hook} exceeded its deadline of {settings.deadline:g} s",
-                                  gen.overruns >= HUNG_AFTER)
-
-
-    def handle_now(self, hook: str, event: dict) -> Decision | None:
-        """`handle` for a runtime that answers without waiting (Lua), with
-        no task and no cancel scope: the runtime keeps its own deadline.
-        None when the event must take the async path (restarting, no
-        current generation, a runtime that waits)."""
-        route = self._route
-        if route is None:
-            return None
-        gen = self._gen
-        if gen is None or not gen.usable:
-            gen = route.current
-            if gen is None or not gen.usable:
-                return None
-        run = gen.runtime.handle_now
-        if run is None:
-            return None
-        if hook not in gen.runtime.hooks:
-            return Decision()
-        route.events += 1
-        gen.inflight += 1
-        try:
-            decision = run(hook, event)
-        except Exception as exc:
-            return self._failed(route, gen, hook, exc)
-        finally:
-            self._done(gen)
-        return self._account(route, gen, hook, decision)
-
-    def submit(self, hook: str, event: dict, done: Callable[[Decision], None]) -> bool:
-        """`handle` for a runtime that runs events in a thread of its own
-        (Lua): queue the event and return True; done(decision) follows on
-        the trio thread (possibly before this returns), with the fallback
-        when the script failed — never an exception. The runtime keeps the
-        route's deadline. False, and `done` is never called, when the event
-        must take `handle` instead (restarting, no current generation, a
-        runtime without submit)."""
-        route = self._route
-        if route is None:
-            return False
-        gen = self._gen
-        if gen is None or not gen.usable:
-            gen = route.current
-            if gen is None or not gen.usable:
-                return False
-        runtime = gen.runtime
-        run = runtime.submit
-        if run is None:
-            return False
-        if hook not in runtime.hooks:
-            done(Decision())
-            return True
-        route.events += 1
-        gen.inflight += 1
-        answered = False
-
-        def finish(result) -> None:
-            nonlocal answered
-            if answered:   # a runtime answering twice: the first answer stands
-                return
-            answered = True
-            try:
-                if isinstance(result, Exception):
-                    if isinstance(result, ScriptError) and result.kind == "timeout":
-                        route.timeouts += 1   # late in its queue, or abandoned
-                    decision = self._failed(route, gen, hook, result)
-                else:
-                    decision = self._account(route, gen, hook, result)
-            finally:
-                self._done(gen)
-            done(decision)
-
-        try:
-            run(hook, event, time.monotonic() + route.settings.deadline, finish)
-        except Exception as exc:   # a runtime's bug: the event still gets its answer
-            if answered:
-                raise
-            finish(exc)
-        return True
-
-    def _failed(self, route, gen, hook: str, exc: Exception) -> Decision:
-        reg = self._registry
-        if isinstance(exc, ScriptError):
-            # A pool heals one dead worker itself; only a runtime that says
-            # it is damaged (a broken Lua state, a failed pool) is replaced.
-            return reg._script_failed(route, gen, hook, exc.kind, exc.file, exc.line, exc.message,
-                                      exc.damaged)
-        # The supervisor is where a runtime's bug stops.
-        return reg._script_failed(route, gen, hook, "crash", None, None, f"runtime raised {exc!r}", True)
-
-    def _done(self, gen) -> None:
-        gen.inflight -= 1
-        if gen.retired_at is not None:
-            self._registry._close_if_done(gen)
-
-    def _account(self, route, gen, hook: str, decision) -> Decision:
-        if not isinstance(decision, Decision):
-            return self._registry._script_failed(
-                route, gen, hook, "protocol", None, None,
-                f"runtime returned {type(decision).__name__}, not a Decision", True)
-        gen.overruns = 0
-        kind = decision.verb or "none"
-        route.decisions[kind] = route.decisions.get(kind, 0) + 1
-        return decision
-
-
-def _fallback(hook: str, fallback: Fallback) -> Decision:
-    # A failed on_reply has nothing to answer: the reply goes on unchanged.
-    return Decision() if hook == ON_REPLY else fallback.decision()
 
 
 class RouteRegistry:
@@ -378,7 +92,7 @@ class RouteRegistry:
         self._factory = runtime_factory
         self._load_timeout, self._close_timeout = load_timeout, close_timeout
         self._linger, self._housekeeping_every = linger, housekeeping_every
-        self._routes: dict[str, _Route] = {}
+        self._routes: dict[str, RouteRecord] = {}
         self._retired: set[Generation] = set()
         self._nursery: trio.Nursery | None = None
 
@@ -394,16 +108,7 @@ class RouteRegistry:
         return RouteHandle(self, name, route, gen)
 
     def statistics(self) -> dict[str, RouteStatistics]:
-        out = {}
-        for name, r in sorted(self._routes.items()):
-            g = r.current
-            out[name] = RouteStatistics(
-                route=name, state=r.state, file=str(r.path) if r.path else None,
-                runtime=g.spec.runtime if g else None, generation=g.number if g else None,
-                loaded_at=g.loaded_at if g else None, events=r.events, decisions=dict(r.decisions),
-                fallbacks=r.fallbacks, errors=r.errors, timeouts=r.timeouts, restarts=r.restarts,
-                inflight=g.inflight if g else 0, last_error=r.last_error, load_error=r.load_error)
-        return out
+        return {name: r.statistics() for name, r in sorted(self._routes.items())}
 
     def status(self) -> dict:
         """Everything an operator asks about, as plain data (management API)."""
@@ -468,13 +173,7 @@ class RouteRegistry:
                         closing.start_soon(self._close_generation, gen)
 
     def _apply_changes(self, paths: set[Path]) -> None:
-        names: set[str] = set()
-        config_changed = False
-        for path in paths:
-            if path.name == CONFIG_NAME:
-                config_changed = True
-            elif not is_scratch_name(path.name):
-                names.add(route_name(path.stem))
+        names, config_changed = changed_routes(paths)
         if config_changed or (self.config_error is not None and names):
             # A routes.toml that named a route before its file existed is
             # retried when the folder's files change.
@@ -509,7 +208,7 @@ class RouteRegistry:
         if route is None:
             if not scan_routes(self.directory).get(name):
                 return   # not a route file (README.md, a deleted stranger)
-            route = self._routes[name] = _Route(name, self.config.settings(name))
+            route = self._routes[name] = RouteRecord(name, self.config.settings(name))
         async with route.lock:
             files = scan_routes(self.directory).get(name, [])
             if not files and route.current is not None:
@@ -574,14 +273,14 @@ class RouteRegistry:
             raise
         return runtime
 
-    def _install(self, route: _Route, gen: Generation) -> None:
+    def _install(self, route: RouteRecord, gen: Generation) -> None:
         old, route.current = route.current, gen   # the atomic swap
         route.state, route.retry_at = OK, None
         route.ready.set()
         if old is not None:
             self._retire(old)
 
-    def _load_failed(self, route: _Route, exc: LoadError) -> None:
+    def _load_failed(self, route: RouteRecord, exc: LoadError) -> None:
         err = RouteError(exc.file, exc.line, exc.message, "load", time.time())
         repeat = route.load_error is not None and route.load_error.message == err.message
         route.load_error = route.last_error = err
@@ -592,7 +291,7 @@ class RouteRegistry:
             (log.debug if repeat else log.error)("route %s: %s — answering its fallback", route.name, exc)
             self._mark_failed(route)
 
-    def _remove(self, route: _Route) -> None:
+    def _remove(self, route: RouteRecord) -> None:
         if route.current is not None:
             self._retire(route.current)
             log.info("route %s: file removed, route unloaded", route.name)
@@ -600,15 +299,30 @@ class RouteRegistry:
         route.state, route.retry_at = ABSENT, None
         route.ready.set()
 
-    def _mark_failed(self, route: _Route) -> None:
+    def _mark_failed(self, route: RouteRecord) -> None:
         route.state = FAILED
         route.retry_at = next_retry(route.settings.restart, trio.current_time())
         route.ready.set()
 
-    # ---- supervision -----------------------------------------------------------
+    # ---- the handles' side (handle.py), and supervision -------------------------
 
-    def _script_failed(self, route: _Route, gen: Generation, hook: str, kind: str,
-                       file: str | None, line: int | None, message: str, damaged: bool) -> Decision:
+    def answer_unrouted(self, name: str, hook: str) -> Decision:
+        """The answer for an event of a route name with no record at all
+        (never loaded, no file): counted, and its configured fallback."""
+        self.unrouted[name] = self.unrouted.get(name, 0) + 1
+        return fallback_decision(hook, self.config.settings(name).fallback)
+
+    def generation_released(self, gen: Generation) -> None:
+        """A handle or an event let go of `gen`: close it if it is retired
+        and nothing else holds it."""
+        if gen.retired_at is not None:
+            self._close_if_done(gen)
+
+    def script_failed(self, route: RouteRecord, gen: Generation, hook: str, kind: str, message: str, *,
+                      file: str | None = None, line: int | None = None, damaged: bool = False) -> Decision:
+        """An event failed on `gen` (kind: error|budget|memory|crash|protocol|timeout):
+        count and log it, replace the runtime if `damaged`, and return the
+        route's fallback."""
         err = RouteError(file or str(gen.spec.path), line, message, kind, time.time())
         route.last_error = err
         route.fallbacks += 1
@@ -624,9 +338,9 @@ class RouteRegistry:
             route.unlogged += 1
         if damaged:
             self._damaged(route, gen)
-        return _fallback(hook, route.settings.fallback)
+        return fallback_decision(hook, route.settings.fallback)
 
-    def _damaged(self, route: _Route, gen: Generation) -> None:
+    def _damaged(self, route: RouteRecord, gen: Generation) -> None:
         if gen.damaged:
             return
         gen.damaged = True
@@ -636,7 +350,7 @@ class RouteRegistry:
         route.current = None
         self._restart_or_give_up(route, gen.spec, gen.digest, gen.number)
 
-    def _restart_or_give_up(self, route: _Route, spec: RuntimeSpec, digest: bytes, number: int) -> bool:
+    def _restart_or_give_up(self, route: RouteRecord, spec: RuntimeSpec, digest: bytes, number: int) -> bool:
         plan = plan_restart(route.settings.restart, route.history, trio.current_time())
         route.history = plan.history
         if plan.verdict is GIVE_UP:
@@ -653,7 +367,7 @@ class RouteRegistry:
             self._nursery.start_soon(self._restart, route, spec, digest, number, plan.delay)
         return True
 
-    async def _restart(self, route: _Route, spec: RuntimeSpec, digest: bytes, number: int,
+    async def _restart(self, route: RouteRecord, spec: RuntimeSpec, digest: bytes, number: int,
                        delay: float) -> None:
         """A fresh runtime of the same file and settings (same generation number),
         after the policy's backoff."""

@@ -21,8 +21,9 @@ class Transmit:
 class Arm:
     """Call `ProxyCore.timer(key)` after `delay` seconds.
 
-    `key` is a tuple of plain values (strings, numbers, tuples of them) that
-    the core resolves through its own tables, never a reference to call
+    `key` is a timer key of records.py: a NamedTuple of plain values (ids,
+    a timer name, a generation) that the core resolves through its own
+    tables, hashable as a tuple, never a reference to call
     state: a pending timer must not keep a finished call alive (Timer C
     lasts 180 s). Keys are unique: each carries a generation, and the core
     ignores a key that is not the latest, so a shell that never cancels is

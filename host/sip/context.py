@@ -95,7 +95,7 @@ class ResponseContext:
         # each branch's client transaction. At 0 the call is over and the
         # proxy unlinks its branches (see Branch).
         self.live = 1
-        self.timer_gen = 0                 # of the "forget" timer of a dropped request
+        self.timer_gen = 0                 # of the ForgetTimer of a dropped request
 
     def pending(self) -> list[Branch]:
         return [b for b in self.branches if b.final is None]

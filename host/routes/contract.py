@@ -24,10 +24,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-ON_REQUEST = "on_request"
-ON_FAILURE = "on_failure"
-ON_REPLY = "on_reply"
-HOOKS = (ON_REQUEST, ON_FAILURE, ON_REPLY)
+# The hook names are the core's (it decides when each is asked): one definition.
+from host.sip.decision import HOOKS, ON_FAILURE, ON_REPLY, ON_REQUEST  # noqa: E402
 
 DECISION = "decision"
 EDIT = "edit"

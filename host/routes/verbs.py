@@ -18,8 +18,7 @@ object on the wire) with the fields of `contract.FIELDS`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import orjson
 

@@ -1,11 +1,10 @@
 """Route handles: the route chosen for one transaction, pinned to one
-generation, and the three ways the engine runs a hook on it.
+generation, and the two ways the engine runs a hook on it.
 
     decision = await handle.handle(hook, event)   # any runtime; never raises (but trio.Cancelled)
-    decision = handle.handle_now(hook, event)     # a runtime that answers at once (Lua); None: use handle()
     queued = handle.submit(hook, event, done)     # a runtime with a thread of its own (Lua); False: use handle()
 
-All three count the same: an event that reaches the script counts in
+Both count the same: an event that reaches the script counts in
 `events` and in its decision kind, a failure in `fallbacks` (and `errors`,
 or `timeouts` for a deadline), a hook the script lacks counts nothing. The
 handle reads and writes the route's record directly (records.py) and asks
@@ -100,26 +99,6 @@ class RouteHandle:
         return self._registry.script_failed(
             route, gen, hook, "timeout", f"{hook} exceeded its deadline of {settings.deadline:g} s",
             damaged=gen.overruns >= HUNG_AFTER)
-
-    def handle_now(self, hook: str, event: dict) -> Decision | None:
-        """`handle` for a runtime that answers without waiting (Lua), with
-        no task and no cancel scope: the runtime keeps its own deadline.
-        None when the event must take the async path (restarting, no
-        current generation, a runtime that waits)."""
-        found = self._runnable("handle_now")
-        if found is None:
-            return None
-        route, gen, run = found
-        if hook not in gen.runtime.hooks:
-            return Decision()
-        self._begin(route, gen)
-        try:
-            result = run(hook, event)
-        except Exception as exc:
-            result = exc
-        finally:
-            self._done(gen)
-        return self._settle(route, gen, hook, result)
 
     def submit(self, hook: str, event: dict, done: Callable[[Decision], None]) -> bool:
         """`handle` for a runtime that runs events in a thread of its own

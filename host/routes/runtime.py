@@ -56,10 +56,6 @@ class Runtime(ABC):
     """One loaded generation of one route."""
 
     hooks: frozenset[str] = frozenset()
-    # A runtime that answers without ever waiting (in-process Lua) also offers
-    # `handle_now(hook, event) -> Decision`, enforcing its deadline itself, so
-    # the server can run it without a task or a cancel scope.
-    handle_now = None
     # A runtime that runs events in a thread of its own (in-process Lua) also
     # offers `submit(hook, event, deadline_at, done) -> None`: it queues the
     # event and returns at once, and calls done(result) later on the trio

@@ -195,8 +195,6 @@ class Server:
         call_id = action.call_id
         waiting = self._consulting.get(call_id)
         if waiting is None:
-            if self._consult_now(action):
-                return
             self._consulting[call_id] = collections.deque()
             if not self._submit(call_id, action):
                 self._nursery.start_soon(self._consult_in_order, call_id, action)
@@ -213,21 +211,6 @@ class Server:
                 action = waiting.popleft()
         finally:
             del self._consulting[call_id]
-
-    def _consult_now(self, action: RouteCall) -> bool:
-        """Run a route that answers without waiting right here: no task, no
-        cancel scope. False when the event needs another path."""
-        registry = self.registry
-        if registry is None:
-            return False
-        if action.route is None:
-            action.route = registry.select(action.event)
-        route = action.route
-        decision = route.handle_now(action.hook, action.event)
-        if decision is None:
-            return False
-        self._deliver(action, decision, route)
-        return True
 
     def _submit(self, call_id: str, action: RouteCall) -> bool:
         """Hand the event to a runtime that runs it in its own thread (Lua):

@@ -453,43 +453,6 @@ def test_runtime_of_file(tmp_path):
     assert set(scan_routes(tmp_path)) == {"a", "b", "c", "d", "route"}
 
 
-class SyncRuntime(FakeRuntime):
-    """A runtime that answers without waiting, as the Lua runtime does."""
-
-    def handle_now(self, hook, event):
-        try:
-            return self.funcs[hook](event)
-        except Damage as exc:
-            raise ScriptError(str(exc), file=str(self.spec.path), damaged=True, kind="memory") from None
-
-
-class SyncFactory(Factory):
-    def __call__(self, spec):
-        runtime = SyncRuntime(spec, self.env)
-        self.made.append(runtime)
-        return runtime
-
-
-async def test_handle_now_runs_a_waitless_runtime_with_the_same_accounting(tmp_path):
-    (tmp_path / "main.py").write_text(REPLY.format(code=200))
-    (tmp_path / "bad.py").write_text("def on_request(e):\n    raise Damage('state broken')\n")
-    (tmp_path / "routes.toml").write_text('[[match]]\nroute = "bad"\nmethod = "MESSAGE"\n')
-    async with running(tmp_path, factory=SyncFactory()) as reg:
-        d = reg.select(event()).handle_now(ON_REQUEST, event())
-        assert (d.verb, d.code) == ("reply", 200)
-        assert reg.statistics()["main"].decisions["reply"] == 1
-        assert reg.select(event()).handle_now(ON_REPLY, event()) == Decision()  # hook not defined
-        fallback = reg.select(event("MESSAGE")).handle_now(ON_REQUEST, event("MESSAGE"))
-        assert (fallback.verb, fallback.code) == ("reply", 500)
-        assert reg.statistics()["bad"].errors == 1
-
-
-async def test_handle_now_declines_a_runtime_that_waits(tmp_path):
-    (tmp_path / "main.py").write_text(REPLY.format(code=200))
-    async with running(tmp_path) as reg:
-        assert reg.select(event()).handle_now(ON_REQUEST, event()) is None
-
-
 class ThreadedRuntime(FakeRuntime):
     """A runtime that runs each event in a thread and answers through
     run_sync_soon, as the Lua runtime's submit does."""

@@ -24,11 +24,8 @@ class FakeRoute:
         self.log, self.delays = log, delays
         self.generation = None
 
-    def handle_now(self, hook, event):
-        return None  # this route waits: the server must take the async path
-
     def submit(self, hook, event, done):
-        return False  # (no runtime thread either)
+        return False  # no runtime thread: the server must take the async path
 
     async def handle(self, hook, event):
         # The async path may end in a line-JSON runtime: it gets every field.

@@ -205,7 +205,7 @@ class ResponseSide:
         transport, host, port = source
         if transport != "udp":
             # The connection gone, §18.2.2 opens one to the sent-by port.
-            alt = (host, (via.port if via is not None else None) or rules.DEFAULT_PORTS.get(transport, 5060))
+            alt = (host, (via.port if via is not None else None) or rules.TRANSPORT_PORTS.get(transport, 5060))
             out.append(Transmit(resp.serialize(), transport, host, port, alt=alt))
             return
         out.append(Transmit(resp.serialize(), transport, host,

@@ -201,7 +201,8 @@ def fix_received(req: Request, src_ip: str, src_port: int) -> None:
         req._via = via
 
 
-DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061, "ws": 80, "wss": 443}
+# Default port by transport (RFC 3261 §18.2.2, RFC 7118 for ws/wss); uri.DEFAULT_PORTS is by scheme.
+TRANSPORT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061, "ws": 80, "wss": 443}
 
 
 def reply_port(via, transport: str, src_port: int, *, to_source: bool) -> int:
@@ -212,10 +213,16 @@ def reply_port(via, transport: str, src_port: int, *, to_source: bool) -> int:
     Via names, so nobody can aim our answers at a third party."""
     if to_source or via is None:
         return src_port
+    return via_reply_port(via, transport)
+
+
+def via_reply_port(via, transport: str) -> int:
+    """The port a Via names for responses (RFC 3581 §4): its filled-in rport,
+    else its sent-by port, else the transport's default."""
     rport = via.params.get("rport")
     if rport and rport.isdigit() and 0 < int(rport) < 65536:
         return int(rport)
-    return via.port or DEFAULT_PORTS.get(transport, 5060)
+    return via.port or TRANSPORT_PORTS.get(transport, 5060)
 
 
 def stateless_destination(via) -> tuple[str, str, int] | None:
@@ -231,7 +238,4 @@ def stateless_destination(via) -> tuple[str, str, int] | None:
     except ValueError:
         return None
     transport = via.transport.lower()
-    rport = via.params.get("rport")
-    if rport and rport.isdigit() and 0 < int(rport) < 65536:
-        return transport, host, int(rport)
-    return transport, host, via.port or DEFAULT_PORTS.get(transport, 5060)
+    return transport, host, via_reply_port(via, transport)

@@ -195,7 +195,7 @@ class RateLimit:
 # ------------------------------------------------------------- connections
 class _Connection:
     __slots__ = ("remote", "source", "stream", "out", "queued", "wake", "last_used",
-                 "started", "scope", "closing", "abort", "registered")
+                 "started", "scope", "closing", "abort")
 
     def __init__(self, remote, source: str | None, now: float):
         self.remote = remote
@@ -211,7 +211,6 @@ class _Connection:
         self.scope = trio.CancelScope()
         self.closing = False          # no more sends: the task is ending
         self.abort = False            # close with RST (peer misbehaved)
-        self.registered = False       # counted in _conns and the admission
 
     def idle(self) -> bool:
         return self.started is None and not self.queued and not self.closing
@@ -319,13 +318,10 @@ class TcpTransport:
             self._close(old)
         self._conns[conn.remote] = conn
         self._admission.add(conn.source)
-        conn.registered = True
         self._nursery.start_soon(self._run, conn)
 
     def _forget(self, conn: _Connection) -> None:
-        if not conn.registered:
-            return
-        conn.registered = False
+        """Undo _register; called once, when the connection's task ends."""
         if self._conns.get(conn.remote) is conn:
             del self._conns[conn.remote]
         self._admission.remove(conn.source)
@@ -472,10 +468,9 @@ class TcpTransport:
                 self._warn("framing", "closing tcp %s:%s: %s", *conn.remote, exc.reason,
                            level=logging.INFO)
                 return
-            if messages:
+            # A message in progress keeps its start; a new one starts now.
+            if messages or conn.started is None:
                 conn.started = now if framer.buffered() else None
-            elif conn.started is None and framer.buffered():
-                conn.started = now
             for raw in messages:
                 try:
                     deliver(raw, conn.remote)

@@ -69,8 +69,7 @@ class TimerService:
     def __init__(self, fire: Callable[[object], None]):
         self._fire = fire
         self._heap: list = []       # [deadline, seq, key]; key None once cancelled
-        self._pending: dict = {}    # key -> its heap entry
-        self._cancelled = 0         # entries in the heap whose key is None
+        self._pending: dict = {}    # key -> its heap entry; the rest of the heap is cancelled
         self._peak = 0              # most timers pending since the last release
         self._tail = False          # the calls of a burst are still ending
         self._seq = count()
@@ -84,11 +83,11 @@ class TimerService:
         entry = [deadline, next(self._seq), key]
         old = self._pending.get(key)
         self._pending[key] = entry
+        heapq.heappush(self._heap, entry)
         if old is not None:
             self._drop(old)
         elif len(self._pending) > self._peak:
             self._peak = len(self._pending)
-        heapq.heappush(self._heap, entry)
         if deadline < self._wake_at and self._scope is not None:
             self._scope.cancel()
 
@@ -102,13 +101,13 @@ class TimerService:
 
     def _drop(self, entry) -> None:
         entry[2] = None
-        self._cancelled += 1
-        if self._cancelled * 2 > len(self._heap):
+        # Every pending key has one entry in the heap, so the other entries
+        # are the cancelled ones: rebuild once they outnumber the live.
+        if len(self._heap) > 2 * len(self._pending):
             # In place: run() holds a reference to the list.
             self._heap[:] = [e for e in self._heap if e[2] is not None]
             heapq.heapify(self._heap)
             self._pending = dict(self._pending)
-            self._cancelled = 0
 
     def _burst_over(self) -> None:
         peak, self._peak = self._peak, len(self._pending)
@@ -141,7 +140,6 @@ class TimerService:
             while heap and heap[0][0] <= now:
                 key = heapq.heappop(heap)[2]
                 if key is None:
-                    self._cancelled -= 1
                     continue
                 del self._pending[key]
                 self._fire(key)

@@ -153,12 +153,10 @@ def guard(argv: list[str]) -> int:
     if fd is not None:
         import threading
         threading.Thread(target=_guard_lifeline, args=(fd,), daemon=True).start()
-    while True:
-        try:
-            _, status = os.waitpid(child, 0)
-            break
-        except ChildProcessError:
-            return 1
+    try:
+        _, status = os.waitpid(child, 0)   # retried on EINTR by Python (PEP 475)
+    except ChildProcessError:
+        return 1
     if os.WIFSIGNALED(status):   # die the same way, so the host reports the real cause
         sig = os.WTERMSIG(status)
         try:

@@ -76,7 +76,7 @@ from runtimes.jsonline.calls import CallError, perform
 
 from .bridge import header_values, to_python
 from .sandbox import HOOK_EVERY, install_prelude, lupa_module, new_state
-from .worker import LATE, OVERRUN, OVERRUN_GRACE, Job, StateWorker, Suspended, call_safely, detached
+from .worker import LATE, OVERRUN, OVERRUN_GRACE, Job, StateWorker, Suspended, call_safely
 
 log = logging.getLogger("babelsip.routes.lua")
 
@@ -91,9 +91,6 @@ DEFAULT_PATTERN_STEPS = 100_000_000
 # After a failed event, a state this close to its memory cap is recreated:
 # the next event would most likely fail too.
 DAMAGED_MEMORY_SHARE = 0.9
-
-# OVERRUN_GRACE (worker.py): how long past its deadline a Lua call may run
-# before its state is abandoned.
 
 # How long the event loop may block for a quick event's answer (see
 # worker.py): a routing decision takes 20-200 us in the thread; 2 ms covers
@@ -185,9 +182,9 @@ class LuaRuntime(Runtime):
         # side so that its deadline starts when it does (submit() instead
         # queues at once, with the caller's deadline).
         self._turn = trio.Lock()
+        # Stopped once closed, or by itself once its state is abandoned
+        # (`usable` says which events may still run).
         self._worker: StateWorker | None = None
-        self._closed = False
-        self._abandoned = False
         # print() rate limit: lines in the current one-second window.
         self._log_window = 0.0
         self._log_lines = 0
@@ -207,18 +204,10 @@ class LuaRuntime(Runtime):
         def done(result):
             trio.lowlevel.reschedule(task, outcome.Value(result))
 
-        if not self._worker.submit(Job(self._job, (fn, args), time.monotonic() + timeout, done)):
+        if not self._worker.submit(Job(fn, args, time.monotonic() + timeout, done)):
             await trio.lowlevel.checkpoint()
             return self._not_running()
         return await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED)
-
-    @staticmethod
-    def _job(fn, args):
-        """Runs in the worker thread."""
-        try:
-            return fn(*args)
-        except Exception as exc:   # a bug here: reported, never raised across threads
-            return detached(exc)
 
     def _answer_without_running(self, why: str, job: Job) -> ScriptError:
         """StateWorker's `errors`: what a job gets that did not run to its end."""
@@ -235,7 +224,6 @@ class LuaRuntime(Runtime):
         if why == LATE:
             return ScriptError(f"waited past its deadline of {deadline:g} s behind slower events "
                                f"of this route; not run", file=self._file, kind="timeout")
-        self._abandoned = True
         if why == OVERRUN:
             self._overruns += 1
             return ScriptError(f"still running {OVERRUN_GRACE:g} s past its deadline of {deadline:g} s "
@@ -272,7 +260,6 @@ class LuaRuntime(Runtime):
                                    self._answer_without_running, spec.deadline)
         result = await self._in_thread(spec.deadline, self._load, module, source)
         if result is not None:   # the state is not kept: free it and end its thread
-            self._closed = True
             self._worker.stop()
         if isinstance(result, ScriptError):   # abandoned by the watchdog
             raise LoadError(self._file, None,
@@ -318,8 +305,7 @@ class LuaRuntime(Runtime):
     async def aclose(self) -> None:
         # Never waits: the state is freed in its thread once its job (an
         # abandoned one too) is over.
-        if not self._closed and self._worker is not None:
-            self._closed = True
+        if self._worker is not None:
             self._worker.stop()
         self._closing.set()
         self._flush_log()
@@ -333,7 +319,7 @@ class LuaRuntime(Runtime):
                 raise ScriptError(f"unknown hook {hook!r}", file=self._file, kind="protocol")
             return Decision()  # the route does not define it: default behaviour
         async with self._turn:
-            if self._dispatch is None or self._abandoned or self._closed:
+            if self._dispatch is None or not self._worker.usable:
                 raise self._not_running()
             self._events += 1
             deadline = self.spec.deadline
@@ -341,7 +327,7 @@ class LuaRuntime(Runtime):
                                            time.monotonic() + deadline)
         if isinstance(result, Decision):
             return result
-        raise result   # a ScriptError, or a bug in this module (see _job)
+        raise result   # a ScriptError, or a bug in this module (the worker passes on what fn raised)
 
     def submit(self, hook: str, event: dict, deadline_at: float, done) -> None:
         """Queue one event for the worker thread and return at once; done(result)
@@ -353,13 +339,12 @@ class LuaRuntime(Runtime):
             done(ScriptError(f"unknown hook {hook!r}", file=self._file, kind="protocol")
                  if hook not in HOOKS else Decision())
             return
-        worker = self._worker
-        if self._dispatch is None or self._abandoned or self._closed or not worker.usable:
+        if self._dispatch is None or not self._worker.usable:
             done(self._not_running())
             return
         self._events += 1
-        worker.submit(Job(self._run_event, (hook, event, deadline_at), deadline_at, done),
-                      INLINE_WAIT)
+        self._worker.submit(Job(self._run_event, (hook, event, deadline_at), deadline_at, done),
+                            INLINE_WAIT)
 
     def _run_event(self, hook: str, event: dict, deadline: float):
         """Runs in the worker thread. Returns the Decision, the ScriptError, or
@@ -373,9 +358,7 @@ class LuaRuntime(Runtime):
         except self._module.LuaMemoryError:
             failure = ("memory", "not enough memory")
         except self._module.LuaError as exc:  # the prelude itself failed: start over
-            self._errors += 1
-            return ScriptError(f"Lua runtime failure: {exc}", file=self._file,
-                               damaged=True, kind="crash")
+            return self._crashed(exc)
         finally:
             self._recorder = self._event = self._reply = None
         self._memory_used = self._lua.get_memory_used()
@@ -437,10 +420,14 @@ class LuaRuntime(Runtime):
         try:
             failure = self._resumed(call.token, ok, value, call.recorder, call.event, call.reply)
         except self._module.LuaError as exc:
-            self._errors += 1
-            return ScriptError(f"Lua runtime failure: {exc}", file=self._file,
-                               damaged=True, kind="crash")
+            return self._crashed(exc)
         return self._settled(failure, call.recorder, call.event, call.reply)
+
+    def _crashed(self, exc) -> ScriptError:
+        """The answer when the prelude itself failed: the state starts over."""
+        self._errors += 1
+        return ScriptError(f"Lua runtime failure: {exc}", file=self._file,
+                           damaged=True, kind="crash")
 
     def _forget_parked(self, token: int) -> None:
         """Runs in the worker thread: drop an event that will not be resumed."""
@@ -451,7 +438,7 @@ class LuaRuntime(Runtime):
 
     def _start_host_call(self, call: HostCall) -> None:
         """On the trio thread (HostCall.suspended): run the call in a task."""
-        if self._closed or self._abandoned:
+        if not self._worker.usable:
             call_safely(call.done, self._not_running())
             return
         if self._calls is not None:

@@ -62,7 +62,7 @@ def new_state(module: ModuleType, memory_mb: int):
 def install_prelude(lua, *, clock, verb, header, vars_in, vars_out, log, jit_on: bool,
                     pattern_steps: int, max_bytes: int, vars_max_bytes: int, log_line_max: int):
     """Run prelude.lua in `lua` with the host callbacks and limits; return its
-    API table (load_script, dispatch)."""
+    API table (load_script, dispatch, resume, forget, parked, per_thread_hooks)."""
     host = lua.table_from({
         "clock": clock, "verb": verb, "header": header, "vars_in": vars_in,
         "vars_out": vars_out, "log": log, "hook_every": HOOK_EVERY, "clock_every": CLOCK_EVERY,

@@ -183,7 +183,7 @@ class StateWorker:
         """Queue a job; False (and nothing queued) once stopped or abandoned.
         With `wait` > 0 and nothing queued ahead, block for at most that long
         and, if the job finished by then, call its `done` before returning."""
-        if self._stopped or self.abandoned:
+        if not self.usable:
             return False
         pending = self._pending
         pending.append(job)
@@ -192,13 +192,12 @@ class StateWorker:
         # now first, is due earlier (a caller's shorter deadline).
         if len(pending) == 1 and job.deadline_at + OVERRUN_GRACE < self._watch_at:
             self._rewatch(job.deadline_at + OVERRUN_GRACE)
-        if wait <= 0 or len(pending) > 1 or not self._may_wait(time.monotonic()):
+        if wait <= 0 or len(pending) > 1 or not self._may_wait(started := time.monotonic()):
             self._jobs.put(job)
             return True
         waiter = job.waiter = threading.Lock()
         job.wait = wait
         waiter.acquire()
-        started = time.monotonic()
         self._jobs.put(job)
         waiter.acquire(timeout=wait)     # releases the GIL while it waits
         with self._lock:
@@ -295,12 +294,7 @@ class StateWorker:
             if self.abandoned:
                 return
             self.abandoned = True
-            finished, self._outbox = self._outbox, []
-        pending = self._pending
-        for job in finished:   # finished before the cut: their own answers
-            if pending and pending[0] is job:
-                pending.popleft()
-            answer(job)
+        self._deliver()   # those finished before the cut: their own answers
         self._answer_the_rest(overrun=False)
 
     def _answer_the_rest(self, overrun: bool) -> None:

@@ -75,7 +75,7 @@ class FieldSpec:
 
 @dataclass(frozen=True)
 class HostCallSpec:
-    op: str                    # "<service>.<name>": kv.*, later registrar.*, auth.*, dialog.*
+    op: str                    # "<service>.<name>": kv.*, registrar.*, dialog.*
     params: tuple[Param, ...]
     result: str
     doc: str
@@ -111,6 +111,27 @@ VERBS: tuple[VerbSpec, ...] = (
           "Remove every instance of a header."),
     _verb("record_route", EDIT, (ON_REQUEST,), (),
           "Insert our Record-Route so in-dialog requests come through this proxy."),
+    # The services (registrar, digest, NAT, dialogs): the route decides whether,
+    # the core does the RFC work.
+    _verb("authenticate", EDIT, (ON_REQUEST,), (("realm", "string"), ("opts?", "object")),
+          "Require digest credentials (RFC 7616) before the decision applies: without valid ones "
+          "the core answers the challenge (401 for REGISTER, 407 otherwise) instead. opts: "
+          "password or ha1 (the route's lookup for the request's auth_user), or credentials "
+          "(a file beside the routes); algorithms (default ['MD5']); identity (default true: "
+          "the user must be the To user of a REGISTER, the From user otherwise)."),
+    _verb("save", DECISION, (ON_REQUEST,), (("opts?", "object"),),
+          "Registrar (RFC 3261 §10.3): apply this REGISTER's bindings and answer it. opts: aor, "
+          "min_expires, max_expires, default_expires, max_contacts."),
+    _verb("lookup", DECISION, (ON_REQUEST, ON_FAILURE), (("opts?", "object"),),
+          "Relay to the registered bindings of the request URI's address-of-record (q groups in "
+          "series, equal q in parallel, NATed ones at their received address). opts: aor; code "
+          "(default 404) and reason when it has none; timeout seconds per branch."),
+    _verb("fix_contact", EDIT, (ON_REQUEST, ON_REPLY), (),
+          "A UA behind a NAT: rewrite its Contact to the address the message came from."),
+    _verb("limit_duration", EDIT, (ON_REQUEST,), (("seconds", "number"),),
+          "Track the call as a dialog and end it (BYE both ways) after this many seconds."),
+    _verb("add_profile", EDIT, (ON_REQUEST,), (("name", "string"), ("key?", "string")),
+          "Track the call as a dialog and count it in a named profile (see dialog.count)."),
 )
 
 
@@ -136,6 +157,8 @@ FIELDS: tuple[FieldSpec, ...] = (
     _field("source_port", "integer", "the source port"),
     _field("transport", "string", "udp or tcp"),
     _field("in_dialog", "boolean", "the request has a To tag"),
+    _field("auth_user", "string", "the username of the request's digest credentials, or empty",
+           hooks=(ON_REQUEST,)),
     _field("headers", "list", "every header as [name, value] in wire order, compact names expanded",
            access=HEADERS),
     _field("body", "string", "the message body"),
@@ -158,11 +181,16 @@ HOST_CALLS: tuple[HostCallSpec, ...] = (
           "true if the key existed"),
     _call("kv.incr", (("key", "string"), ("delta?", "integer"), ("ttl?", "number")), "integer",
           "the new integer (an absent key counts as 0; the ttl applies when the call creates it)"),
+    _call("registrar.lookup", (("aor", "string"),), "list",
+          "the live bindings of an address-of-record: objects with contact, expires (seconds "
+          "left), q, received, transport, path, user_agent, instance, reg_id"),
+    _call("dialog.count", (("profile", "string"), ("key?", "string")), "integer",
+          "how many calls are active in a profile (under a key)"),
 )
 
 # Services whose ops are reserved for later revisions of the contract: a
 # worker probing them today gets an error result (PROTOCOL.md §5).
-RESERVED_SERVICES = ("registrar", "auth", "dialog")
+RESERVED_SERVICES = ("auth",)
 
 
 def as_json() -> dict:

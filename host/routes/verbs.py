@@ -153,6 +153,95 @@ class Recorder:
         self._check("record_route")
         self.decision.edits.append(("record_route",))
 
+    # ------------------------------------------------------------ services
+    def authenticate(self, realm, opts=None) -> None:
+        self._check("authenticate")
+        realm = _str(realm, "authenticate", "realm")
+        if not realm or '"' in realm or "\\" in realm or "\r" in realm or "\n" in realm:
+            raise VerbError(f"authenticate(): bad realm {realm!r}")
+        opts = _opts(opts, "authenticate", AUTH_OPTIONS)
+        if "algorithms" in opts:
+            algorithms = opts["algorithms"]
+            if isinstance(algorithms, str):
+                algorithms = [algorithms]
+            algorithms = [_str(a, "authenticate", "algorithm").upper()
+                          for a in _seq(algorithms, "authenticate", "algorithms")]
+            unknown = [a for a in algorithms if a not in AUTH_ALGORITHMS]
+            if unknown or not algorithms:
+                raise VerbError(f"authenticate(): algorithms must be some of "
+                                f"{', '.join(AUTH_ALGORITHMS)}, got {opts['algorithms']!r}")
+            opts["algorithms"] = algorithms
+        for name in ("password", "credentials"):
+            if opts.get(name) is not None:
+                _str(opts[name], "authenticate", name)
+        ha1 = opts.get("ha1")
+        if ha1 is not None and not isinstance(ha1, str):
+            if not isinstance(ha1, dict) or not all(isinstance(v, str) for v in ha1.values()):
+                raise VerbError("authenticate(): ha1 must be a hex string (MD5) or a table "
+                                "of algorithm -> hex string")
+            opts["ha1"] = {str(k).upper(): v for k, v in ha1.items()}
+        credentials = opts.get("credentials")
+        if credentials is not None and (not credentials or "/" in credentials
+                                        or "\\" in credentials or credentials.startswith(".")):
+            raise VerbError(f"authenticate(): credentials names a file beside the routes, "
+                            f"got {credentials!r}")
+        if "identity" in opts and not isinstance(opts["identity"], bool):
+            raise VerbError("authenticate(): identity must be true or false")
+        opts["realm"] = realm
+        self.decision.auth = opts
+
+    def save(self, opts=None) -> None:
+        self._check("save")
+        opts = _opts(opts, "save", SAVE_OPTIONS)
+        for name in ("min_expires", "max_expires", "default_expires", "max_contacts"):
+            if name in opts:
+                opts[name] = _int(opts[name], "save", name)
+                if opts[name] < 0:
+                    raise VerbError(f"save(): {name} must not be negative")
+        if "aor" in opts:
+            _aor(opts["aor"], "save")
+        self.decision.verb, self.decision.options = "save", opts
+
+    def lookup(self, opts=None) -> None:
+        self._check("lookup")
+        opts = _opts(opts, "lookup", LOOKUP_OPTIONS)
+        if "aor" in opts:
+            _aor(opts["aor"], "lookup")
+        if "code" in opts:
+            opts["code"] = code = _int(opts["code"], "lookup", "code")
+            if not 300 <= code <= REPLY_MAX:
+                raise VerbError(f"lookup(): code must be 300-{REPLY_MAX}, got {code}")
+        if "reason" in opts:
+            _str(opts["reason"], "lookup", "reason")
+        if "timeout" in opts:
+            opts["timeout"] = _seconds(opts["timeout"], "lookup", "timeout")
+        self.decision.verb, self.decision.options = "lookup", opts
+        self.decision.timeout = opts.get("timeout")
+
+    def fix_contact(self) -> None:
+        self._check("fix_contact")
+        self.decision.edits.append(("fix_contact",))
+
+    def limit_duration(self, seconds) -> None:
+        self._check("limit_duration")
+        self._dialog()["max_duration"] = _seconds(seconds, "limit_duration", "seconds")
+
+    def add_profile(self, name, key=None) -> None:
+        self._check("add_profile")
+        name = _str(name, "add_profile", "name")
+        key = "" if key is None else _str(key, "add_profile", "key")
+        if not name or len(name) > 128 or len(key) > 256:
+            raise VerbError("add_profile(): name must be 1-128 characters, key at most 256")
+        profiles = self._dialog()["profiles"]
+        if name not in profiles and len(profiles) >= MAX_PROFILES:
+            raise VerbError(f"add_profile(): at most {MAX_PROFILES} profiles per call")
+        profiles[name] = key
+
+    def _dialog(self) -> dict:
+        if self.decision.dialog is None:
+            self.decision.dialog = {"max_duration": None, "profiles": {}}
+        return self.decision.dialog
+
     def set_vars(self, values) -> None:
         if values is not None and not isinstance(values, dict):
             raise VerbError("vars must be a table/dict of simple values")
@@ -184,6 +273,39 @@ class Recorder:
         if not required <= len(args) <= len(spec):
             raise VerbError(f"{verb}(): takes {required}-{len(spec)} arguments, got {len(args)}")
         getattr(self, verb)(*args)
+
+
+AUTH_ALGORITHMS = ("SHA-512-256", "SHA-256", "MD5")   # strongest first (RFC 7616 §3.7)
+AUTH_OPTIONS = frozenset({"password", "ha1", "credentials", "algorithms", "identity"})
+SAVE_OPTIONS = frozenset({"aor", "min_expires", "max_expires", "default_expires", "max_contacts"})
+LOOKUP_OPTIONS = frozenset({"aor", "code", "reason", "timeout"})
+MAX_PROFILES = 16
+
+
+def _opts(opts, verb, known) -> dict:
+    if opts is None:
+        return {}
+    if not isinstance(opts, dict):
+        raise VerbError(f"{verb}(): options must be a table/dict, got {type(opts).__name__}")
+    opts = {k: v for k, v in opts.items() if v is not None}
+    unknown = [str(k) for k in opts if k not in known]
+    if unknown:
+        raise VerbError(f"{verb}(): unknown option(s) {', '.join(sorted(unknown))} "
+                        f"(known: {', '.join(sorted(known))})")
+    return opts
+
+
+def _seconds(v, verb, what) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 31 * 86400:
+        raise VerbError(f"{verb}(): {what} must be a positive number of seconds, got {v!r}")
+    return float(v)
+
+
+def _aor(v, verb) -> str:
+    v = _str(v, verb, "aor")
+    if not (v.startswith("sip:") or v.startswith("sips:")) or "@" not in v:
+        raise VerbError(f"{verb}(): aor must be a sip: URI with a user, got {v!r}")
+    return v
 
 
 def _int(v, verb, what):

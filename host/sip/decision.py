@@ -31,3 +31,9 @@ class Decision:
     contacts: list[str] = field(default_factory=list)  # redirect
     edits: list[tuple[Any, ...]] = field(default_factory=list)  # (verb, *args)
     vars: dict[str, Any] | None = None  # per-call variables to keep, None = unchanged
+    # The services: what `authenticate` asked for (realm, password/ha1/credentials,
+    # algorithms, identity), save/lookup options, and dialog tracking
+    # (max_duration seconds, profiles {name: key}); None = not asked.
+    auth: dict[str, Any] | None = None
+    options: dict[str, Any] = field(default_factory=dict)   # save, lookup
+    dialog: dict[str, Any] | None = None

@@ -12,7 +12,9 @@ not handed a store explicitly; `set_shared_store()` swaps it (e.g. for Redis).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
 
 
 class StoreError(Exception):
@@ -37,6 +39,60 @@ class Store(ABC):
         """Add `delta` to an integer (absent counts as 0) and return the new
         value. `ttl` applies only when the key is created, like the common
         Redis INCR + EXPIRE NX idiom for rate counters."""
+
+    # ------------------------------------------------ location (registrar)
+    # One record per address-of-record: the list of its bindings, objects
+    # with an `expires_at` attribute (wall-clock seconds, time.time(), so
+    # several cores agree). The registrar's rules (host/sip/registrar.py)
+    # decide what the list becomes; the store only keeps it, atomically.
+
+    @abstractmethod
+    async def bindings(self, aor: str) -> list:
+        """The bindings stored for `aor` (possibly some expired: callers filter)."""
+
+    @abstractmethod
+    async def update_bindings(self, aor: str, change: Callable[[list], tuple[list, T]]) -> T:
+        """Atomically replace the bindings of `aor` with what `change(current)`
+        returns first, and return its second value. `change` is pure; when it
+        raises, nothing is stored. An empty list removes the record."""
+
+    @abstractmethod
+    async def aors(self) -> list[str]:
+        """Every address-of-record with a record (management, keepalive)."""
+
+    # ------------------------------------------------ nonce counts (digest)
+    @abstractmethod
+    async def advance(self, key: str, value: int, ttl: float) -> bool:
+        """Raise the counter `key` to `value` if `value` is higher than what
+        it holds (absent counts as 0); True when it did. Atomic: two cores
+        presenting the same nonce-count cannot both succeed."""
+
+    # ------------------------------------------------ dialogs and profiles
+    @abstractmethod
+    async def put_dialog(self, dialog_id: str, record: dict, ttl: float) -> None:
+        """Keep a dialog's record (JSON-able) for at most `ttl` seconds."""
+
+    @abstractmethod
+    async def get_dialog(self, dialog_id: str) -> dict | None: ...
+
+    @abstractmethod
+    async def delete_dialog(self, dialog_id: str) -> bool: ...
+
+    @abstractmethod
+    async def dialogs(self) -> list[dict]:
+        """Every dialog record kept (management)."""
+
+    @abstractmethod
+    async def profile_add(self, profile: str, key: str, member: str, ttl: float) -> int:
+        """Count `member` (a dialog id) in `profile` under `key` for at most
+        `ttl` seconds; returns the new count."""
+
+    @abstractmethod
+    async def profile_remove(self, profile: str, key: str, member: str) -> int:
+        """Stop counting `member`; returns the new count."""
+
+    @abstractmethod
+    async def profile_count(self, profile: str, key: str) -> int: ...
 
     async def aclose(self) -> None:
         """Release connections (no-op in memory)."""

@@ -21,11 +21,19 @@ _NEVER = float("inf")
 
 
 class MemoryStore(Store):
-    def __init__(self, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time):
         self._clock = clock
+        self._wall = wall          # bindings expire in wall-clock time (shared with other cores)
         self._data: dict[str, tuple[Any, float]] = {}
         self._writes = 0
         self._sweep_keys: list[str] = []
+        self._aors: dict[str, list] = {}
+        self._aor_writes = 0
+        self._aor_sweep: list[str] = []
+        self._counters: dict[str, tuple[int, float]] = {}
+        self._dialogs: dict[str, tuple[dict, float]] = {}
+        self._profiles: dict[tuple[str, str], dict[str, float]] = {}
 
     def __len__(self) -> int:
         return len(self._data)
@@ -70,6 +78,98 @@ class MemoryStore(Store):
         self._data[key] = (value, expires)
         self._wrote()
         return value
+
+    # ------------------------------------------------------------ location
+    async def bindings(self, aor: str) -> list:
+        return list(self._aors.get(aor, ()))
+
+    async def update_bindings(self, aor, change):
+        new, result = change(list(self._aors.get(aor, ())))
+        if new:
+            self._aors[aor] = list(new)
+        else:
+            self._aors.pop(aor, None)
+        self._swept_aors()
+        return result
+
+    async def aors(self) -> list[str]:
+        return list(self._aors)
+
+    def _swept_aors(self) -> None:
+        # Records whose every binding expired are dropped a batch at a time,
+        # so AoRs that register once and vanish do not pile up.
+        self._aor_writes += 1
+        if self._aor_writes % SWEEP_EVERY:
+            return
+        if not self._aor_sweep:
+            self._aor_sweep = list(self._aors)
+        batch = self._aor_sweep[-SWEEP_BATCH:]
+        del self._aor_sweep[-SWEEP_BATCH:]
+        now = self._wall()
+        for aor in batch:
+            bindings = self._aors.get(aor)
+            if bindings is not None and all(b.expires_at <= now for b in bindings):
+                del self._aors[aor]
+
+    # -------------------------------------------------------- nonce counts
+    async def advance(self, key: str, value: int, ttl: float) -> bool:
+        _check_key(key)
+        now = self._clock()
+        item = self._counters.get(key)
+        current = item[0] if item is not None and item[1] > now else 0
+        if value <= current:
+            return False
+        self._counters[key] = (value, now + ttl)
+        if len(self._counters) % SWEEP_BATCH == 0:
+            for k in [k for k, (_, exp) in self._counters.items() if exp <= now]:
+                del self._counters[k]
+        return True
+
+    # ------------------------------------------------- dialogs and profiles
+    async def put_dialog(self, dialog_id: str, record: dict, ttl: float) -> None:
+        self._dialogs[dialog_id] = (record, self._clock() + ttl)
+
+    async def get_dialog(self, dialog_id: str) -> dict | None:
+        item = self._dialogs.get(dialog_id)
+        if item is None or item[1] <= self._clock():
+            self._dialogs.pop(dialog_id, None)
+            return None
+        return item[0]
+
+    async def delete_dialog(self, dialog_id: str) -> bool:
+        return self._dialogs.pop(dialog_id, None) is not None
+
+    async def dialogs(self) -> list[dict]:
+        now = self._clock()
+        for k in [k for k, (_, exp) in self._dialogs.items() if exp <= now]:
+            del self._dialogs[k]
+        return [record for record, _ in self._dialogs.values()]
+
+    async def profile_add(self, profile: str, key: str, member: str, ttl: float) -> int:
+        members = self._profiles.setdefault((profile, key), {})
+        members[member] = self._clock() + ttl
+        return self._profile_live(profile, key)
+
+    async def profile_remove(self, profile: str, key: str, member: str) -> int:
+        members = self._profiles.get((profile, key))
+        if members is not None:
+            members.pop(member, None)
+        return self._profile_live(profile, key)
+
+    async def profile_count(self, profile: str, key: str) -> int:
+        return self._profile_live(profile, key)
+
+    def _profile_live(self, profile: str, key: str) -> int:
+        members = self._profiles.get((profile, key))
+        if not members:
+            self._profiles.pop((profile, key), None)
+            return 0
+        now = self._clock()
+        for m in [m for m, exp in members.items() if exp <= now]:
+            del members[m]
+        if not members:
+            del self._profiles[(profile, key)]
+        return len(members)
 
     def _expiry(self, ttl) -> float:
         if ttl is None:

@@ -8,8 +8,8 @@ the credentials' uri against the Request-URI.
 
 Algorithm names are canonical as RFC 7616 §6.1 registers them: the upper-case
 base name from ALGORITHMS, with "-sess" appended in lower case for the
-session variants ("MD5-sess", "SHA-256-sess"). Strings are hashed as UTF-8
-(RFC 7616 §4; RFC 8760 §2.3 makes UTF-8 the SIP charset).
+session variants ("MD5-sess", "SHA-256-sess"). Strings are hashed as UTF-8,
+the charset RFC 7616 §4 defines (and SIP messages are UTF-8 anyway).
 """
 
 from __future__ import annotations
@@ -195,9 +195,9 @@ def parse_credentials(value: str) -> Credentials:
 
 
 def find_credentials(values: list[str], realm: str) -> Credentials | None:
-    """The first well-formed Digest credentials for `realm` among header
-    values; a UA may send one per realm or scheme, and one malformed value
-    must not hide a good one."""
+    """The first well-formed Digest credentials for `realm` (compared
+    exactly) among header values; a UA may send one per realm or scheme, and
+    one malformed value must not hide a good one."""
     for value in values:
         try:
             creds = parse_credentials(value)
@@ -255,8 +255,8 @@ def _quote(text: str) -> str:
 def challenge(realm: str, nonce: str, algorithms: Sequence[str], *, stale: bool = False,
               opaque: str | None = None) -> list[str]:
     """WWW-Authenticate / Proxy-Authenticate values, one per algorithm in the
-    order given (RFC 8760 §2.4: the UA takes the first it supports, so the
-    caller passes the strongest first)."""
+    order given (RFC 8760 §2.3: one per algorithm, most preferred first; the
+    UA takes the first it supports, so the caller passes the strongest first)."""
     if not algorithms:
         raise ValueError("challenge needs at least one algorithm")
     head = f"Digest realm={_quote(realm)}, nonce={_quote(nonce)}"

@@ -196,7 +196,7 @@ def test_the_good_baseline_parses():
     pytest.param(_creds_value(username='"alice'), id="RFC7230-3.2.6-unterminated-quote"),
     pytest.param(_creds_value(username='"al"ice'), id="RFC7230-3.2.6-junk-after-quote"),
     pytest.param(_creds_value().replace(", realm", " realm", 1), id="RFC7235-2.1-missing-comma"),
-    pytest.param(_creds_value(username="") , id="RFC7235-2.1-empty-value"),
+    pytest.param(_creds_value(username=""), id="RFC7235-2.1-empty-value"),
     pytest.param(_creds_value() + ", =x", id="RFC7235-2.1-no-parameter-name"),
     pytest.param(_creds_value() + ", lonely", id="RFC7235-2.1-parameter-without-value"),
     pytest.param(_creds_value(username=None, **{"username*": "UTF-8''%ZZ"}),
@@ -275,7 +275,7 @@ def test_verify_wrong_password_and_parsed_roundtrip_rfc2617_3_5():
 
 # ---------------------------------------------------------------- challenge
 
-def test_challenge_shape_and_order_rfc8760_2_4():
+def test_challenge_shape_and_order_rfc8760_2_3():
     values = challenge("example.com", "abc", ["SHA-256", "md5"], opaque="op")
     assert values == [
         'Digest realm="example.com", nonce="abc", opaque="op", algorithm=SHA-256, qop="auth"',

@@ -281,7 +281,8 @@ class DialogTable:
         # Entries of dialogs ended early wait for their deadline to be popped;
         # rebuild when they outnumber the live ones so the heap stays bounded.
         if len(heap) > 2 * len(self._dialogs) + 64:
-            self._deadlines = [e for e in heap if e[2].state == CONFIRMED]
+            live = self._dialogs
+            self._deadlines = [e for e in heap if live.get((e[2].call_id, e[2].from_tag)) is e[2]]
             heapq.heapify(self._deadlines)
         return due
 

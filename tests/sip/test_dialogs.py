@@ -291,3 +291,14 @@ def test_an_invite_without_from_tag_is_refused():
     req = parse([l.replace(";tag=ftag1", "") for l in invite().serialize().decode().split("\r\n")[:-2]])
     with pytest.raises(BadMessage):
         DialogTable(Clock()).invite_relayed(req, NAT_SOURCE, OURS)
+
+
+def test_deadlines_of_ended_dialogs_do_not_pile_up():
+    table = DialogTable(Clock())
+    for n in range(300):
+        dialog = table.invite_relayed(invite(from_tag=f"f{n}"), NAT_SOURCE, OURS, max_duration=3600)
+        table.response_forwarded(dialog, response(200, "OK", "ttag9", [OURS]))
+        bye = parse([l.replace("ftag1", f"f{n}") for l in from_caller("BYE", 102).serialize().decode().split("\r\n")[:-2]])
+        assert table.in_dialog_final(bye, 200) == ENDED
+    assert len(table) == 0
+    assert table.expire_due(1001.0) == [] and len(table._deadlines) <= 64

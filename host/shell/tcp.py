@@ -25,7 +25,20 @@ it — every item costs that peer its connection, never the process:
   connection is bounded in bytes; the connection that overflows it is reset;
 - send slowly (slowloris) or connect and say nothing: once a message has
   started (or from accept until the first message), it must be complete
-  within `header_timeout`; an idle connection is closed after `idle_timeout`.
+  within `header_timeout`; an idle connection is closed after `idle_timeout`;
+- abuse the CRLF keep-alive (below): stray CRLFs are not activity, and pongs
+  are bounded by pings and by time.
+
+CRLF keep-alive (RFC 5626 §3.5.1, §4.4.1): between messages a client may
+send a double CRLF "ping"; we answer each with a single CRLF "pong" on that
+connection, and the ping counts as traffic for the idle timeout. A lone CRLF
+(allowed before a start line, RFC 3261 §7.5) is skipped and is not traffic,
+so a peer trickling CRLFs cannot hold a connection open without pinging
+properly. At most one pong per ping and per `pong_interval` (1 s, where RFC
+5626 clients ping every 95–120 s): a peer flooding pings gets one pong a
+second, not a write for every four bytes it sends. Pings do not count as the
+first message of a fresh inbound connection, so `header_timeout` still
+closes a connection that only ever pings.
 
 The policy parts (admission, deadlines, log rate limiting) are small pure
 functions and classes below, so tests can check them without sockets.
@@ -88,6 +101,10 @@ ACCEPT_BACKOFF = 0.1
 
 CONNECT_TIMEOUT = 5.0
 
+# At most one CRLF pong per connection per this many seconds (see the module
+# text); extra pings in that time are still traffic, just not answered.
+PONG_INTERVAL = 1.0
+
 # Descriptors kept free for everything else the process opens (route worker
 # pipes, route files, DNS sockets, outgoing connects): an eighth of the limit,
 # at least 32.
@@ -116,6 +133,10 @@ _CONNECTION_ENDED = (OSError, trio.BrokenResourceError, trio.ClosedResourceError
                      trio.TooSlowError)
 
 _LINGER_RESET = struct.pack("ii", 1, 0)   # SO_LINGER on, 0 s: close() sends RST
+
+PING = b"\r\n\r\n"                        # RFC 5626 §3.5.1 keep-alive ping
+PONG = b"\r\n"
+_CRLF = b"\r\n"
 
 
 # ------------------------------------------------------------ pure policy
@@ -171,6 +192,44 @@ class Admission:
                 del self.per_source[ip]
 
 
+def crlf_pings(carried: int, run: bytes) -> tuple[int, int]:
+    """Pings in a run of CR/LF bytes seen between messages, given the
+    `carried` bytes of a ping begun by the previous run (0-3): returns
+    (pings, bytes of a ping left begun). Pings are counted left to right
+    without overlap, so "\r\n" * 4 is two pings, not three."""
+    parts = (PING[:carried] + run).split(PING)
+    tail = parts[-1]
+    for begun in (3, 2, 1):
+        if tail.endswith(PING[:begun]):
+            return len(parts) - 1, begun
+    return len(parts) - 1, 0
+
+
+def crlf_runs(data: bytes, buffered_before: int, messages: list[bytes]) -> list[tuple[int, int]]:
+    """Where the CR/LF runs between messages lie in `data`, one read fed to
+    a StreamFramer that held `buffered_before` bytes and returned `messages`:
+    (start, end) of each run, in order. The framer drops exactly the CR/LF
+    bytes before each message start, so message lengths give the positions;
+    a new run is returned after each message (it may be empty)."""
+    rest = iter(messages)
+    if buffered_before:
+        if not messages:
+            return []          # all of `data` belongs to the message in progress
+        pos = len(next(rest)) - buffered_before   # where the first message ends
+    else:
+        pos = 0
+    runs = [(pos, _run_end(data, pos))]
+    for raw in rest:
+        pos = runs[-1][1] + len(raw)
+        runs.append((pos, _run_end(data, pos)))
+    return runs
+
+
+def _run_end(data: bytes, pos: int) -> int:
+    """End of the CR/LF bytes at data[pos:]."""
+    return len(data) - len(data[pos:].lstrip(_CRLF))
+
+
 class RateLimit:
     """One event per `interval` seconds passes; `allow` returns how many were
     suppressed since the last one that passed, or None when this one is
@@ -195,7 +254,7 @@ class RateLimit:
 # ------------------------------------------------------------- connections
 class _Connection:
     __slots__ = ("remote", "source", "stream", "out", "queued", "wake", "last_used",
-                 "started", "scope", "closing", "abort")
+                 "started", "scope", "closing", "abort", "ping_begun", "next_pong")
 
     def __init__(self, remote, source: str | None, now: float):
         self.remote = remote
@@ -211,6 +270,8 @@ class _Connection:
         self.scope = trio.CancelScope()
         self.closing = False          # no more sends: the task is ending
         self.abort = False            # close with RST (peer misbehaved)
+        self.ping_begun = 0           # bytes of a CRLF ping received so far (0-3)
+        self.next_pong = now          # no pong before this time (PONG_INTERVAL)
 
     def idle(self) -> bool:
         return self.started is None and not self.queued and not self.closing
@@ -228,7 +289,8 @@ class TcpTransport:
                  max_per_source: int = MAX_PER_SOURCE,
                  max_queued_bytes: int = MAX_QUEUED_BYTES,
                  accept_backoff: float = ACCEPT_BACKOFF,
-                 connect_timeout: float = CONNECT_TIMEOUT):
+                 connect_timeout: float = CONNECT_TIMEOUT,
+                 pong_interval: float = PONG_INTERVAL):
         self.host, self.port = host, port
         self._on_message = on_message
         self._on_error = on_error
@@ -236,6 +298,7 @@ class TcpTransport:
         self.max_connections = max_connections
         self.max_queued_bytes = max_queued_bytes
         self.accept_backoff, self.connect_timeout = accept_backoff, connect_timeout
+        self.pong_interval = pong_interval
         self._admission = Admission(max_connections, max_per_source)
         self._conns: dict[tuple[str, int], _Connection] = {}
         self._nursery: trio.Nursery | None = None
@@ -246,6 +309,7 @@ class TcpTransport:
         self.slow_readers_closed = self.header_timeouts = self.idle_closed = 0
         self.accept_errors = self.out_of_descriptors = 0
         self.framing_errors = self.callback_errors = self.internal_errors = 0
+        self.pings = self.pongs = 0
 
     async def bind(self) -> tuple[str, int]:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
@@ -377,14 +441,17 @@ class TcpTransport:
                 return False
             conn = _Connection(remote, None, trio.current_time())
             self._register(conn)
-        elif conn.closing:
+        return self._enqueue(conn, data)
+
+    def _enqueue(self, conn: _Connection, data: bytes) -> bool:
+        if conn.closing:
             return False
         if conn.queued + len(data) > self.max_queued_bytes:
             # The peer does not read what we send: holding more for it would
             # let one connection take the server's memory.
             self.slow_readers_closed += 1
             self._warn("slow", "tcp: closing %s:%s: %d bytes unread (limit %d)",
-                       host, port, conn.queued, self.max_queued_bytes)
+                       *conn.remote, conn.queued, self.max_queued_bytes)
             self._close(conn, abort=True)
             return False
         conn.out.append(data)
@@ -459,7 +526,7 @@ class TcpTransport:
                 continue  # our own writes moved the idle deadline
             if not data:
                 return
-            conn.last_used = now
+            before = framer.buffered()
             try:
                 messages = framer.feed(data)
             except BadMessage as exc:
@@ -468,9 +535,14 @@ class TcpTransport:
                 self._warn("framing", "closing tcp %s:%s: %s", *conn.remote, exc.reason,
                            level=logging.INFO)
                 return
+            after = framer.buffered()
+            # Traffic that keeps the connection: message bytes or a ping,
+            # never stray CRLFs alone.
+            if self._keepalive(conn, data, before, messages, after, now) or messages or after:
+                conn.last_used = now
             # A message in progress keeps its start; a new one starts now.
             if messages or conn.started is None:
-                conn.started = now if framer.buffered() else None
+                conn.started = now if after else None
             for raw in messages:
                 try:
                     deliver(raw, conn.remote)
@@ -479,6 +551,27 @@ class TcpTransport:
                     # here costs this message, not the connection.
                     self.callback_errors += 1
                     log.exception("tcp message from %s:%s", *conn.remote)
+
+    def _keepalive(self, conn: _Connection, data: bytes, before: int,
+                   messages: list[bytes], after: int, now: float) -> bool:
+        """Count the CRLF pings in `data` (between the messages the framer
+        cut from it, `before` and `after` being what it held around the
+        feed) and queue a pong. True when a ping arrived."""
+        pings = 0
+        for i, (start, end) in enumerate(crlf_runs(data, before, messages)):
+            if i or before:   # a message ended just before this run
+                conn.ping_begun = 0
+            found, conn.ping_begun = crlf_pings(conn.ping_begun, data[start:end])
+            pings += found
+        if after:             # a message has begun since: no ping spans it
+            conn.ping_begun = 0
+        if not pings:
+            return False
+        self.pings += pings
+        if now >= conn.next_pong and self._enqueue(conn, PONG):
+            conn.next_pong = now + self.pong_interval
+            self.pongs += 1
+        return True
 
     async def _write(self, conn: _Connection) -> None:
         stream = conn.stream
@@ -503,4 +596,5 @@ class TcpTransport:
                 "accept_errors": self.accept_errors,
                 "out_of_descriptors": self.out_of_descriptors,
                 "framing_errors": self.framing_errors, "callback_errors": self.callback_errors,
+                "pings": self.pings, "pongs": self.pongs,
                 "internal_errors": self.internal_errors}

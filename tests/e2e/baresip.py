@@ -82,6 +82,10 @@ UDP REGISTER toward a dead port: the ICMP error is ignored, REGISTER_FAIL
 only after the SIP transaction timeout (~32 s); TCP fails at once. `quit`
 then waits for the un-REGISTERs to time out too (~29 s): hence stop()'s
 escalation to signals (the 2nd SIGTERM makes baresip exit(0) at once).
+Network namespaces (checked by hand with a veth pair 10.200.0.1 | netns
+10.200.0.2): `prefix=["ip","netns","exec","NS"], sip_host="10.200.0.2"`
+works; ctrl_tcp then listens on 10.200.0.2 (ctrl_host defaults to sip_host),
+reachable from the test in the root namespace; SDP/RTP use 10.200.0.2.
 Output: stdout is fully buffered when it is a file, so baresip runs under
 `stdbuf -oL -eL` or a killed phone's log would lose its tail.
 """

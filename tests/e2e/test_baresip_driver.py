@@ -8,6 +8,7 @@ import re
 import socket
 import threading
 import time
+import wave
 
 import pytest
 
@@ -39,6 +40,9 @@ def test_direct_call_established_and_closed(tmp_path, transport):
         assert a_up["id"] == b_up["id"]  # the SIP Call-ID, the same on both sides
         assert b_up["accountaor"] == f"sip:bob@{LOCALHOST}"
         assert "ESTABLISHED" in alice.listcalls(), alice.log_tail()
+        # RTP flows both ways (ausine source, aubridge sink: no sound card)
+        alice.wait_event("CALL_RTPESTAB", timeout=5)
+        bob.wait_event("CALL_RTPESTAB", timeout=5)
 
         alice.hangup()
         a_down = alice.wait_event("CALL_CLOSED", timeout=5)
@@ -124,3 +128,25 @@ def test_register_ok_against_fake_registrar(tmp_path):
         stop.set()
         thread.join(timeout=2)
         reg.close()
+
+
+def test_audio_file_source_and_recording(tmp_path):
+    """aufile source (a WAV longer than the call: at its end baresip hangs up)
+    and the sndfile dumps of sent and received audio."""
+    tone = tmp_path / "tone.wav"
+    with wave.open(str(tone), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(8000)
+        w.writeframes(b"\x00\x10\x00\xf0" * 40000)  # 10 s
+    alice = _phone(tmp_path, "alice", [account_line("alice")], audio_file=tone, record_audio=True)
+    bob = _phone(tmp_path, "bob", [account_line("bob")])
+    with alice, bob:
+        alice.dial(f"sip:bob@{LOCALHOST}:{bob.sip_port}")
+        alice.wait_event("CALL_RTPESTAB", timeout=5)
+        bob.wait_event("CALL_RTPESTAB", timeout=5)
+        time.sleep(0.5)
+        alice.hangup()
+        bob.wait_event("CALL_CLOSED", timeout=5)
+        assert "AUDIO_ERROR" not in alice.event_types(), alice.log_tail()
+    assert "aufile ---> sndfile ---> PCMU" in alice.log(), alice.log_tail()
+    dumps = sorted(p.name for p in alice.workdir.glob("dump-*.wav"))
+    assert [d[-7:] for d in dumps] == ["dec.wav", "enc.wav"], dumps

@@ -86,7 +86,7 @@ def write_users(path: Path, users: list[str], *, password: str = "secret",
 def babelsip_argv(port: int, routes: Path | str) -> list[str]:
     """The babelsip command line the benchmarks run (after the babelsip executable)."""
     return ["run", "--listen", f"udp:{sipp.LOCALHOST}:{port}", "--routes", str(routes),
-            "--log-level", "warning"]
+            "--log-level", os.environ.get("BENCH_LOG_LEVEL", "warning")]
 
 
 def start_babelsip(routes: Path | str) -> Callable[[Slot], sipp.ProxyProcess]:
@@ -119,10 +119,12 @@ def kamailio_argv_note(no_auth: bool = False) -> str:
 
 
 def sipp_step(system: str, proxy: sipp.ProxyProcess, slot: Slot, rate: int, duration: float, *,
-              scenario: Path, inf: Path, uas_port: int | None = None, name: str = "reg") -> Step:
+              scenario: Path, inf: Path, uas_port: int | None = None, name: str = "reg",
+              count: int | None = None, uas_scenario: str = "uas") -> Step:
     """`rate x duration` runs of `scenario` (with injection file `inf`) against the
-    server; with `uas_port`, sipp's built-in uas listens there for the step."""
-    count = max(1, int(rate * duration))
+    server; with `uas_port`, a sipp uas (`uas_scenario`: built in, or a file) listens
+    there for the step."""
+    count = count or max(1, round(rate * duration))
     auth = ["-au", "[field0]", "-ap", "[field1]"]  # see register_auth.xml
     stepdir = slot.workdir / f"{name}-{rate}-{time.monotonic_ns()}"
     log_mark = proxy.log_mark()
@@ -130,7 +132,7 @@ def sipp_step(system: str, proxy: sipp.ProxyProcess, slot: Slot, rate: int, dura
         uas = None
         if uas_port is not None:
             uas = stack.enter_context(sipp.start_sipp_server(
-                "uas", stepdir, name="uas", port=uas_port, timeout=duration + 90,
+                uas_scenario, stepdir, name="uas", port=uas_port, timeout=duration + 90,
                 extra=["-fd", "1"]))
         cpu0, t0 = run.tree_cpu_seconds(proxy.pid), time.monotonic()
         uac = sipp.run_sipp(

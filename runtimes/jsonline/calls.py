@@ -1,8 +1,9 @@
 """Host calls a worker may make inside an event (PROTOCOL.md "Host calls").
 
-A table from op name to an async function over the store; an unknown op or a
+A table from op name to an async function over the store (the kv.* store,
+registrar.lookup, dialog.count: contract.HOST_CALLS); an unknown op or a
 refused operation is an error *result*, never a protocol error, so a worker
-can probe for optional ops (e.g. registrar lookups, reserved for later).
+can probe for optional ops (auth.* is reserved for later).
 """
 
 from __future__ import annotations
@@ -56,11 +57,43 @@ async def _incr(store: Store, args):
     return await store.incr(_key(args), delta, _ttl(args, 2))
 
 
+async def _registrar_lookup(store: Store, args):
+    _arity(args, 1, 1, "registrar.lookup")
+    aor = args[0]
+    if (not isinstance(aor, str) or not aor.startswith(("sip:", "sips:")) or "@" not in aor
+            or any(c in aor for c in "\r\n")):
+        raise CallError(f"aor must be a sip: or sips: URI with a user part, got {aor!r}")
+    # Imported here: host.services.location needs the registrar (host.sip),
+    # which the kv ops (and the runtimes importing this table) do not.
+    try:
+        from host.services.location import binding_records
+    except ImportError as e:   # a build without the registrar: the call's error, not the session's
+        raise CallError(f"the registrar is not available ({e})") from None
+    try:
+        return await binding_records(store, aor)
+    except ValueError as e:   # an AoR the registrar cannot parse
+        raise CallError(f"bad aor {aor!r}: {e}") from None
+
+
+async def _dialog_count(store: Store, args):
+    _arity(args, 1, 2, "dialog.count")
+    profile = args[0]
+    key = args[1] if len(args) > 1 and args[1] is not None else ""
+    # The limits of the add_profile verb: a name no call can be counted in is refused.
+    if not isinstance(profile, str) or not 1 <= len(profile) <= 128:
+        raise CallError(f"profile must be a string of 1-128 characters, got {profile!r}")
+    if not isinstance(key, str) or len(key) > 256:
+        raise CallError(f"key must be a string of at most 256 characters or null, got {key!r}")
+    return await store.profile_count(profile, key)
+
+
 OPS = {
     "kv.get": _get,
     "kv.set": _set,
     "kv.delete": _delete,
     "kv.incr": _incr,
+    "registrar.lookup": _registrar_lookup,
+    "dialog.count": _dialog_count,
 }
 
 

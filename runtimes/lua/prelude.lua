@@ -351,7 +351,7 @@ end
 -- Events.
 
 local cur_ev, cur_reply, cur_req, cur_rep = nil, nil, nil, nil
-local cur_store = nil                -- req.store of the current event, made when first read
+local cur_calls = nil                -- the event's req.store/registrar/dialog by name, made when first read
 local cur_runner = nil               -- the coroutine the current event runs in
 local cur_fields = nil               -- the event's prefetched fields, by PREFETCHED index
 local vars_touched = false           -- req.vars was read or assigned this event
@@ -369,7 +369,10 @@ for i, k in next, {"method", "ruri", "ruri_user", "ruri_host", "from_uri", "from
 end
 -- Read from the event dict only when a script asks (a call back into Python):
 -- the body is large, and the hook is rarely asked (it is the function's name).
-local LAZY = {body = true, hook = true}
+-- MISSING: what a script sees when the event lacks the field (auth_user is
+-- on_request's only; hosts older than the services send neither).
+local LAZY = {body = true, hook = true, auth_user = true, ruri_local = true}
+local MISSING = {auth_user = "", ruri_local = false}
 
 local function getitem(d, k) return d[k] end
 
@@ -393,7 +396,8 @@ local function verb_method(name)
   end
 end
 for _, name in next, {"reply", "relay", "redirect", "drop", "set_ruri", "set_header",
-                      "add_header", "remove_header", "record_route"} do
+                      "add_header", "remove_header", "record_route", "authenticate", "save",
+                      "lookup", "fix_contact", "limit_duration", "add_profile"} do
   REQ[name] = verb_method(name)
 end
 
@@ -411,8 +415,9 @@ REQ.headers = header_method(false, true, "req:headers")
 REPLY.header = header_method(true, false, "reply:header")
 
 ------------------------------------------------------------------------------
--- Host calls (the OpenResty cosocket model). An event runs in a coroutine, a
--- runner; req.store:incr(...) yields HOSTCALL and the operation to the host,
+-- Host calls (the OpenResty cosocket model): req.store:get/set/delete/incr,
+-- req.registrar:lookup(aor), req.dialog:count(profile, key?). An event runs in
+-- a coroutine, a runner; req.store:incr(...) yields HOSTCALL and the op to the host,
 -- which answers the Python side "needs a host call". The thread is then free
 -- for other events while the trio side awaits the store; the answer comes back
 -- as a new job that resumes the runner (api.resume). Across the yield the
@@ -420,20 +425,27 @@ REPLY.header = header_method(true, false, "reply:header")
 -- so a loop after a yield is still stopped; the memory cap is the state's.
 local HOSTCALL, DONE = {}, {}        -- unique markers of a runner's yields
 
-local STORE = {}
-local STORE_MT = {
-  __index = STORE, __metatable = false,
-  __newindex = function(_, k) error("req.store." .. tostring(k) .. " is read-only", 2) end,
-}
+-- One object per service, made when the script first reads req.<name>; it is
+-- the current event's only (cur_calls), so one kept from an earlier event
+-- cannot reach the host.
+local CALLS = {store = {}, registrar = {}, dialog = {}}   -- name -> its methods
+local CALLS_MT = {}
+for name, methods in next, CALLS do
+  CALLS_MT[name] = {
+    __index = methods, __metatable = false,
+    __newindex = function(_, k) error("req." .. name .. "." .. tostring(k) .. " is read-only", 2) end,
+  }
+end
 
-local function store_method(op, name)
-  local what = "req.store:" .. name .. "()"
+local function call_method(obj, op, name)
+  local what = "req." .. obj .. ":" .. name .. "()"
   return function(self, a, b, c)
     if cur_runner == nil then
       error(what .. ": host calls are only possible inside an event, not while the script loads", 2)
     end
-    if not rawequal(self, cur_store) then
-      error(what .. " called outside the event it belongs to (use req.store:, not req.store.)", 2)
+    if cur_calls == nil or not rawequal(self, cur_calls[obj]) then
+      error(what .. " called outside the event it belongs to (use req." .. obj .. ":, not req."
+            .. obj .. ".)", 2)
     end
     if co_running() ~= cur_runner then
       error(what .. " cannot be called inside a coroutine the route created", 2)
@@ -449,10 +461,12 @@ local function store_method(op, name)
     return v
   end
 end
-STORE.get = store_method("kv.get", "get")
-STORE.set = store_method("kv.set", "set")
-STORE.delete = store_method("kv.delete", "delete")
-STORE.incr = store_method("kv.incr", "incr")
+for _, m in next, {{"store", "kv.get", "get"}, {"store", "kv.set", "set"},
+                   {"store", "kv.delete", "delete"}, {"store", "kv.incr", "incr"},
+                   {"registrar", "registrar.lookup", "lookup"},
+                   {"dialog", "dialog.count", "count"}} do
+  CALLS[m[1]][m[3]] = call_method(m[1], m[2], m[3])
+end
 
 local REQ_MT = {
   __metatable = false,
@@ -462,11 +476,13 @@ local REQ_MT = {
     if not rawequal(t, cur_req) then
       error("req." .. tostring(k) .. " read outside the event it belongs to", 2)
     end
-    if k == "store" then
-      local store = setmetatable({}, STORE_MT)
-      cur_store = store
-      rawset(t, "store", store)
-      return store
+    local mt = CALLS_MT[k]
+    if mt then
+      local obj = setmetatable({}, mt)
+      if cur_calls == nil then cur_calls = {} end
+      cur_calls[k] = obj
+      rawset(t, k, obj)
+      return obj
     end
     if k == "vars" then
       local vars = vars_in()
@@ -482,6 +498,7 @@ local REQ_MT = {
     end
     if LAZY[k] then
       local v = read(cur_ev, k)
+      if v == nil then v = MISSING[k] end
       rawset(t, k, v)
       return v
     end
@@ -645,7 +662,7 @@ local parked, last_token = {}, 0
 
 local function clear_event()
   cur_ev, cur_reply, cur_req, cur_rep, cur_fields = nil, nil, nil, nil, nil
-  cur_store, cur_runner = nil, nil
+  cur_calls, cur_runner = nil, nil
 end
 
 -- What the runner's resume returned -> dispatch's answer: nothing (done),
@@ -659,7 +676,7 @@ local function settle(runner, resumed, tag, x, y, z, w)
   end
   if resumed and tag == HOSTCALL then
     last_token = last_token + 1
-    parked[last_token] = {runner, cur_ev, cur_reply, cur_req, cur_rep, cur_fields, cur_store,
+    parked[last_token] = {runner, cur_ev, cur_reply, cur_req, cur_rep, cur_fields, cur_calls,
                           vars_touched, ticks_left, deadline, spent, oom, err_line, hook_line}
     clear_event()
     return "call", last_token, x, y, z, w
@@ -699,7 +716,7 @@ function api.resume(token, ok, value)
   if p == nil then return "error", "host call answered for an event that is gone" end
   parked[token] = nil
   local runner
-  runner, cur_ev, cur_reply, cur_req, cur_rep, cur_fields, cur_store, vars_touched,
+  runner, cur_ev, cur_reply, cur_req, cur_rep, cur_fields, cur_calls, vars_touched,
     ticks_left, deadline, spent, oom, err_line, hook_line = unpack(p, 1, 14)
   cur_runner = runner
   return settle(runner, co_resume(runner, ok, value))

@@ -57,9 +57,9 @@ sub load_route {
 # so a missing, misnamed or wrongly wired wrapper shows: every public sub of
 # BabelSIP::Request is called in every hook on a fresh request whose event
 # records the keys read; one that records a verb, or croaks that it is not
-# allowed, is a verb, any other is an event accessor. Store subs are called
-# on a fake session that records the op they send. Same shape as the Python
-# and Java dumps.
+# allowed, is a verb, any other is an event accessor. The subs of the
+# host-call objects (store, registrar, dialog) are called on a fake session
+# that records the op they send. Same shape as the Python and Java dumps.
 my %NOT_ROUTE_API = map { $_ => 1 } qw(new decision_message);
 
 sub probe_request {
@@ -92,7 +92,7 @@ sub public_subs {
 
 sub dump_contract {
     require JSON::PP;
-    my (%verbs, %fields, %store);
+    my (%verbs, %fields, %calls);
     for my $name (public_subs('BabelSIP::Request')) {
         my (%sent, @allowed, $refused, %read);
         for my $hook (@HOOKS) {
@@ -109,14 +109,18 @@ sub dump_contract {
             $fields{$name} = [sort keys %read];
         }
     }
-    for my $name (grep { $_ ne 'call' } public_subs('BabelSIP::Store')) {
-        my $calls = BabelSIP::DumpCalls->new;
-        local $SIG{__WARN__} = sub {};
-        BabelSIP::Store->new($calls, 1)->$name('x');
-        $store{$name} = $calls->{ops}[0];
+    for my $obj (qw(store registrar dialog)) {
+        my $package = 'BabelSIP::' . ucfirst $obj;
+        $calls{$obj} = {};
+        for my $name (grep { $_ ne 'call' } public_subs($package)) {
+            my $log = BabelSIP::DumpCalls->new;
+            local $SIG{__WARN__} = sub {};
+            $package->new($log, 1)->$name('x');
+            $calls{$obj}{$name} = $log->{ops}[0];
+        }
     }
     print JSON::PP->new->canonical->encode({ sdk => 'perl', hooks => \@HOOKS, verbs => \%verbs,
-                                             fields => \%fields, store => \%store }), "\n";
+                                             fields => \%fields, %calls }), "\n";
     return 0;
 }
 

@@ -27,12 +27,19 @@ def snake(name: str) -> str:
 _REPLY_ACCESSOR = "reply_info"
 
 
+# Which object of the request offers each service's host calls, and the key of
+# the dumps that lists its methods ({method: op}): kv.* is the store
+# (req.store.get), the others are named after their service
+# (req.registrar.lookup, req.dialog.count).
+SERVICE_OBJECTS = {"kv": "store", "registrar": "registrar", "dialog": "dialog"}
+
+
 def check_dump(dump: dict, idiom=snake) -> list[str]:
     sdk = dump.get("sdk", "?")
     problems = []
     if list(dump.get("hooks", ())) != list(contract.HOOKS):
         problems.append(f"{sdk}: hooks are {dump.get('hooks')}, the contract's are {list(contract.HOOKS)}")
-    verbs, fields, store = dump.get("verbs", {}), dump.get("fields", {}), dump.get("store", {})
+    verbs, fields = dump.get("verbs", {}), dump.get("fields", {})
     for v in contract.VERBS:
         method = idiom(v.name)
         got = verbs.get(method)
@@ -80,19 +87,24 @@ def check_dump(dump: dict, idiom=snake) -> list[str]:
                                 "which is not a field of the contract (misnamed?)")
     for c in contract.HOST_CALLS:
         service, _, op = c.op.partition(".")
-        if service != "kv":
-            # Each new service needs its rule here: which object of each SDK offers it.
+        obj = SERVICE_OBJECTS.get(service)
+        if obj is None:
+            # Each new service needs its rule: which object of each SDK offers it.
             problems.append(f"{sdk}: no rule yet for checking host call {c.op!r}")
             continue
-        method = idiom(op)
-        if method not in store:
-            problems.append(f"{sdk}: host call {c.op!r} missing (no store method {method!r})")
-        elif store[method] != c.op:
-            problems.append(f"{sdk}: store method {method!r} calls {store[method]!r}, not {c.op!r}")
+        if idiom(obj) not in fields:
+            problems.append(f"{sdk}: host call {c.op!r}: the request has no accessor {idiom(obj)!r}")
+        method, offered = idiom(op), dump.get(obj, {})
+        if method not in offered:
+            problems.append(f"{sdk}: host call {c.op!r} missing (no {obj} method {method!r})")
+        elif offered[method] != c.op:
+            problems.append(f"{sdk}: {obj} method {method!r} calls {offered[method]!r}, not {c.op!r}")
     ops = {c.op for c in contract.HOST_CALLS}
-    for method, op in sorted(store.items()):
-        if op not in ops:
-            problems.append(f"{sdk}: store method {method!r} calls {op!r}, not a host call of the contract")
+    for obj in sorted(set(SERVICE_OBJECTS.values())):
+        for method, op in sorted(dump.get(obj, {}).items()):
+            if op not in ops:
+                problems.append(f"{sdk}: {obj} method {method!r} calls {op!r}, "
+                                "not a host call of the contract")
     return problems
 
 

@@ -24,7 +24,7 @@ import trio
 from host.routes import contract, verbs
 from runtimes.jsonline import calls
 
-from tests.contract.checks import camel, check_dump, check_protocol, snake
+from tests.contract.checks import SERVICE_OBJECTS, camel, check_dump, check_protocol, snake
 
 ROOT = Path(__file__).resolve().parents[2]
 SDK = ROOT / "sdk"
@@ -142,11 +142,15 @@ def _lua_event(hook):
 _LUA_ROUTE = """
 local VERBS = {%(verbs)s}
 local FIELDS = {%(fields)s}
+local CALLS = {%(calls)s}   -- {object, method} of each host call
 -- Per-call variables keep only flat tables of scalars: keys say what was read.
 local function report(req, reply)
   local out = {}
   for _, name in ipairs(VERBS) do out["verb:" .. name] = type(req[name]) end
   for _, name in ipairs(FIELDS) do out["field:" .. name] = req[name] end
+  for _, c in ipairs(CALLS) do
+    out["call:" .. c[1] .. "." .. c[2]] = type(req[c[1]][c[2]])
+  end
   out.header = req:header("x-probe")
   out.headers = #req:headers("X-Probe")
   out.vars = type(req.vars)
@@ -182,8 +186,22 @@ def lua_report() -> dict:
         path = Path(tmp) / "contract.lua"
         path.write_text(_LUA_ROUTE % {
             "verbs": ", ".join(f'"{v.name}"' for v in contract.VERBS),
-            "fields": ", ".join(f'"{f.name}"' for f in _VALUE)})
+            "fields": ", ".join(f'"{f.name}"' for f in _VALUE),
+            "calls": ", ".join('{"%s", "%s"}' % _lua_call(c.op) for c in contract.HOST_CALLS)})
         return trio.run(collect, path)
+
+
+def _lua_call(op):
+    """(object, method) a Lua route calls an op by: req.store:get, req.registrar:lookup."""
+    service, _, method = op.partition(".")
+    return SERVICE_OBJECTS[service], method
+
+
+@pytest.mark.parametrize("op", [c.op for c in contract.HOST_CALLS])
+def test_lua_req_has_host_call(op):
+    obj, method = _lua_call(op)
+    got = lua_report()[contract.ON_REQUEST].get(f"call:{obj}.{method}")
+    assert got == "function", f"lua: host call {op!r} missing (req.{obj}:{method} is {got})"
 
 
 @pytest.mark.parametrize("name", [v.name for v in contract.VERBS])
@@ -236,6 +254,14 @@ def _doctored(edit):
     (lambda d: d["fields"].__setitem__("headers", []), "python: field 'headers': accessor 'headers'"),
     (lambda d: d["store"].pop("incr"), "python: host call 'kv.incr' missing"),
     (lambda d: d["store"].__setitem__("delete", "kv.del"), "python: store method 'delete' calls 'kv.del'"),
+    (lambda d: d["registrar"].pop("lookup"),
+     "python: host call 'registrar.lookup' missing (no registrar method 'lookup')"),
+    (lambda d: d["dialog"].__setitem__("count", "dialog.size"),
+     "python: dialog method 'count' calls 'dialog.size', not 'dialog.count'"),
+    (lambda d: d["dialog"].__setitem__("active", "dialog.active"),
+     "python: dialog method 'active' calls 'dialog.active', not a host call"),
+    (lambda d: d["fields"].pop("dialog"), "python: host call 'dialog.count': the request has no accessor 'dialog'"),
+    (lambda d: d["fields"].pop("auth_user"), "python: field 'auth_user' missing"),
     (lambda d: d.__setitem__("hooks", ["on_request"]), "python: hooks are"),
 ])
 def test_sdk_check_names_what_is_wrong(edit, expected):
@@ -253,10 +279,10 @@ def test_camel_case_idiom_is_checked_by_its_names():
 
 
 def test_a_new_host_service_needs_its_rule(monkeypatch):
-    row = contract.HostCallSpec("registrar.lookup", (contract.Param("aor", "string"),), "list", "")
+    row = contract.HostCallSpec("presence.status", (contract.Param("aor", "string"),), "string", "")
     monkeypatch.setattr(contract, "HOST_CALLS", (*contract.HOST_CALLS, row))
-    assert "python: no rule yet for checking host call 'registrar.lookup'" in check_dump(python_dump())
-    assert "PROTOCOL.md: host call 'registrar.lookup' missing from the table of §5" in check_protocol(
+    assert "python: no rule yet for checking host call 'presence.status'" in check_dump(python_dump())
+    assert "PROTOCOL.md: host call 'presence.status' missing from the table of §5" in check_protocol(
         PROTOCOL.read_text(encoding="utf-8"))
 
 

@@ -23,9 +23,9 @@ import java.util.TreeSet;
  * {@link Request} (the overload with the fewest parameters, called with
  * placeholders) runs in every hook on a fresh request whose event records the
  * keys read; one that records a verb, or refuses with "not allowed", is a
- * verb, any other is an event accessor. A store method is called without a
- * host, and the op it names in its refusal is recorded. Same shape as the
- * Python and Perl dumps.
+ * verb, any other is an event accessor. A method of a host-call object (store,
+ * registrar, dialog) is called without a host, and the op it names in its
+ * refusal is recorded. Same shape as the Python and Perl dumps.
  */
 final class ContractDump {
     private ContractDump() {}
@@ -80,18 +80,27 @@ final class ContractDump {
                 fields.put(name, new ArrayList<>(read));
             }
         }
-        Map<String, Object> store = new TreeMap<>();
-        for (Method m : publicMethods(Store.class)) {
+        Request req = Request.forTest("on_request", new HashMap<>());
+        Map<String, Object> out = new TreeMap<>(Map.of("sdk", "java", "hooks", HOOKS, "verbs", verbs,
+                                                        "fields", fields,
+                                                        "store", hostCalls(Store.class, req.store()),
+                                                        "registrar", hostCalls(Registrar.class, req.registrar()),
+                                                        "dialog", hostCalls(Dialog.class, req.dialog())));
+        System.out.println(Json.toString(out));
+    }
+
+    /** {method: op it names} of one host-call object without a host. */
+    private static Map<String, Object> hostCalls(Class<?> cls, Object target) {
+        Map<String, Object> found = new TreeMap<>();
+        for (Method m : publicMethods(cls)) {
             if (m.getName().equals("call")) {
                 continue;
             }
-            Throwable failure = invoke(m, Request.forTest("on_request", new HashMap<>()).store());
+            Throwable failure = invoke(m, target);
             String message = failure instanceof StoreException ? failure.getMessage() : null;
-            store.put(m.getName(), message == null ? null : message.split(":", 2)[0]);
+            found.put(m.getName(), message == null ? null : message.split(":", 2)[0]);
         }
-        Map<String, Object> out = new TreeMap<>(Map.of("sdk", "java", "hooks", HOOKS, "verbs", verbs,
-                                                        "fields", fields, "store", store));
-        System.out.println(Json.toString(out));
+        return found;
     }
 
     private static boolean isDecision(Method m, String hook) {
@@ -137,6 +146,9 @@ final class ContractDump {
         }
         if (type == long.class) {
             return 1L;
+        }
+        if (type == double.class) {
+            return 1.0;
         }
         if (type == boolean.class) {
             return false;

@@ -9,7 +9,8 @@ import java.util.Map;
 
 /**
  * One event of one call as a route sees it: the request's fields, its headers,
- * the per-call variables, the store, and the verbs.
+ * the per-call variables, the host's services (store, registrar, dialogs), and
+ * the verbs.
  *
  * <p>Verbs only <em>record</em> calls; the worker sends them as one decision when
  * the hook returns, and the host validates them against its verb table
@@ -18,17 +19,24 @@ import java.util.Map;
  * that does not allow it ({@link VerbException}).
  */
 public final class Request {
-    private static final Map<String, List<String>> ALLOWED = Map.of(
-            "reply", List.of("on_request", "on_failure"),
-            "relay", List.of("on_request", "on_failure"),
-            "redirect", List.of("on_request", "on_failure"),
-            "drop", List.of("on_request", "on_reply"),
-            "set_ruri", List.of("on_request", "on_failure"),
-            "set_header", List.of("on_request", "on_failure", "on_reply"),
-            "add_header", List.of("on_request", "on_failure", "on_reply"),
-            "remove_header", List.of("on_request", "on_failure", "on_reply"),
-            "record_route", List.of("on_request"));
-    private static final List<String> DECISIONS = List.of("reply", "relay", "redirect", "drop");
+    private static final Map<String, List<String>> ALLOWED = Map.ofEntries(
+            Map.entry("reply", List.of("on_request", "on_failure")),
+            Map.entry("relay", List.of("on_request", "on_failure")),
+            Map.entry("redirect", List.of("on_request", "on_failure")),
+            Map.entry("drop", List.of("on_request", "on_reply")),
+            Map.entry("set_ruri", List.of("on_request", "on_failure")),
+            Map.entry("set_header", List.of("on_request", "on_failure", "on_reply")),
+            Map.entry("add_header", List.of("on_request", "on_failure", "on_reply")),
+            Map.entry("remove_header", List.of("on_request", "on_failure", "on_reply")),
+            Map.entry("record_route", List.of("on_request")),
+            Map.entry("authenticate", List.of("on_request")),
+            Map.entry("save", List.of("on_request")),
+            Map.entry("lookup", List.of("on_request", "on_failure")),
+            Map.entry("fix_contact", List.of("on_request", "on_reply")),
+            Map.entry("limit_duration", List.of("on_request")),
+            Map.entry("add_profile", List.of("on_request")));
+    private static final List<String> DECISIONS = List.of("reply", "relay", "redirect", "drop",
+                                                          "save", "lookup");
 
     private final Session session;
     private final Object id;
@@ -68,6 +76,8 @@ public final class Request {
     public String ruri() { return str("ruri"); }
     public String ruriUser() { return str("ruri_user"); }
     public String ruriHost() { return str("ruri_host"); }
+    /** The request URI's domain is this server's: a user registered here. */
+    public boolean ruriLocal() { return Boolean.TRUE.equals(ev.get("ruri_local")); }
     public String fromUri() { return str("from_uri"); }
     public String fromTag() { return str("from_tag"); }
     public String toUri() { return str("to_uri"); }
@@ -79,6 +89,8 @@ public final class Request {
     public String transport() { return str("transport"); }
     public boolean inDialog() { return Boolean.TRUE.equals(ev.get("in_dialog")); }
     public String body() { return str("body"); }
+    /** The username of the request's digest credentials (on_request), or "". */
+    public String authUser() { return str("auth_user"); }
 
     /** The raw event object, for fields this SDK version does not know yet. */
     public Map<String, Object> event() { return ev; }
@@ -126,6 +138,16 @@ public final class Request {
             store = new Store(session, id);
         }
         return store;
+    }
+
+    /** The registrar's bindings: {@code registrar().lookup(aor)}. */
+    public Registrar registrar() {
+        return new Registrar(store());
+    }
+
+    /** The calls tracked as dialogs: {@code dialog().count(profile, key)}. */
+    public Dialog dialog() {
+        return new Dialog(store());
     }
 
     /** A line in the host's log, tagged with this event. */
@@ -259,6 +281,74 @@ public final class Request {
     /** Stay in the path of in-dialog requests. */
     public void recordRoute() {
         verb("record_route");
+    }
+
+    // ------------------------------------------------------------ services
+    // The route decides whether, the core does the RFC work. Options are a map
+    // of the names PROTOCOL.md §7 lists (null values are not sent).
+
+    /** Require digest credentials before the decision applies (the core answers the challenge). */
+    public void authenticate(String realm) {
+        verb("authenticate", realm);
+    }
+
+    /**
+     * @param opts password or ha1 (of {@link #authUser()}), or credentials (a file
+     *     beside the routes); algorithms (a List, default MD5); identity (Boolean)
+     */
+    public void authenticate(String realm, Map<String, ?> opts) {
+        verb("authenticate", realm, options(opts));
+    }
+
+    /** Registrar: apply this REGISTER's bindings and answer it. */
+    public void save() {
+        verb("save");
+    }
+
+    /** @param opts aor, min_expires, max_expires, default_expires, max_contacts */
+    public void save(Map<String, ?> opts) {
+        verb("save", options(opts));
+    }
+
+    /** Relay to the registered bindings of the request URI's address-of-record (404 without any). */
+    public void lookup() {
+        verb("lookup");
+    }
+
+    /** @param opts aor; code and reason when it has none; timeout seconds per branch */
+    public void lookup(Map<String, ?> opts) {
+        verb("lookup", options(opts));
+    }
+
+    /** A UA behind a NAT: rewrite its Contact to where the message came from. */
+    public void fixContact() {
+        verb("fix_contact");
+    }
+
+    /** End the call (BYE both ways) after this many seconds. */
+    public void limitDuration(double seconds) {
+        verb("limit_duration", seconds);
+    }
+
+    /** Count the call in a profile while it lasts (see {@link Dialog#count}). */
+    public void addProfile(String name) {
+        verb("add_profile", name);
+    }
+
+    public void addProfile(String name, String key) {
+        verb("add_profile", name, key);
+    }
+
+    private static Map<String, Object> options(Map<String, ?> opts) {
+        Map<String, Object> out = new LinkedHashMap<>();
+        if (opts != null) {
+            for (Map.Entry<String, ?> e : opts.entrySet()) {
+                if (e.getValue() != null) {
+                    out.put(e.getKey(), e.getValue());
+                }
+            }
+        }
+        return out;
     }
 
     // ------------------------------------------------------------ for the session

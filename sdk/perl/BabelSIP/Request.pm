@@ -1,6 +1,8 @@
 package BabelSIP::Request;
 # What a Perl route sees: the request ($req), the reply of on_failure /
-# on_reply ($reply, BabelSIP::Reply) and the host's store ($req->store).
+# on_reply ($reply, BabelSIP::Reply) and the host's services: the store
+# ($req->store), the registrar's bindings ($req->registrar) and the dialog
+# profiles ($req->dialog).
 #
 # Verbs only *record* calls; the session sends them as one decision message
 # when the hook returns, and the host validates them against its verb table
@@ -25,9 +27,15 @@ my %ALLOWED = (
     add_header    => [qw(on_request on_failure on_reply)],
     remove_header => [qw(on_request on_failure on_reply)],
     record_route  => [qw(on_request)],
+    authenticate  => [qw(on_request)],
+    save          => [qw(on_request)],
+    lookup        => [qw(on_request on_failure)],
+    fix_contact   => [qw(on_request on_reply)],
+    limit_duration => [qw(on_request)],
+    add_profile   => [qw(on_request)],
 );
 my %ALLOWED_IN = map { my $v = $_; ($v => { map { $_ => 1 } @{ $ALLOWED{$v} } }) } keys %ALLOWED;
-my %DECISION = map { $_ => 1 } qw(reply relay redirect drop);
+my %DECISION = map { $_ => 1 } qw(reply relay redirect drop save lookup);
 
 sub new {
     my ($class, $id, $hook, $event, $session) = @_;
@@ -37,7 +45,7 @@ sub new {
 
 # -- event fields (PROTOCOL.md §6): strings default to '', numbers to 0 --------
 for my $field (qw(method ruri ruri_user ruri_host from_uri from_tag to_uri to_tag
-                  call_id source_ip transport body)) {
+                  call_id source_ip transport body auth_user)) {
     no strict 'refs';
     *{$field} = sub { $_[0]{ev}{$field} // '' };
 }
@@ -45,7 +53,8 @@ for my $field (qw(cseq source_port)) {
     no strict 'refs';
     *{$field} = sub { $_[0]{ev}{$field} // 0 };
 }
-sub in_dialog { $_[0]{ev}{in_dialog} ? 1 : 0 }
+sub in_dialog  { $_[0]{ev}{in_dialog} ? 1 : 0 }
+sub ruri_local { $_[0]{ev}{ruri_local} ? 1 : 0 }
 sub hook      { $_[0]{hook} }
 sub id        { $_[0]{id} }
 sub event     { $_[0]{ev} }
@@ -81,7 +90,9 @@ sub reply_info {
     return ref $r eq 'HASH' ? BabelSIP::Reply->new($r) : undef;
 }
 
-sub store { BabelSIP::Store->new($_[0]{session}, $_[0]{id}) }
+sub store     { BabelSIP::Store->new($_[0]{session}, $_[0]{id}) }
+sub registrar { BabelSIP::Registrar->new($_[0]{session}, $_[0]{id}) }
+sub dialog    { BabelSIP::Dialog->new($_[0]{session}, $_[0]{id}) }
 
 # $req->log($message, $level): like BabelSIP::log, tagged with this event.
 sub log {
@@ -145,6 +156,63 @@ sub set_header    { $_[0]->_verb('set_header', "$_[1]", "$_[2]") }
 sub add_header    { $_[0]->_verb('add_header', "$_[1]", "$_[2]") }
 sub remove_header { $_[0]->_verb('remove_header', "$_[1]") }
 sub record_route  { $_[0]->_verb('record_route') }
+
+# -- services: the route decides whether, the core does the RFC work -------------
+# Options come as a list (password => 'secret') or one hash reference; the
+# ones left undef are not sent.
+sub _opts {
+    my (@rest) = @_;
+    return @rest == 1 && ref $rest[0] eq 'HASH' ? %{ $rest[0] } : @rest;
+}
+
+# authenticate($realm, password => $pw | ha1 => $hex | credentials => $file,
+#              algorithms => ['SHA-256', 'MD5'], identity => 0)
+sub authenticate {
+    my ($self, $realm, @rest) = @_;
+    my %o = _opts(@rest);
+    my %wire;
+    $wire{$_} = "$o{$_}" for grep { defined $o{$_} } qw(password credentials);
+    if (defined $o{ha1}) {
+        $wire{ha1} = ref $o{ha1} eq 'HASH' ? { map { ($_ => "$o{ha1}{$_}") } keys %{ $o{ha1} } }
+                                           : "$o{ha1}";
+    }
+    if (defined $o{algorithms}) {
+        $wire{algorithms} = [map {"$_"} ref $o{algorithms} eq 'ARRAY' ? @{ $o{algorithms} }
+                                                                     : $o{algorithms}];
+    }
+    $wire{identity} = $o{identity} ? \1 : \0 if defined $o{identity};
+    $self->_verb('authenticate', "$realm", %wire ? \%wire : ());
+}
+
+# save(), save(max_expires => 3600, aor => 'sip:alice@example.com', ...)
+sub save {
+    my ($self, @rest) = @_;
+    my %o = _opts(@rest);
+    my %wire = map { ($_ => int $o{$_}) }
+               grep { defined $o{$_} } qw(min_expires max_expires default_expires max_contacts);
+    $wire{aor} = "$o{aor}" if defined $o{aor};
+    $self->_verb('save', %wire ? \%wire : ());
+}
+
+# lookup(), lookup(code => 480, reason => 'Offline', timeout => 20, aor => $uri)
+sub lookup {
+    my ($self, @rest) = @_;
+    my %o = _opts(@rest);
+    my %wire;
+    $wire{$_} = "$o{$_}" for grep { defined $o{$_} } qw(aor reason);
+    $wire{code} = int $o{code} if defined $o{code};
+    $wire{timeout} = 0 + $o{timeout} if defined $o{timeout};
+    $self->_verb('lookup', %wire ? \%wire : ());
+}
+
+sub fix_contact    { $_[0]->_verb('fix_contact') }
+sub limit_duration { $_[0]->_verb('limit_duration', 0 + ($_[1] // 0)) }
+
+# add_profile($name, $key?): count the call in a profile while it lasts ($req->dialog->count).
+sub add_profile {
+    my ($self, $name, $key) = @_;
+    $self->_verb('add_profile', "$name", defined $key ? "$key" : ());
+}
 
 # -- for the session -------------------------------------------------------------
 sub decision_message {
@@ -218,7 +286,7 @@ sub incr {
     return $self->call('kv.incr', "$key", int($delta // 1), defined $ttl ? 0 + $ttl : undef);
 }
 
-# Any host call by name: $req->store->call('registrar.lookup', $aor).
+# Any host call by name (PROTOCOL.md §5), e.g. one this SDK version does not wrap.
 sub call {
     my ($self, $op, @args) = @_;
     Carp::croak('store: the worker is not connected to a host') unless $self->{s};
@@ -227,6 +295,34 @@ sub call {
     eval { $value = $self->{s}->call($op, \@args, $self->{ev}); 1 }
         or Carp::croak($@ =~ s/\s+\z//r);
     return $value;
+}
+
+
+package BabelSIP::Registrar;
+# The registrar's location service, read-only: $req->registrar->lookup($aor)
+# returns an array reference of the live bindings, best q first, each a hash
+# with contact, expires (seconds left), q, received, transport, path,
+# user_agent, instance, reg_id.
+use strict;
+use warnings;
+our @CARP_NOT = ('BabelSIP::Store');
+
+sub new    { bless { store => BabelSIP::Store->new($_[1], $_[2]) }, $_[0] }
+sub lookup { $_[0]{store}->call('registrar.lookup', "$_[1]") }
+
+
+package BabelSIP::Dialog;
+# The calls tracked as dialogs: $req->dialog->count($profile, $key?) is how
+# many are active in a profile ($req->add_profile counts a call in one).
+use strict;
+use warnings;
+our @CARP_NOT = ('BabelSIP::Store');
+
+sub new { bless { store => BabelSIP::Store->new($_[1], $_[2]) }, $_[0] }
+
+sub count {
+    my ($self, $profile, $key) = @_;
+    return 0 + $self->{store}->call('dialog.count', "$profile", defined $key ? "$key" : ());
 }
 
 1;

@@ -12,8 +12,9 @@ speaks the line-JSON protocol of sdk/PROTOCOL.md on stdin/stdout;
 route to hosts connecting over TCP.
 """
 
-from babelsip_sdk.request import Reply, Request, Store, StoreError, VerbError
+from babelsip_sdk.request import Dialog, Registrar, Reply, Request, Store, StoreError, VerbError
 from babelsip_sdk.session import log
 
 __version__ = "0.1.0"
-__all__ = ["Request", "Reply", "Store", "StoreError", "VerbError", "log", "__version__"]
+__all__ = ["Request", "Reply", "Store", "Registrar", "Dialog", "StoreError", "VerbError", "log",
+           "__version__"]

@@ -6,8 +6,9 @@ wrapper that is missing, misnamed or sends the wrong wire name shows up:
 every public method of `Request` is called in every hook on a fresh request
 (arguments are placeholders); one that records a verb, or refuses with
 VerbError, is a verb, any other public name is an event accessor, and the
-event keys it reads are recorded. Store methods are called on a fake session
-that records the op they send. The Perl and Java runners print the same shape.
+event keys it reads are recorded. The methods of the host-call objects
+(req.store, req.registrar, req.dialog) are called on a fake session that
+records the op they send. The Perl and Java runners print the same shape.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import inspect
 
 from babelsip_sdk.loader import HOOKS
-from babelsip_sdk.request import Request, Store, VerbError
+from babelsip_sdk.request import Dialog, Registrar, Request, Store, VerbError
 
 # Public names that are the runner's, not the route's.
 _NOT_ROUTE_API = {"decision_message"}
@@ -98,10 +99,17 @@ def dump() -> dict:
     for name in Request.__slots__:
         if not name.startswith("_"):
             fields.setdefault(name, [])
-    store = {}
-    for name in sorted(n for n in dir(Store) if not n.startswith("_") and n != "call"):
+    out = {"sdk": "python", "hooks": list(HOOKS), "verbs": verbs, "fields": fields}
+    for key, cls in (("store", Store), ("registrar", Registrar), ("dialog", Dialog)):
+        out[key] = _host_calls(cls)
+    return out
+
+
+def _host_calls(cls) -> dict:
+    """{method: op it sends} of one host-call object."""
+    found = {}
+    for name in sorted(n for n in dir(cls) if not n.startswith("_") and n != "call"):
         log = _CallLog()
-        method = getattr(Store(log, 1), name)
-        method(*_placeholders(getattr(Store, name)))
-        store[name] = log.ops[0] if log.ops else None
-    return {"sdk": "python", "hooks": list(HOOKS), "verbs": verbs, "fields": fields, "store": store}
+        getattr(cls(log, 1), name)(*_placeholders(getattr(cls, name)))
+        found[name] = log.ops[0] if log.ops else None
+    return found

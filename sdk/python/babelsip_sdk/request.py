@@ -1,4 +1,6 @@
-"""What a route sees: the request (`Request`), a reply (`Reply`), the store.
+"""What a route sees: the request (`Request`), a reply (`Reply`), and the
+host's services: the store (`Store`), the registrar's bindings (`Registrar`)
+and the dialog profiles (`Dialog`).
 
 Verbs only *record* calls; the runner sends them as one decision message when
 the hook returns, and the host validates them against its verb table. The
@@ -68,15 +70,52 @@ class Store:
         return self._session.call("kv.incr", [key, delta, ttl], self._event)
 
     def call(self, op, *args):
-        """Any other host call by name (PROTOCOL.md "Host calls")."""
+        """Any host call by name (PROTOCOL.md "Host calls"), e.g. one this SDK
+        version does not wrap yet."""
         return self._session.call(op, list(args), self._event)
+
+
+class _Service:
+    __slots__ = ("_session", "_event")
+
+    def __init__(self, session, event_id):
+        self._session, self._event = session, event_id
+
+    def _call(self, op, *args):
+        if self._session is None:
+            raise StoreError(f"{op}: the request is not connected to a host")
+        return self._session.call(op, list(args), self._event)
+
+
+class Registrar(_Service):
+    """The registrar's location service, read-only (`req.registrar`)."""
+
+    __slots__ = ()
+
+    def lookup(self, aor):
+        """The live bindings of an address-of-record (a sip: URI), best q first:
+        dicts with contact, expires (seconds left), q, received, transport,
+        path, user_agent, instance, reg_id."""
+        return self._call("registrar.lookup", aor)
+
+
+class Dialog(_Service):
+    """The calls tracked as dialogs (`req.dialog`): see `Request.add_profile`."""
+
+    __slots__ = ()
+
+    def count(self, profile, key=None):
+        """How many calls are active in `profile` (under `key`, default none)."""
+        args = [profile] if key is None else [profile, key]
+        return self._call("dialog.count", *args)
 
 
 class Request:
     """One event of one call, as an object. Attributes mirror the event dict
     of PROTOCOL.md; verbs mirror the host verb table."""
 
-    __slots__ = ("_ev", "_hook", "_verbs", "_decided", "_vars0", "vars", "store", "reply_info")
+    __slots__ = ("_ev", "_hook", "_verbs", "_decided", "_vars0", "vars", "store", "registrar",
+                 "dialog", "reply_info")
 
     def __init__(self, hook: str, event: dict, store: Store | None = None):
         self._ev = event
@@ -87,6 +126,9 @@ class Request:
         self.vars = dict(v) if isinstance(v, dict) else {}
         self._vars0 = dict(self.vars)
         self.store = store
+        session, event_id = (store._session, store._event) if store is not None else (None, None)
+        self.registrar = Registrar(session, event_id)
+        self.dialog = Dialog(session, event_id)
         r = event.get("reply")
         self.reply_info = Reply(r) if isinstance(r, dict) else None
 
@@ -161,6 +203,46 @@ class Request:
     def record_route(self):
         self._verb("record_route")
 
+    # -- services: the route decides whether, the core does the RFC work ---
+    def authenticate(self, realm, *, password=None, ha1=None, credentials=None,
+                     algorithms=None, identity=None):
+        """Require digest credentials before the decision applies (the core
+        answers the 401/407 challenge without them). Give the password (or
+        ha1) of `req.auth_user`, or `credentials`, a file beside the routes."""
+        opts = _options(password=password, ha1=ha1, credentials=credentials,
+                        algorithms=[algorithms] if isinstance(algorithms, str) else
+                        (list(algorithms) if algorithms is not None else None),
+                        identity=identity)
+        self._verb("authenticate", realm, *([opts] if opts else []))
+
+    def save(self, *, aor=None, min_expires=None, max_expires=None, default_expires=None,
+             max_contacts=None):
+        """Registrar: apply this REGISTER's bindings and answer it."""
+        opts = _options(aor=aor, min_expires=min_expires, max_expires=max_expires,
+                        default_expires=default_expires, max_contacts=max_contacts)
+        self._verb("save", *([opts] if opts else []))
+
+    def lookup(self, *, aor=None, code=None, reason=None, timeout=None):
+        """Relay to the registered bindings of the request URI's AoR (or `aor`);
+        without any, reply `code` (default 404) `reason`."""
+        opts = _options(aor=aor, code=code, reason=reason, timeout=timeout)
+        self._verb("lookup", *([opts] if opts else []))
+
+    def fix_contact(self):
+        """Rewrite the Contact of a UA behind a NAT to where the message came from."""
+        self._verb("fix_contact")
+
+    def limit_duration(self, seconds):
+        """End the call (BYE both ways) after this many seconds."""
+        self._verb("limit_duration", seconds)
+
+    def add_profile(self, name, key=None):
+        """Count the call in a profile (under `key`) while it lasts: `req.dialog.count`."""
+        if key is None:
+            self._verb("add_profile", name)
+        else:
+            self._verb("add_profile", name, key)
+
     # -- for the runner -------------------------------------------------
     def decision_message(self, ident) -> dict:
         msg = {"type": "decision", "id": ident, "verbs": self._verbs}
@@ -170,6 +252,10 @@ class Request:
 
     def __repr__(self):
         return f"<Request {self.method} {self.ruri}>"
+
+
+def _options(**given):
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def _field(name, default):

@@ -58,6 +58,21 @@ def build_parser() -> argparse.ArgumentParser:
                       help="static mode: relay every initial request to this URI, record-routed")
     mode.add_argument("--routes", type=Path, metavar="DIR", help="serve the routes in DIR")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--domain", action="append", default=[], metavar="NAME",
+                     help="a domain this server is the registrar for, besides its own addresses "
+                          "(repeatable; the first names them all in addresses-of-record)")
+    services = run.add_argument_group("registrar, authentication and NAT")
+    for flag, key, default, help_text in REGISTRAR_FLAGS:
+        services.add_argument(flag, dest=key, type=_non_negative, default=default, metavar="N",
+                              help=f"{help_text} ({default})")
+    services.add_argument("--auth-algorithms", default="MD5", metavar="LIST",
+                          type=_algorithms,
+                          help="digest algorithms offered when a route names none, comma-separated, "
+                               "from SHA-512-256, SHA-256, MD5 (MD5: deployed clients break on others)")
+    services.add_argument("--keepalive", type=_non_negative, default=KEEPALIVE_DEFAULT, metavar="SECONDS",
+                          help=f"ping NATed UDP bindings with OPTIONS this often, 0 = never ({KEEPALIVE_DEFAULT})")
+    services.add_argument("--stun", action="store_true",
+                          help="answer STUN binding requests on the UDP SIP ports (RFC 5626 keepalive)")
     tcp = run.add_argument_group("TCP limits (defaults in host/shell/tcp.py and the README)")
     for flag, key, kind, help_text in TCP_FLAGS:
         tcp.add_argument(flag, dest=f"tcp_{key}", type=kind, metavar="N", help=help_text)
@@ -75,6 +90,35 @@ def _positive(kind):
         return value
     return parse
 
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must not be negative")
+    return value
+
+
+def _algorithms(text: str) -> tuple[str, ...]:
+    from host.routes.verbs import AUTH_ALGORITHMS
+    names = [n.strip().upper() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in AUTH_ALGORITHMS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: algorithms are {', '.join(AUTH_ALGORITHMS)}")
+    return tuple(a for a in AUTH_ALGORITHMS if a in names)   # strongest first
+
+
+KEEPALIVE_DEFAULT = 25   # below the 30 s after which many NATs drop an idle UDP mapping
+
+# flag, registrar.Settings field, default, help
+REGISTRAR_FLAGS = (
+    ("--min-expires", "min_expires", 60, "shortest registration accepted, else 423"),
+    ("--max-expires", "max_expires", 3600, "longest registration granted"),
+    ("--default-expires", "default_expires", 3600, "registration time when a REGISTER names none"),
+    ("--max-contacts", "max_contacts", 10, "bindings per address-of-record, 0 = no limit"),
+)
 
 # flag, TcpTransport keyword, type, help
 TCP_FLAGS = (
@@ -103,9 +147,19 @@ def main(argv: list[str] | None = None) -> int:
     from host.shell.server import ServerConfig
     tcp = {key: getattr(args, f"tcp_{key}") for _, key, _, _ in TCP_FLAGS
            if getattr(args, f"tcp_{key}") is not None}
+    from host.sip.registrar import Settings
+    registrar = Settings(**{key: getattr(args, key) for _, key, _, _ in REGISTRAR_FLAGS})
+    if registrar.min_expires > registrar.max_expires or not (
+            registrar.min_expires <= registrar.default_expires <= registrar.max_expires):
+        print("babelsip: error: need --min-expires <= --default-expires <= --max-expires",
+              file=sys.stderr)
+        return 2
+    extra = {"tcp": tcp} if tcp else {}
+    extra.update(keepalive=args.keepalive, stun=args.stun)
     config = ServerConfig(listen=listen, relay_to=args.relay_to,
                           routes_dir=str(args.routes) if args.routes else None,
-                          extra={"tcp": tcp} if tcp else {})
+                          names=tuple(args.domain), extra=extra, registrar=registrar,
+                          auth_algorithms=args.auth_algorithms)
     try:
         try:
             trio.run(_serve, config)

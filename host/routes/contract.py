@@ -147,6 +147,9 @@ FIELDS: tuple[FieldSpec, ...] = (
     _field("ruri", "string", "the request URI"),
     _field("ruri_user", "string", "the request URI's user part"),
     _field("ruri_host", "string", "the request URI's host part"),
+    _field("ruri_local", "boolean",
+           "the request URI's domain is this server's (one of its addresses, any of its ports or "
+           "none, or a --domain name): a user registered here"),
     _field("call_id", "string", "the Call-ID"),
     _field("cseq", "integer", "the CSeq number"),
     _field("from_uri", "string", "the From URI"),

@@ -10,7 +10,10 @@ runtime that serializes the whole event (line-JSON) takes `plain()`.
 
 from __future__ import annotations
 
+from host.services.location import local_domain
 from host.sip.actions import Consult
+from host.sip.decision import ON_REQUEST
+from host.sip.digest import DigestError, parse_credentials
 from host.sip.errors import BadMessage
 from host.sip.headers import display_name, parse_name_addr, tag_of
 from host.sip.message import Request, Response
@@ -24,6 +27,19 @@ def _uri_of(value: str | None) -> str:
         return parse_name_addr(value).uri
     except BadMessage:
         return ""
+
+
+def digest_username(req: Request) -> str:
+    """Who the request's digest credentials say they are (Authorization for
+    a REGISTER, Proxy-Authorization otherwise, RFC 3261 §22), so the route
+    can look up that user's password; empty without credentials."""
+    name = "authorization" if req.method == "REGISTER" else "proxy-authorization"
+    for value in req.header_values(name):
+        try:
+            return parse_credentials(value).username
+        except DigestError:
+            continue
+    return ""
 
 
 def _header_list(message) -> list[list[str]]:
@@ -52,6 +68,8 @@ class ScriptEvent(dict):
             value = _header_list(message)
         elif key == "body" and isinstance(message, Request):
             value = message.body.decode("utf-8", "replace")
+        elif key == "auth_user" and isinstance(message, Request) and self["hook"] == ON_REQUEST:
+            value = digest_username(message)
         else:
             raise KeyError(key)
         self[key] = value
@@ -75,9 +93,9 @@ class ScriptEvent(dict):
 
 
 _ABSENT = object()
-_ORDER = ("hook", "method", "ruri", "ruri_user", "ruri_host", "call_id", "cseq", "from_uri",
+_ORDER = ("hook", "method", "ruri", "ruri_user", "ruri_host", "ruri_local", "call_id", "cseq", "from_uri",
           "from_tag", "to_uri", "to_tag", "source_ip", "source_port", "transport", "in_dialog",
-          "headers", "body", "vars", "reply", "code", "reason")
+          "auth_user", "headers", "body", "vars", "reply", "code", "reason")
 
 
 def script_event(consult: Consult) -> ScriptEvent:
@@ -87,8 +105,10 @@ def script_event(consult: Consult) -> ScriptEvent:
     try:
         uri = parse_uri(req.uri)
         ruri_user, ruri_host = uri.user or "", uri.host
+        ruri_local = local_domain(uri.host, uri.port) is not None
     except BadMessage:
         ruri_user = ruri_host = ""
+        ruri_local = False
     from_value, to_value = req.header("from"), req.header("to")
     vars = consult.vars
     event = ScriptEvent(req, {
@@ -97,6 +117,7 @@ def script_event(consult: Consult) -> ScriptEvent:
         "ruri": req.uri,
         "ruri_user": ruri_user,
         "ruri_host": ruri_host,
+        "ruri_local": ruri_local,
         "call_id": req.call_id,
         "cseq": req.cseq,
         "from_uri": _uri_of(from_value),

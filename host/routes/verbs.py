@@ -283,8 +283,8 @@ MAX_PROFILES = 16
 
 
 def _opts(opts, verb, known) -> dict:
-    if opts is None:
-        return {}
+    if opts is None or (isinstance(opts, (list, tuple)) and not opts):
+        return {}   # an empty Lua table arrives as an empty list
     if not isinstance(opts, dict):
         raise VerbError(f"{verb}(): options must be a table/dict, got {type(opts).__name__}")
     opts = {k: v for k, v in opts.items() if v is not None}

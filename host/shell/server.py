@@ -14,13 +14,21 @@ import ipaddress
 import itertools
 import logging
 import os
+import socket
 from dataclasses import dataclass, field
 
 import trio
 
 from host.routes.event import script_event
+from host.services.auth import DEFAULT_ALGORITHMS
+from host.services.desk import Services, needs_services
+from host.services.dialogs import DialogMirror
+from host.sip.actions import DialogChange
+from host.services.location import set_local_domain
 from host.sip.decision import Decision
 from host.sip.proxy import Arm, Consult, Disarm, ProxyCore, Transmit
+from host.sip.registrar import Settings
+from host.storage import shared_store
 
 from .limits import raise_nofile_limit
 from .tcp import TcpTransport
@@ -39,6 +47,9 @@ class ServerConfig:
     routes_dir: str | None = None
     names: tuple[str, ...] = ()
     extra: dict = field(default_factory=dict)
+    registrar: Settings = field(default_factory=Settings)
+    auth_algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
+    core_id: str | None = None   # names this process in the bindings whose flows it owns
 
 
 def _id_source():
@@ -53,10 +64,11 @@ class RouteCall:
     """One consult of the core on its way through a route: the core's
     `Consult` turned into the event a script sees (built here, at the routes
     boundary; lazy in its headers and body), and the route once picked."""
-    __slots__ = ("token", "hook", "event", "route", "call_id")
+    __slots__ = ("token", "hook", "event", "route", "call_id", "request", "source")
 
     def __init__(self, consult: Consult):
         self.token, self.hook, self.route = consult.token, consult.hook, consult.route
+        self.request, self.source = consult.request, consult.source
         self.call_id = consult.request.call_id
         self.event = script_event(consult)
 
@@ -73,6 +85,10 @@ class Server:
         self._ips: set[str] = set()   # hosts known to be IP literals
         self._consulting: dict[str, collections.deque] = {}  # call-id -> events waiting
         self.internal_errors = 0
+        self.store = shared_store()
+        self.core_id = config.core_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.services: Services | None = None
+        self.dialogs = DialogMirror(self.store)
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
@@ -90,13 +106,18 @@ class Server:
                     await t.bind()
                 self.transports.setdefault(transport, t)
                 bound.append((transport, host, t.port))
-            self.core = ProxyCore(bound, relay_to=cfg.relay_to, new_id=_id_source(), names=cfg.names)
+            self.core = ProxyCore(bound, relay_to=cfg.relay_to, new_id=_id_source(), names=cfg.names,
+                                  clock=trio.current_time)
+            set_local_domain(self.core.local.domain_of)
+            self.services = Services(self.store, core=self.core_id, routes_dir=cfg.routes_dir,
+                                     registrar=cfg.registrar, algorithms=cfg.auth_algorithms)
             if cfg.routes_dir is not None:
                 from host.routes.registry import RouteRegistry
                 from host.routes.runtimes_table import default_runtime_factory
                 self.registry = RouteRegistry(cfg.routes_dir, runtime_factory=default_runtime_factory)
                 await nursery.start(self.registry.run)
             await nursery.start(self.timers.run)
+            await nursery.start(self.dialogs.run)
             for t in self.transports.values():
                 await nursery.start(t.serve)
             # What exists now lives as long as the server: keep it out of the
@@ -150,6 +171,8 @@ class Server:
                 self.timers.cancel(action.key)
             elif cls is Consult:
                 self._queue_consult(RouteCall(action))
+            elif cls is DialogChange:
+                self.dialogs.submit(action)
 
     def _transmit(self, action: Transmit) -> None:
         transport = self.transports.get(action.transport)
@@ -230,6 +253,11 @@ class Server:
         return route.submit(action.hook, action.event, done)
 
     def _submitted(self, call_id: str, action: RouteCall, route, decision: Decision) -> None:
+        if needs_services(decision):
+            # The store answers asynchronously: the call's next event waits
+            # until this one is resolved and delivered.
+            self._nursery.start_soon(self._resolve_then_submitted, call_id, action, route, decision)
+            return
         try:
             self._deliver(action, decision, route)
         finally:
@@ -243,6 +271,10 @@ class Server:
                 if not self._submit(call_id, following):
                     self._nursery.start_soon(self._consult_in_order, call_id, following)
 
+    async def _resolve_then_submitted(self, call_id, action: RouteCall, route, decision) -> None:
+        decision = await self.services.resolve(action.request, action.source, decision)
+        self._submitted(call_id, action, route, decision)
+
     async def _consult(self, action: RouteCall) -> None:
         route = action.route
         registry = self.registry
@@ -253,7 +285,10 @@ class Server:
             route = registry.select(action.event)
         # The async path may end in a line-JSON runtime, which writes the
         # whole event: build every field.
-        self._deliver(action, await route.handle(action.hook, action.event.plain()), route)
+        decision = await route.handle(action.hook, action.event.plain())
+        if needs_services(decision):
+            decision = await self.services.resolve(action.request, action.source, decision)
+        self._deliver(action, decision, route)
 
     def _deliver(self, action: RouteCall, decision: Decision, route) -> None:
         gen = route.generation if route is not None else None
@@ -293,6 +328,10 @@ class Server:
                "client_transactions": len(self.core.client_txns) if self.core else 0,
                "timers": len(self.timers), "internal_errors": self.internal_errors,
                "transports": {name: t.statistics() for name, t in self.transports.items()}}
+        if self.services is not None:
+            out["services"] = self.services.statistics()
+        if self.core is not None:
+            out["dialogs"] = {"active": len(self.core.dialogs), **self.dialogs.statistics()}
         return out
 
 

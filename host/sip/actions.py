@@ -37,6 +37,27 @@ class Arm:
         return f"Arm({self.delay}, {self.key!r})"
 
 
+class DialogChange:
+    """A tracked dialog entered `state` (dialogs.py: trying, early,
+    confirmed, ended): the shell mirrors `record` into the store and counts
+    the call in, or out of, its profiles."""
+    __slots__ = ("state", "record", "profiles")
+
+    def __init__(self, state, record, profiles):
+        self.state, self.record, self.profiles = state, record, profiles
+
+    def __repr__(self):
+        return f"DialogChange({self.state}, {self.record.get('id')})"
+
+
+class KeepaliveAnswer:
+    """A response to one of our keepalive pings (keepalive.py) came back."""
+    __slots__ = ("branch", "status")
+
+    def __init__(self, branch, status):
+        self.branch, self.status = branch, status
+
+
 class Disarm:
     """The timer armed with `key` is no longer wanted: drop it if pending
     (unknown or fired keys are ignored)."""
@@ -74,7 +95,8 @@ class Consult:
 
 class CoreStats:
     __slots__ = ("received", "bad_replied", "bad_dropped", "stray_responses", "consults",
-                 "server_txns", "client_txns", "script_decision_errors", "overloaded")
+                 "server_txns", "client_txns", "script_decision_errors", "overloaded",
+                 "dialogs", "dialogs_untracked", "dialogs_timed_out")
 
     def __init__(self):
         for name in self.__slots__:

@@ -68,7 +68,7 @@ class ResponseContext:
     __slots__ = ("txn", "request", "source", "is_invite", "branches", "serial", "responses",
                  "final_sent", "cancelled", "route", "hooks", "vars", "in_dialog",
                  "failures_asked", "next_hop", "record_route", "consulting", "reply_queue",
-                 "timeout", "parallel", "live", "timer_gen", "__weakref__")
+                 "timeout", "parallel", "live", "timer_gen", "dialog", "__weakref__")
 
     def __init__(self, txn, request: Request, source: tuple[str, str, int], in_dialog: bool):
         self.txn = txn
@@ -76,7 +76,7 @@ class ResponseContext:
         self.source = source
         self.is_invite = request.method == "INVITE"
         self.branches: list[Branch] = []
-        self.serial: list[str] = []        # targets still to try, in order
+        self.serial: list[list] = []       # groups of targets still to try, in order
         self.responses: list[Response] = []  # final responses from finished branches
         self.final_sent = False
         self.cancelled = False
@@ -96,6 +96,7 @@ class ResponseContext:
         # proxy unlinks its branches (see Branch).
         self.live = 1
         self.timer_gen = 0                 # of the ForgetTimer of a dropped request
+        self.dialog = None                 # the dialog (dialogs.py) it creates or belongs to
 
     def pending(self) -> list[Branch]:
         return [b for b in self.branches if b.final is None]

@@ -17,6 +17,17 @@ ON_REPLY = "on_reply"
 HOOKS = (ON_REQUEST, ON_FAILURE, ON_REPLY)
 
 
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A branch the services worked out (a registered binding): where the
+    request goes beyond its Request-URI. Routes name targets as plain URIs;
+    only the core's services build these."""
+
+    uri: str                                   # the new Request-URI (the Contact)
+    route: tuple[str, ...] = ()                # Route values to put first (a Path, RFC 3327)
+    dest: tuple[str, str, int] | None = None   # forced next hop: the flow it registered on
+
+
 @dataclass
 class Decision:
     """What a route answered for one event. Runtimes build it through `Recorder`."""
@@ -26,6 +37,8 @@ class Decision:
     reason: str = ""                 # reply
     headers: list[tuple[str, str]] = field(default_factory=list)   # reply extra headers
     targets: list[str] = field(default_factory=list)   # relay
+    # relay to bindings (lookup): groups tried in series, each in parallel
+    branches: list[list[Target]] | None = None
     parallel: bool = True            # relay
     timeout: float | None = None     # relay, per branch, seconds
     contacts: list[str] = field(default_factory=list)  # redirect

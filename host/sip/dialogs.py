@@ -54,7 +54,7 @@ class Dialog:
         "from_value", "to_value", "state", "created_at", "confirmed_at", "ended_at",
         "end_reason", "max_duration", "profiles", "caller_contact", "callee_contact",
         "caller_route", "callee_route", "caller_cseq", "callee_cseq", "caller_source",
-        "our_route",
+        "our_route", "callee_source",
     )
 
     def __init__(self, call_id: str, from_tag: str, from_value: str, to_value: str,
@@ -82,6 +82,7 @@ class Dialog:
         self.callee_cseq = 0
         self.caller_source: Address | None = None
         self.our_route: list[str] = []      # our own Record-Route URI(s)
+        self.callee_source: Address | None = None   # where its 2xx came from, with no proxy beyond us
 
     def duration(self, now: float) -> float:
         """Talk time: from the 2xx to the end (or `now`); 0 for a call never answered."""
@@ -115,6 +116,9 @@ class DialogTable:
         self._dialogs: dict[tuple[str, str], Dialog] = {}
         self._deadlines: list[tuple[float, int, Dialog]] = []  # heap; stale entries skipped
         self._seq = 0
+
+    def now(self) -> float:
+        return self._clock()
 
     # --- the initial INVITE and its responses ------------------------------
     def invite_relayed(self, invite: Request, source: Address, our_record_route: str | Iterable[str], *,

@@ -192,11 +192,12 @@ class Request(Message):
 
 
 class Response(Message):
-    __slots__ = ("status", "reason", "version", "local")
+    __slots__ = ("status", "reason", "version", "local", "source")
 
     def __init__(self, status: int, reason: str, headers=None, body: bytes = b"", version: str = "SIP/2.0"):
         super().__init__(headers, body)
         self.local = False  # made by this proxy, not received from downstream
+        self.source = None  # (transport, ip, port) it came from, when received
         self.status = status
         self.reason = reason
         self.version = version
@@ -206,7 +207,7 @@ class Response(Message):
 
     def copy(self) -> Response:
         r = Response(self.status, self.reason, list(self.headers), self.body, self.version)
-        r.local = self.local
+        r.local, r.source = self.local, self.source
         r.call_id, r.cseq, r.cseq_method, r._via = self.call_id, self.cseq, self.cseq_method, self._via
         return r
 

@@ -32,12 +32,14 @@ from . import proxy_rules as rules
 from . import transaction as tx
 from .actions import Arm, Consult, CoreStats, Disarm, Transmit
 from .decision import Decision
+from .dialogs import DialogTable
 from .proxy_decisions import DecisionSide
+from .proxy_dialogs import DialogSide
 from .proxy_requests import REPLY_MARGIN, RequestSide
 from .proxy_responses import ResponseSide
 from .proxy_rules import Local
-from .records import (AckConsult, BranchTimer, ClientTimer, FailureConsult, ForgetTimer,
-                      ReplyConsult, RequestConsult, ServerTimer, new_key)
+from .records import (AckConsult, BranchTimer, ClientTimer, DialogTimer, FailureConsult,
+                      ForgetTimer, ReplyConsult, RequestConsult, ServerTimer, new_key)
 from .message import Request, Response
 from .parser import parse_message
 from .errors import BadMessage
@@ -59,13 +61,14 @@ __all__ = ["ProxyCore", "Arm", "Consult", "Disarm", "Transmit", "MAX_SERVER_TRAN
 MAX_SERVER_TRANSACTIONS = 100_000
 
 
-class ProxyCore(RequestSide, ResponseSide, DecisionSide):
+class ProxyCore(RequestSide, ResponseSide, DecisionSide, DialogSide):
     """One proxy: its entry points (`receive`, `timer`, `transport_error`,
     `decided`) return the actions for the shell to run."""
 
     def __init__(self, listen: list[tuple[str, str, int]], *, relay_to: str | None = None,
                  timers: TimerConfig = DEFAULT_TIMERS, new_id: Callable[[], str],
-                 names: tuple[str, ...] = (), max_server_transactions: int = MAX_SERVER_TRANSACTIONS):
+                 names: tuple[str, ...] = (), max_server_transactions: int = MAX_SERVER_TRANSACTIONS,
+                 clock: Callable[[], float] = lambda: 0.0):
         self.local = Local(listen, names)
         self.listen = {t: (h, p) for t, h, p in listen}   # first listener per transport
         self.timers = timers
@@ -78,6 +81,9 @@ class ProxyCore(RequestSide, ResponseSide, DecisionSide):
         self._consults: dict[int, tuple] = {}   # token -> the consult record (records.py)
         self._token = 0
         self.stats = CoreStats()
+        # Dialog durations and limits need a clock; the shell gives one.
+        self.dialogs = DialogTable(clock)
+        self._own_dests: dict = {}   # client txn key -> where a request we originate goes
         # Set while shutting down: new calls get 503, calls in progress finish.
         self.draining = False
 
@@ -94,6 +100,7 @@ class ProxyCore(RequestSide, ResponseSide, DecisionSide):
             return out
         source = (transport, src[0], src[1])
         if isinstance(msg, Response):
+            msg.source = (transport, src[0], src[1])
             self._on_response(msg, out)
             return out
         try:
@@ -143,6 +150,8 @@ class ProxyCore(RequestSide, ResponseSide, DecisionSide):
             if branch is not None and branch.timer_gen == key.generation and branch.timer_armed:
                 branch.timer_armed = False
                 self._branch_timer(txn, branch, out)
+        elif kind is DialogTimer:
+            self._dialog_timer(out)
         elif kind is ForgetTimer:
             txn = self.server_txns.get(key.txn_key)
             ctx = txn.context if txn is not None else None
@@ -176,7 +185,7 @@ class ProxyCore(RequestSide, ResponseSide, DecisionSide):
         elif kind is ReplyConsult:
             self._apply_reply_decision(entry.ctx, decision, out)
         elif kind is AckConsult:
-            self._apply_ack_decision(entry.request, decision, out)
+            self._apply_ack_decision(entry.request, entry.source, decision, out)
         return out
 
     # ------------------------------------------------------ transaction actions
@@ -242,7 +251,8 @@ class ProxyCore(RequestSide, ResponseSide, DecisionSide):
                 out.append(Disarm(new_key(kind, (txn.key, name, gen))))
         context = txn.context
         if context is None:
-            return  # a CANCEL we sent
+            self._own_dests.pop(txn.key, None)
+            return  # a CANCEL or a BYE we sent
         if client:
             context.txn = None
             ctx = context.ctx
@@ -254,6 +264,9 @@ class ProxyCore(RequestSide, ResponseSide, DecisionSide):
             ctx.branches = []
 
     def _cancel_dest(self, txn):
+        own = self._own_dests.get(txn.key)
+        if own is not None:
+            return own
         inv = self.client_txns.get(tx.client_key(txn.request.via.branch, "INVITE"))
         if inv is not None and inv.context is not None:
             return inv.context.dest

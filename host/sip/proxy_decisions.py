@@ -14,6 +14,7 @@ from .context import ResponseContext, choose_best
 from .decision import ON_REPLY, Decision
 from .errors import BadMessage
 from .message import Request
+from .nat import fixed_contact
 from .records import ForgetTimer, ReplyConsult
 from .uri import parse_uri
 
@@ -33,19 +34,26 @@ class DecisionSide:
         if d.vars is not None:
             ctx.vars = d.vars
         try:
-            record = self._apply_edits(ctx.request, d.edits)
+            record = self._apply_edits(ctx.request, d.edits, ctx.source)
         except BadMessage as exc:
             self.stats.script_decision_errors += 1
             self._answer_through_txn(ctx, 500, f"Bad route decision: {exc.reason}"[:100], out)
             return
-        ctx.record_route = record and not ctx.in_dialog
+        ctx.record_route = (record or d.dialog is not None) and not ctx.in_dialog
+        if (ctx.record_route and ctx.is_invite and ctx.dialog is None
+                and d.verb in (None, "relay") and not self._track_dialog(ctx, d.dialog, out)):
+            self._answer_through_txn(ctx, 503, "Too Many Dialogs", out, extra=[("retry-after", "30")])
+            return
         self._apply_verb(ctx, d, out)
 
     def _apply_verb(self, ctx: ResponseContext, d: Decision, out) -> None:
         verb = d.verb
         if verb is None or verb == "relay":
             ctx.parallel, ctx.timeout = d.parallel, d.timeout
-            self._relay(ctx, d.targets, out)
+            if d.branches is not None:
+                self._relay_groups(ctx, d.branches, out)
+            else:
+                self._relay(ctx, d.targets, out)
         elif verb == "reply":
             self._answer_through_txn(ctx, d.code, d.reason or None, out, extra=d.headers)
         elif verb == "redirect":
@@ -60,19 +68,25 @@ class DecisionSide:
         else:
             self._answer_through_txn(ctx, 500, "Unknown route decision", out)
 
-    def _apply_edits(self, req: Request, edits) -> bool:
+    def _apply_edits(self, message, edits, source) -> bool:
+        """Apply a route's edits to the request (or, in on_reply, the reply)
+        that came from `source`; True when it asked to record-route."""
         record = False
         for edit in edits:
             verb = edit[0]
-            if verb == "set_ruri":
+            if verb == "fix_contact":
+                # RFC 3581 territory: the UA's own idea of its address is
+                # useless behind a NAT; where its message came from is not.
+                fix_contacts(message, source[1], source[2])
+            elif verb == "set_ruri":
                 parse_uri(edit[1])
-                req.uri = edit[1]
+                message.uri = edit[1]
             elif verb == "set_header":
-                req.set_header(edit[1], edit[2])
+                message.set_header(edit[1], edit[2])
             elif verb == "add_header":
-                req.add_header(edit[1], edit[2])
+                message.add_header(edit[1], edit[2])
             elif verb == "remove_header":
-                req.remove_header(edit[1])
+                message.remove_header(edit[1])
             elif verb == "record_route":
                 record = True
         return record
@@ -83,15 +97,14 @@ class DecisionSide:
         if d.vars is not None:
             ctx.vars = d.vars
         try:
-            self._apply_edits(ctx.request, d.edits)
+            self._apply_edits(ctx.request, d.edits, ctx.source)
         except BadMessage:
             self.stats.script_decision_errors += 1
         if d.verb is None:
             self._forward_best_via_on_reply(ctx, choose_best(ctx.responses), out)
         elif d.verb == "relay":
             ctx.responses = []
-            ctx.parallel, ctx.timeout = d.parallel, d.timeout
-            self._relay(ctx, d.targets, out)
+            self._apply_verb(ctx, d, out)
         else:
             self._apply_verb(ctx, d, out)
 
@@ -106,20 +119,27 @@ class DecisionSide:
             ctx.vars = d.vars
         if not (d.verb == "drop" and resp.status < 200):
             try:
-                self._apply_edits(resp, [e for e in d.edits if e[0] != "set_ruri"])
+                self._apply_edits(resp, [e for e in d.edits if e[0] != "set_ruri"],
+                                  resp.source or ctx.source)
             except BadMessage:
                 self.stats.script_decision_errors += 1
             self._forward_through_txn(ctx, resp, out)
         if ctx.reply_queue:
             self._consult_reply(ctx, out)
 
-    def _apply_ack_decision(self, req: Request, d: Decision, out) -> None:
+    def _apply_ack_decision(self, req: Request, source, d: Decision, out) -> None:
         if d.verb not in (None, "relay"):
             return  # an ACK cannot be answered: anything but relay drops it
         try:
-            self._apply_edits(req, [e for e in d.edits if e[0] != "record_route"])
+            self._apply_edits(req, [e for e in d.edits if e[0] != "record_route"], source)
             if d.targets:
                 req.uri = d.targets[0]
             self._relay_stateless(req, None, out)
         except BadMessage:
             self.stats.script_decision_errors += 1
+
+
+def fix_contacts(message, ip: str, port: int) -> None:
+    """Every Contact value of `message` pointed at (ip, port)."""
+    message.headers = [(k, fixed_contact(v, ip, port)) if k == "contact" else (k, v)
+                       for k, v in message.headers]

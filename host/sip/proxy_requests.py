@@ -18,7 +18,7 @@ from . import proxy_rules as rules
 from . import transaction as tx
 from .actions import Arm, Disarm, Transmit
 from .context import Branch, ResponseContext
-from .decision import ON_REQUEST
+from .decision import ON_REQUEST, Target
 from .errors import BadMessage
 from .message import Request, make_response, reason_for
 from .records import AckConsult, BranchTimer, RequestConsult, new_key
@@ -104,6 +104,8 @@ class RequestSide:
         in_dialog = req.to_tag is not None
         ctx = ResponseContext(txn, req, source, in_dialog)
         txn.context = ctx
+        if in_dialog and self.dialogs:
+            ctx.dialog = self.dialogs.in_dialog_request(req)
         self._run(txn, txn.start(), out)
         if self.draining and not in_dialog:
             # Through the transaction, so the ACK of the 503 is absorbed.
@@ -140,25 +142,43 @@ class RequestSide:
             targets = [ctx.request.uri]
         if len(targets) > MAX_BRANCHES:
             targets = targets[:MAX_BRANCHES]
-        if ctx.parallel:
-            ctx.serial = []
-            for target in targets:
-                self._start_branch(ctx, target, out)
-        else:
-            ctx.serial = list(targets[1:])
-            self._start_branch(ctx, targets[0], out)
+        groups = [targets] if ctx.parallel else [[t] for t in targets]
+        self._relay_groups(ctx, groups, out)
+
+    def _relay_groups(self, ctx: ResponseContext, groups: list[list], out) -> None:
+        """Fork to the first group in parallel; the others wait their turn
+        (§16.6 serial forking: lookup's q-value groups, a serial relay)."""
+        kept, room = [], MAX_BRANCHES
+        for group in groups:
+            if group and room > 0:
+                kept.append(group[:room])
+                room -= len(kept[-1])
+        if not kept:
+            self._answer_through_txn(ctx, 480, None, out)
+            return
+        ctx.serial = kept[1:]
+        for target in kept[0]:
+            self._start_branch(ctx, target, out)
         self._check_complete(ctx, out)
 
-    def _start_branch(self, ctx: ResponseContext, target: str, out) -> None:
-        """§16.6: copy the request, retarget it, and send it on a new client transaction."""
+    def _start_branch(self, ctx: ResponseContext, target, out) -> None:
+        """§16.6: copy the request, retarget it, and send it on a new client
+        transaction. `target` is a URI, or a `Target` (a registered binding:
+        its Path becomes the first Route entries, its flow the next hop)."""
         req = ctx.request.copy()
+        forced = None
+        if type(target) is Target:
+            for value in reversed(target.route):
+                req.push_front("route", value)
+            forced = target.dest if not target.route else None
+            target = target.uri
         try:
             req.uri = target
             hop = ctx.next_hop if ctx.next_hop is not None else rules.next_hop(req)
-            transport = hop.transport
+            transport = hop.transport if forced is None else forced[0]
             if transport not in self.listen:
                 raise BadMessage(f"no {transport} transport to reach {hop}", 503)
-            dest = (transport, hop.host.strip("[]"), hop.port or 5060)
+            dest = forced or (transport, hop.host.strip("[]"), hop.port or 5060)
         except BadMessage as exc:
             branch = Branch(ctx, target, req, ("", "", 0))
             ctx.branches.append(branch)

@@ -99,7 +99,8 @@ class ResponseSide:
         if ctx.final_sent or ctx.consulting or ctx.pending():
             return
         if ctx.serial and not ctx.cancelled:
-            self._start_branch(ctx, ctx.serial.pop(0), out)
+            for target in ctx.serial.pop(0):
+                self._start_branch(ctx, target, out)
             self._check_complete(ctx, out)
             return
         if not ctx.responses:
@@ -139,6 +140,8 @@ class ResponseSide:
         answered) goes statelessly to the source (§16.7 step 10)."""
         if not resp.local:
             resp.pop_first("via")  # §16.7 step 9: remove our Via
+        if ctx.dialog is not None:
+            self._dialog_response(ctx, resp, out)
         status = resp.status
         txn = ctx.txn
         if status >= 200:
@@ -164,6 +167,8 @@ class ResponseSide:
         resp = make_response(ctx.request, status, reason, to_tag=self._tag(ctx.request), extra=extra)
         if status >= 200:
             ctx.final_sent = True
+        if ctx.dialog is not None:
+            self._dialog_response(ctx, resp, out)
         self._send_through_txn(ctx, resp, out)
 
     def _send_through_txn(self, ctx: ResponseContext, resp: Response, out) -> None:

@@ -22,13 +22,14 @@ DEFAULT_MAX_FORWARDS = 70
 class Local:
     """The addresses this proxy answers on."""
 
-    __slots__ = ("hosts", "ports", "names")
+    __slots__ = ("hosts", "ports", "names", "_first_host")
 
     def __init__(self, listen: list[tuple[str, str, int]], names: tuple[str, ...] = ()):
         # listen: (transport, host, port)
         self.hosts = {h.lower() for _, h, _ in listen} | {n.lower() for n in names}
         self.ports = {p for _, _, p in listen}
         self.names = names
+        self._first_host = listen[0][1] if listen else "localhost"
 
     def is_mine(self, uri: URI) -> bool:
         host = uri.host.lower()
@@ -36,6 +37,16 @@ class Local:
             host = host[1:-1]
         port = uri.port or (5061 if uri.scheme == "sips" else 5060)
         return host in self.hosts and port in self.ports
+
+    def domain_of(self, host: str, port: int | None) -> str | None:
+        """The one domain name of this server's users when host[:port] is
+        ours (any of our ports, or none: a softphone set up with just the
+        server's address), else None. The first configured name, or the
+        first address we listen on, stands for all of them."""
+        host = host.lower().strip("[]")
+        if host not in self.hosts or (port is not None and port not in self.ports):
+            return None
+        return (self.names[0] if self.names else self._first_host).lower()
 
     def is_my_via(self, host: str, port: int | None) -> bool:
         return host.lower().strip("[]") in self.hosts and (port or 5060) in self.ports

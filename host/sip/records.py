@@ -51,6 +51,12 @@ class ForgetTimer(NamedTuple):
     generation: int
 
 
+class DialogTimer(NamedTuple):
+    """A tracked dialog's maximum duration ran out, by its Call-ID and From tag."""
+    call_id: str
+    from_tag: str
+
+
 # ------------------------------------------------------------ consult records
 class RequestConsult(NamedTuple):
     """on_request for the initial request of `ctx`."""

@@ -206,7 +206,7 @@ def test_the_script_event_builds_headers_and_body_only_when_read():
     assert type(plain) is dict and type(plain["reply"]) is dict
     assert plain == request_event(ON_REPLY, req, ("udp", "127.0.0.1", 1), in_dialog=False,
                                   vars={"n": 1}, reply=reply)
-    assert set(plain) == {"hook", "method", "ruri", "ruri_user", "ruri_host", "call_id", "cseq",
+    assert set(plain) == {"hook", "method", "ruri", "ruri_user", "ruri_host", "ruri_local", "call_id", "cseq",
                           "from_uri", "from_tag", "to_uri", "to_tag", "source_ip", "source_port",
                           "transport", "in_dialog", "headers", "body", "vars", "reply"}
     assert set(plain["reply"]) == {"code", "reason", "headers"}

@@ -1,0 +1,74 @@
+"""The store's copy of the dialogs the core tracks, and their profiles.
+
+The core (host/sip/proxy_dialogs.py) keeps the live state it needs to end a
+call; what the rest of the cluster sees — the dialog records for the
+management API and the profile counts behind the `dialog.count` host call —
+is written here, from the `DialogChange` actions, in order, by one task, so
+a slow store never holds up the core and a call's "ended" never overtakes
+its "trying".
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import trio
+
+from host.sip.actions import DialogChange
+from host.sip.dialogs import ENDED
+from host.storage import Store
+
+log = logging.getLogger("babelsip.dialogs")
+
+# A record outlives its call by at most this when its end is never seen (a
+# lost BYE, a core that died): the profile counts heal by themselves.
+UNLIMITED_TTL = 12 * 3600.0
+QUEUE_MAX = 100_000   # changes waiting for the store; beyond, counted and dropped
+
+
+class DialogMirror:
+    def __init__(self, store: Store):
+        self.store = store
+        self._send, self._receive = trio.open_memory_channel(math.inf)
+        self.queued = 0
+        self.dropped = 0
+        self.errors = 0
+
+    def submit(self, change: DialogChange) -> None:
+        if self.queued >= QUEUE_MAX:
+            self.dropped += 1
+            return
+        self.queued += 1
+        self._send.send_nowait(change)
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        async for change in self._receive:
+            self.queued -= 1
+            try:
+                await self._apply(change)
+            except Exception:
+                # The store is down or refused: the core's calls go on; the
+                # next change of this dialog rewrites its record.
+                self.errors += 1
+                log.exception("dialog %s: cannot record %s", change.record.get("id"), change.state)
+
+    async def _apply(self, change: DialogChange) -> None:
+        record, store = change.record, self.store
+        dialog_id = record["id"]
+        if change.state == ENDED:
+            await store.delete_dialog(dialog_id)
+            for name, key in change.profiles.items():
+                await store.profile_remove(name, key, dialog_id)
+            return
+        limit = record.get("max_duration")
+        ttl = limit + 600.0 if limit else UNLIMITED_TTL
+        first = change.state == "trying"
+        await store.put_dialog(dialog_id, record, ttl)
+        if first:
+            for name, key in change.profiles.items():
+                await store.profile_add(name, key, dialog_id, ttl)
+
+    def statistics(self) -> dict:
+        return {"queued": self.queued, "dropped": self.dropped, "errors": self.errors}

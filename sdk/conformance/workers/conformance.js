@@ -9,6 +9,7 @@ const HOOKS = {
   basic: ['on_request'],
   allhooks: ['on_request', 'on_failure', 'on_reply'],
   counter: ['on_request'],
+  services: ['on_request', 'on_reply'],
 };
 
 let route = null;
@@ -91,7 +92,39 @@ async function counter(ev, v, _vars, _hook, id) {
   return false;
 }
 
-const ROUTES = { basic, allhooks, counter };
+// The services: verbs sent as the wire names them, host calls as plain calls.
+async function services(ev, v, _vars, hook, id) {
+  if (hook === 'on_reply') { v.push(['fix_contact']); return false; }
+  if (ev.method === 'REGISTER') {
+    v.push(['authenticate', 'example.com', { password: 'secret' }], ['save', { max_expires: 3600 }]);
+    return false;
+  }
+  switch (ev.ruri_user) {
+    case 'local': v.push(['lookup']); break;
+    case 'away': v.push(['lookup', { code: 480, reason: 'Temporarily Unavailable', timeout: 20 }]); break;
+    case 'nat': v.push(['fix_contact'], ['relay']); break;
+    case 'cap': {
+      const n = await kv(id, 'dialog.count', ['caller', ev.from_uri]);
+      if (n >= 2) { v.push(['reply', 486, 'Too many calls']); break; }
+      v.push(['add_profile', 'caller', ev.from_uri], ['limit_duration', 3600], ['relay']);
+      break;
+    }
+    case 'where': {
+      const found = await kv(id, 'registrar.lookup', ['sip:bob@example.com']);
+      v.push(['reply', 200, `n=${found.length} first=${found.length ? found[0].contact : ''}`]);
+      break;
+    }
+    case 'who': v.push(['reply', 200, 'user=' + (ev.auth_user || '')]); break;
+    case 'strict':
+      v.push(['authenticate', 'example.com', { ha1: '5f4dcc3b5aa765d61d8327deb882cf99',
+                                               algorithms: ['SHA-256', 'MD5'], identity: false }],
+             ['add_profile', 'all'], ['relay']);
+      break;
+  }
+  return false;
+}
+
+const ROUTES = { basic, allhooks, counter, services };
 
 async function onEvent(msg) {
   inFlight++;

@@ -127,9 +127,7 @@ class KeepaliveSchedule:
             flow = self._serials.get(serial)
             if flow is None:
                 continue                     # removed since
-            entry = self._flows[flow]
-            if entry.at != at:
-                continue                     # stale (cannot happen today; cheap to keep)
+            entry = self._flows[flow]        # one heap entry per live serial
             if entry.pinged:
                 entry.missed += 1
                 if entry.missed >= self.misses:

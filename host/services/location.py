@@ -17,7 +17,9 @@ from host.sip.decision import Decision, Target
 from host.sip.errors import BadMessage
 from host.sip.headers import parse_name_addr
 from host.sip.message import Request
-from host.sip.nat import behind_nat
+from host.sip.headers import split_commas
+from host.sip.nat import is_private
+from host.sip.uri import parse_uri
 from host.sip.registrar import (RegistrarError, Settings, address_of_record, apply_update,
                                 branch_groups, live, ok_headers, parse_register)
 from host.storage import Store
@@ -86,6 +88,7 @@ class LocationService:
                                      [("Allow", "REGISTER")])
             aor = canonical_aor(opts.get("aor") or _to_uri(req))
             update = parse_register(req, settings, source=source, core=self.core, now=self.clock())
+            update.nat = registered_behind_nat(req, source)
 
             def change(current):
                 after = apply_update(current, update, settings)
@@ -119,12 +122,31 @@ def binding_target(binding) -> Target:
     """Where a request for this binding goes: its Path first (RFC 3327); else,
     over a connection (the flow it registered on, RFC 5626) or from behind a
     NAT, the address its REGISTER came from; else the Contact itself."""
-    transport, ip, port = binding.source
     if binding.path:
         return Target(binding.contact, tuple(binding.path))
-    if transport != "udp" or behind_nat(binding.contact, ip, port, transport):
-        return Target(binding.contact, (), (transport, ip, port))
+    if binding.source[0] != "udp" or binding.nat:
+        return Target(binding.contact, (), binding.source)
     return Target(binding.contact)
+
+
+def registered_behind_nat(req: Request, source) -> bool:
+    """RFC 3581's test: the UA's top Via names another address than the
+    one its REGISTER came from (it cannot know its public address), or a
+    Contact names a private address other than the source. A Contact at
+    another public address is a third-party registration, not a NAT."""
+    transport, ip, port = source
+    via = req.via
+    if via is not None and (via.host.strip("[]") != ip or (via.port or 5060) != port):
+        return True
+    for value in req.header_values("contact"):
+        for one in split_commas(value):
+            try:
+                host = parse_uri(parse_name_addr(one).uri).host.strip("[]")
+            except BadMessage:
+                continue
+            if host != ip and is_private(host):
+                return True
+    return False
 
 
 def _to_uri(req: Request) -> str:

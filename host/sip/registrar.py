@@ -65,6 +65,7 @@ class Binding:
     reg_id: int                     # 0 when absent (or not used, see parse_register)
     core: str                       # the core process that owns the flow
     registered_at: float            # first registration under this Call-ID
+    nat: bool = False               # registered from behind a NAT: reach it at `source`
 
     def expires_in(self, now: float) -> int:
         """Whole seconds left, rounded; never 0 while the binding is live, so
@@ -80,6 +81,7 @@ class Binding:
             "call_id": self.call_id, "cseq": self.cseq, "source": list(self.source),
             "path": list(self.path), "user_agent": self.user_agent, "instance": self.instance,
             "reg_id": self.reg_id, "core": self.core, "registered_at": self.registered_at,
+            "nat": self.nat,
         }
 
     @classmethod
@@ -87,7 +89,7 @@ class Binding:
         transport, ip, port = d["source"]
         return cls(d["contact"], float(d["expires_at"]), float(d["q"]), d["call_id"], int(d["cseq"]),
                    (transport, ip, int(port)), tuple(d["path"]), d["user_agent"], d["instance"],
-                   int(d["reg_id"]), d["core"], float(d["registered_at"]))
+                   int(d["reg_id"]), d["core"], float(d["registered_at"]), bool(d.get("nat", False)))
 
 
 class RegistrarError(Exception):
@@ -127,6 +129,7 @@ class RegisterUpdate:
     core: str
     now: float
     supported: frozenset[str] = field(default_factory=frozenset)   # option tags, lower-case
+    nat: bool = False               # the UA is behind a NAT (the caller decides: nat.py)
 
 
 # --------------------------------------------------------------- §10.3 step 5
@@ -274,7 +277,7 @@ def apply_update(current: list[Binding], update: RegisterUpdate, settings: Setti
         registered_at = old.registered_at if old is not None and old.call_id == update.call_id else now
         new = Binding(contact.uri, now + contact.expires, contact.q, update.call_id, update.cseq,
                       update.source, update.path, update.user_agent, contact.instance, contact.reg_id,
-                      update.core, registered_at)
+                      update.core, registered_at, update.nat)
         written.append(new)
         if at is None:
             bindings.append(new)

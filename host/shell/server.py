@@ -23,7 +23,8 @@ from host.routes.event import script_event
 from host.services.auth import DEFAULT_ALGORITHMS
 from host.services.desk import Services, needs_services
 from host.services.dialogs import DialogMirror
-from host.sip.actions import DialogChange
+from host.services.keepalive import KeepaliveService
+from host.sip.actions import DialogChange, KeepaliveAnswer
 from host.services.location import set_local_domain
 from host.sip.decision import Decision
 from host.sip.proxy import Arm, Consult, Disarm, ProxyCore, Transmit
@@ -89,6 +90,7 @@ class Server:
         self.core_id = config.core_id or f"{socket.gethostname()}:{os.getpid()}"
         self.services: Services | None = None
         self.dialogs = DialogMirror(self.store)
+        self.keepalive: KeepaliveService | None = None
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
@@ -98,7 +100,7 @@ class Server:
             self._nursery = nursery
             for transport, host, port in cfg.listen:
                 if transport == "udp":
-                    t = UdpTransport(host, port, self._on_udp)
+                    t = UdpTransport(host, port, self._on_udp, stun=cfg.extra.get("stun", False))
                     t.bind()
                 else:
                     t = TcpTransport(host, port, self._on_tcp, self._on_tcp_error,
@@ -109,8 +111,16 @@ class Server:
             self.core = ProxyCore(bound, relay_to=cfg.relay_to, new_id=_id_source(), names=cfg.names,
                                   clock=trio.current_time)
             set_local_domain(self.core.local.domain_of)
+            interval = cfg.extra.get("keepalive", 0)
+            udp = next(((t, h, p) for t, h, p in bound if t == "udp"), None)
+            if interval and udp is not None:
+                self.keepalive = KeepaliveService(interval, self.store, self._send_udp,
+                                                  core=self.core_id, local=udp)
+                await nursery.start(self.keepalive.run)
             self.services = Services(self.store, core=self.core_id, routes_dir=cfg.routes_dir,
-                                     registrar=cfg.registrar, algorithms=cfg.auth_algorithms)
+                                     registrar=cfg.registrar, algorithms=cfg.auth_algorithms,
+                                     on_bindings_change=self.keepalive.bindings_changed
+                                     if self.keepalive is not None else None)
             if cfg.routes_dir is not None:
                 from host.routes.registry import RouteRegistry
                 from host.routes.runtimes_table import default_runtime_factory
@@ -173,6 +183,9 @@ class Server:
                 self._queue_consult(RouteCall(action))
             elif cls is DialogChange:
                 self.dialogs.submit(action)
+            elif cls is KeepaliveAnswer:
+                if self.keepalive is not None:
+                    self.keepalive.answered(action.branch)
 
     def _transmit(self, action: Transmit) -> None:
         transport = self.transports.get(action.transport)
@@ -192,6 +205,9 @@ class Server:
             host = cached[1]
         if not transport.send(action.data, host, action.port) and action.transport != "udp":
             self._report_error(action)
+
+    def _send_udp(self, data: bytes, transport: str, host: str, port: int) -> None:
+        self._transmit(Transmit(data, transport, host, port))
 
     async def _resolve_and_send(self, action: Transmit, transport) -> None:
         # A-record lookup only; RFC 3263 NAPTR/SRV is not done yet.
@@ -330,6 +346,8 @@ class Server:
                "transports": {name: t.statistics() for name, t in self.transports.items()}}
         if self.services is not None:
             out["services"] = self.services.statistics()
+        if self.keepalive is not None:
+            out["keepalive"] = self.keepalive.statistics()
         if self.core is not None:
             out["dialogs"] = {"active": len(self.core.dialogs), **self.dialogs.statistics()}
         return out

@@ -16,7 +16,8 @@ route's on_failure asked. The helpers that send say their path in their name:
 from __future__ import annotations
 
 from . import transaction as tx
-from .actions import Transmit
+from .actions import KeepaliveAnswer, Transmit
+from .keepalive import KEEPALIVE_BRANCH_PREFIX
 from .context import Branch, ResponseContext, choose_best
 from .decision import ON_FAILURE, ON_REPLY
 from .message import Request, Response, make_response
@@ -36,6 +37,10 @@ class ResponseSide:
             return
         txn = self.client_txns.get((via.branch, resp.cseq_method))
         if txn is None:
+            branch = via.branch
+            if branch is not None and branch.startswith(KEEPALIVE_BRANCH_PREFIX):
+                out.append(KeepaliveAnswer(branch, resp.status))  # a NATed flow is alive
+                return
             self._forward_stray_stateless(resp, out)
             return
         self._run(txn, txn.on_response(resp.status, resp), out)

@@ -241,6 +241,9 @@ class Session:
             data = self.codec.call_error(call.id, str(e))
         except TypeError as e:
             data = self.codec.call_error(call.id, f"result is not JSON: {e}")
+        except Exception as e:
+            # A store backend's failure is the route's error, not the session's end.
+            data = self.codec.call_error(call.id, f"{call.op} failed: {e}")
         self._queue(data)
 
     def _log(self, eff: Log) -> None:

@@ -38,6 +38,7 @@ def event(hook=ON_REQUEST, **overrides) -> dict:
         "cseq": 7, "from_uri": "sip:alice@example.org", "from_tag": "ft1",
         "to_uri": "sip:bob@example.com", "to_tag": "", "source_ip": "192.0.2.10",
         "source_port": 5070, "transport": "udp", "in_dialog": False,
+        "ruri_local": False,
         "headers": [
             ["Via", "SIP/2.0/UDP 192.0.2.10:5070;branch=z9hG4bK1"],
             ["From", "<sip:alice@example.org>;tag=ft1"],
@@ -49,7 +50,9 @@ def event(hook=ON_REQUEST, **overrides) -> dict:
         ],
         "body": "v=0\r\n", "vars": {},
     }
-    if hook != ON_REQUEST:
+    if hook == ON_REQUEST:
+        ev["auth_user"] = ""
+    else:
         ev["reply"] = {"code": 486, "reason": "Busy Here",
                        "headers": [["Retry-After", "30"], ["Contact", "<sip:vm@x>"]]}
     ev.update(overrides)
@@ -616,21 +619,24 @@ async def start_example(name: str, runtime="lua54") -> LuaRuntime:
 
 async def test_quickstart_example(make):
     rt = await start_example("quickstart")
-    assert rt.hooks == frozenset({ON_REQUEST, ON_FAILURE})
+    assert rt.hooks == frozenset({ON_REQUEST})
 
+    # Elsewhere: relayed to the request URI, record-routed.
     d = await rt.handle(ON_REQUEST, event())
     assert (d.verb, d.targets, d.timeout) == ("relay", ["sip:bob@example.com"], 30.0)
     assert ("record_route",) in d.edits
 
-    d = await rt.handle(ON_REQUEST, event(ruri_user="blocked", ruri="sip:blocked@example.com"))
-    assert (d.verb, d.code) == ("reply", 403)
+    # A REGISTER: authenticated with the user's password, then saved.
+    d = await rt.handle(ON_REQUEST, event(method="REGISTER", auth_user="alice"))
+    assert d.verb == "save" and d.auth == {"realm": "babelsip", "password": "secret"}
+    d = await rt.handle(ON_REQUEST, event(method="REGISTER", auth_user="mallory"))
+    assert d.verb == "save" and d.auth == {"realm": "babelsip"}   # no password: challenged
 
-    d = await rt.handle(ON_FAILURE, event(ON_FAILURE))  # 486 Busy Here
-    assert d.verb == "relay" and d.targets == ["sip:bob@voicemail.example.com"]
-    assert d.vars == {"tried_voicemail": True}
-
-    d = await rt.handle(ON_FAILURE, event(ON_FAILURE, vars={"tried_voicemail": True}))
-    assert d.verb is None  # already tried: the best response goes upstream
+    # A local user: its bindings; known but absent 480, unknown 404.
+    d = await rt.handle(ON_REQUEST, event(ruri_local=True))
+    assert (d.verb, d.options) == ("lookup", {"code": 480, "timeout": 30.0})
+    d = await rt.handle(ON_REQUEST, event(ruri_local=True, ruri_user="carol"))
+    assert (d.verb, d.options["code"]) == ("lookup", 404)
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)

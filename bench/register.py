@@ -83,15 +83,16 @@ def write_users(path: Path, users: list[str], *, password: str = "secret",
     return path
 
 
-def babelsip_argv(port: int, routes: Path | str) -> list[str]:
-    """The babelsip command line the benchmarks run (after the babelsip executable)."""
+def babelsip_argv(port: int, routes: Path | str, log_level: str | None = None) -> list[str]:
+    """The babelsip command line the benchmarks run (after the babelsip executable);
+    the log level is BENCH_LOG_LEVEL from the environment, else warning."""
     return ["run", "--listen", f"udp:{sipp.LOCALHOST}:{port}", "--routes", str(routes),
-            "--log-level", os.environ.get("BENCH_LOG_LEVEL", "warning")]
+            "--log-level", log_level or os.environ.get("BENCH_LOG_LEVEL", "warning")]
 
 
-def start_babelsip(routes: Path | str) -> Callable[[Slot], sipp.ProxyProcess]:
+def start_babelsip(routes: Path | str, log_level: str | None = None) -> Callable[[Slot], sipp.ProxyProcess]:
     def start(slot: Slot) -> sipp.ProxyProcess:
-        return sipp.start_babelsip(babelsip_argv(slot.port, routes), cwd=REPO)
+        return sipp.start_babelsip(babelsip_argv(slot.port, routes, log_level), cwd=REPO)
     return start
 
 
@@ -236,7 +237,7 @@ def report(steps: list[Step], systems: list[str], reference: str, unit: str,
     text = buf.getvalue()
     if unit != "call":
         text = (text.replace("calls/s", f"{unit}s/s").replace("us/call", f"us/{unit}")
-                .replace("per call", f"per {unit}").replace("calls/s", f"{unit}s/s"))
+                .replace("per call", f"per {unit}"))
     print(text, end="")
     out = json_path or REPO / "bench" / "results" / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

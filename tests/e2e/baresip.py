@@ -171,14 +171,18 @@ class Baresip:
                  auto_answer: bool = True, record_audio: bool = False,
                  sip_trace: bool = False, verbose: bool = True,
                  rtp_ports: str | None = None, max_lifetime: int = 300,
-                 extra_config: str = "", name: str | None = None):
+                 extra_config: str = "", name: str | None = None,
+                 ctrl_socket=None):
         """sip_host:sip_port is sip_listen (UDP and TCP). ctrl_host:ctrl_port is the
         ctrl_tcp socket; ctrl_host defaults to sip_host, which must then be
         reachable from the test (inside a network namespace: the namespace's
         own address, not 127.0.0.1). net_interface "" means sip_host, None
         omits the key. prefix runs baresip under e.g. ["ip","netns","exec","phone"].
         auto_answer appends ;answermode=auto to account lines that name no
-        answermode."""
+        answermode. ctrl_socket, if given, is a callable returning a fresh
+        unconnected TCP socket to reach ctrl_tcp with, e.g. one made inside
+        the phone's namespace (`lambda: lab.socket(ns, type=socket.SOCK_STREAM)`,
+        tests/e2e/netns.py) when that namespace has no link to the test's."""
         self.workdir = Path(workdir)
         self.name = name or self.workdir.name
         self.sip_host, self.sip_port = sip_host, sip_port
@@ -191,6 +195,7 @@ class Baresip:
         self.record_audio, self.sip_trace, self.verbose = record_audio, sip_trace, verbose
         self.rtp_ports, self.max_lifetime, self.extra_config = rtp_ports, max_lifetime, extra_config
         self.log_path = self.workdir / "baresip.log"
+        self.ctrl_socket = ctrl_socket
         self.proc: subprocess.Popen | None = None
         self._sock: socket.socket | None = None
         self._reader: threading.Thread | None = None
@@ -275,7 +280,16 @@ class Baresip:
                 raise BaresipError(f"{self.name}: baresip exited with {self.proc.returncode} "
                                    f"before its ctrl socket came up\n{self.log_tail()}")
             try:
-                sock = socket.create_connection((self.ctrl_host, self.ctrl_port), timeout=0.5)
+                if self.ctrl_socket is None:
+                    sock = socket.create_connection((self.ctrl_host, self.ctrl_port), timeout=0.5)
+                    break
+                sock = self.ctrl_socket()
+                try:
+                    sock.settimeout(0.5)
+                    sock.connect((self.ctrl_host, self.ctrl_port))
+                except OSError:
+                    sock.close()
+                    raise
                 break
             except OSError as exc:
                 last = exc

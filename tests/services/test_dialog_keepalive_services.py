@@ -5,6 +5,7 @@ follows, its pings, and the bindings it removes when a flow stops answering."""
 
 from __future__ import annotations
 
+import pytest
 import trio
 
 from host.services.dialogs import UNLIMITED_TTL, DialogMirror
@@ -194,4 +195,47 @@ async def test_an_answering_flow_keeps_its_binding(autojump_clock):
         assert answered >= MISSES + 1
         assert [b.contact for b in await store.bindings(AOR)] == ["sip:alice@10.0.0.5"]
         assert ka.dropped == 0 and flow in ka.schedule
+        nursery.cancel_scope.cancel()
+
+
+# Two AoRs registered over one NATed flow (a phone with two lines behind one
+# NAT mapping): the schedule holds one entry per flow, keyed by flow only.
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: host/services/keepalive.py bindings_changed removes a flow from the "
+    "schedule when one AoR's bindings on it go, though another AoR still has a "
+    "binding on that flow: the remaining line is no longer pinged"))
+async def test_flow_shared_by_two_aors_is_still_pinged_when_one_deregisters():
+    ka, _ = service()
+    flow = ("udp", "203.0.113.7", 40000)
+    line1 = binding("sip:alice@10.0.0.5", flow, nat=True)
+    line2 = binding("sip:bob@10.0.0.5", flow, nat=True)
+    ka.bindings_changed("sip:alice@example.com", [], [line1])
+    ka.bindings_changed("sip:bob@example.com", [], [line2])
+    assert flow in ka.schedule
+    # bob de-registers; alice's binding on the same flow is still there.
+    ka.bindings_changed("sip:bob@example.com", [line2], [])
+    assert flow in ka.schedule
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: host/services/keepalive.py keeps one (aor, contact) per flow "
+    "(KeepaliveSchedule.add overwrites it), so when a flow shared by two AoRs "
+    "stops answering only the last AoR's binding is removed; the other keeps "
+    "ringing into a dead NAT mapping"))
+async def test_dead_flow_shared_by_two_aors_drops_both_bindings(autojump_clock):
+    store = MemoryStore()
+    flow = ("udp", "203.0.113.7", 40000)
+    line1 = binding("sip:alice@10.0.0.5", flow, nat=True)
+    line2 = binding("sip:bob@10.0.0.5", flow, nat=True)
+    await store.update_bindings("sip:alice@example.com", lambda cur: ([line1], None))
+    await store.update_bindings("sip:bob@example.com", lambda cur: ([line2], None))
+    ka, _ = service(interval=10.0, store=store)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ka.run)
+        ka.bindings_changed("sip:alice@example.com", [], [line1])
+        ka.bindings_changed("sip:bob@example.com", [], [line2])
+        await trio.sleep(10.0 * (MISSES + 2))
+        assert await store.bindings("sip:bob@example.com") == []
+        assert await store.bindings("sip:alice@example.com") == []
         nursery.cancel_scope.cancel()

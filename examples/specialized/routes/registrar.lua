@@ -1,11 +1,12 @@
 -- REGISTER for every domain: a PLACEHOLDER registrar.
 --
--- babelsip's registrar (save/lookup of bindings in the shared store) does not
--- exist yet. Until it does, this route accepts every registration with 200 OK
--- and echoes the Contact bindings back with their expiry, which is what a
--- phone needs to stay "registered" (RFC 3261 §10.3 step 8) - but nothing is
--- saved, so calls to a registered user are not routed to it. Replace the body
--- of on_request with the registrar helpers when they land.
+-- This route accepts every registration with 200 OK and echoes the Contact
+-- bindings back with their expiry, which is what a phone needs to stay
+-- "registered" (RFC 3261 §10.3 step 8) - but nothing is saved, so calls to a
+-- registered user are not routed to it. The core's registrar does store
+-- them: replace the body of on_request with
+--   req:authenticate(REALM, {password = ...}); req:save()
+-- as examples/quickstart/routes/main.lua does.
 --
 -- It runs in Lua, in-process: REGISTER refreshes are the most frequent
 -- requests a proxy sees, and Lua has no process hop and no JSON per request.

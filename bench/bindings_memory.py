@@ -262,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
           f" {'last round':>11}  (babelsip: main VmRSS; kamailio: tree PSS)")
     for r in results:
         key = r["measure"]
+        last = r["bytes_per_binding_last_round"]
         verdict = ""
         if r["system"] == "babelsip":
             # the main RSS this growth per binding gives at 100,000 bindings
@@ -270,7 +271,9 @@ def main(argv: list[str] | None = None) -> int:
                 and projected <= TARGET_MB
             verdict = (f"{projected:.0f} MB at 100,000: target <= {TARGET_MB} MB "
                        f"{'met' if ok else 'NOT met'}")
-        last = r["bytes_per_binding_last_round"]
+            if last is not None:
+                alone = r["before"]["rss_mb"] + last * 100_000 / 2**20
+                verdict += f" (bindings alone, at the last round's cost: {alone:.0f} MB)"
         print(f"{r['system']:<10} {r['registered']:>9} {r['before'][key]:>10.1f} "
               f"{r['settled'][key]:>11.1f} {r['bytes_per_binding'] or float('nan'):>14.0f} "
               f"{last if last is not None else float('nan'):>11.0f}  {verdict}")

@@ -9,6 +9,7 @@ So the shell resolves such a decision here, between the route's answer and
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 
@@ -35,7 +36,11 @@ class Services:
                  algorithms=DEFAULT_ALGORITHMS, on_bindings_change=None):
         # Nonces validate on every core that holds the secret; without one
         # configured they validate only in this process (until it restarts).
-        secret = secret or os.environ.get("BABELSIP_AUTH_SECRET", "").encode() or os.urandom(32)
+        # Hashed, so a passphrase of any length makes a full-size HMAC key.
+        secret = secret or os.environ.get("BABELSIP_AUTH_SECRET", "").encode()
+        if secret and len(secret) < 16:
+            log.warning("BABELSIP_AUTH_SECRET is shorter than 16 bytes: nonces are easier to forge")
+        secret = hashlib.sha256(secret).digest() if secret else os.urandom(32)
         self.auth = Authenticator(store, secret, routes_dir=routes_dir, algorithms=algorithms)
         self.location = LocationService(store, registrar or Settings(), core=core,
                                         on_change=on_bindings_change)

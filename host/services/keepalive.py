@@ -33,21 +33,27 @@ class KeepaliveService:
                                           from_uri=f"sip:keepalive@{local[1]}",
                                           salt=os.urandom(4).hex())
         self._wake = trio.Event()
+        # Who registered over each flow: a phone with two lines behind one
+        # NAT mapping has two AoRs on one flow, pinged once, dropped together.
+        self._owners: dict[tuple, set[tuple[str, str]]] = {}
         self.pings = self.answers = self.dropped = 0
 
     def bindings_changed(self, aor: str, before: list, after: list) -> None:
         """The location service saved `aor`: follow its NATed UDP flows that
         this core owns (the others are pinged by their own core)."""
-        schedule = self.schedule
-        kept = {}
-        for b in after:
-            if b.nat and b.source[0] == "udp" and b.core == self.core:
-                kept[b.source] = b
-        for b in before:
-            if b.source not in kept and b.source in schedule:
-                schedule.remove(b.source)
-        for flow, b in kept.items():
-            schedule.add(flow, aor, b.contact)
+        schedule, owners = self.schedule, self._owners
+        new = {(b.source, b.contact) for b in after
+               if b.nat and b.source[0] == "udp" and b.core == self.core}
+        for flow, contact in new:   # first, so a refreshed flow keeps its phase
+            owners.setdefault(flow, set()).add((aor, contact))
+            schedule.add(flow, aor, contact)
+        for flow, contact in {(b.source, b.contact) for b in before} - new:
+            users = owners.get(flow)
+            if users is not None:
+                users.discard((aor, contact))
+                if not users:
+                    del owners[flow]
+                    schedule.remove(flow)
         self._wake.set()
 
     def answered(self, branch: str) -> None:
@@ -62,8 +68,9 @@ class KeepaliveService:
             for ping in schedule.due(now):
                 self.pings += 1
                 self.send(ping.request, *ping.flow)
-            for flow, aor, contact in schedule.dead():
-                await self._drop(flow, aor, contact)
+            for flow, _, _ in schedule.dead():
+                for aor, contact in sorted(self._owners.pop(flow, ())):
+                    await self._drop(flow, aor, contact)
             next_due = schedule.next_due()
             self._wake = trio.Event()
             with trio.move_on_at(next_due if next_due is not None else now + schedule.interval):

@@ -40,7 +40,7 @@ class Branch:
 
     __slots__ = ("ctx", "uri", "request", "dest", "txn", "provisional", "final",
                  "cancel_wanted", "cancelled", "timer_gen", "timer_armed", "key", "data",
-                 "__weakref__")
+                 "flow", "__weakref__")
 
     def __init__(self, ctx, uri: str, request: Request, dest: tuple[str, str, int]):
         self.ctx = ctx
@@ -56,6 +56,7 @@ class Branch:
         self.timer_armed = False    # ... and whether it is pending
         self.key = None             # the key of its client transaction
         self.data = b""             # the request as sent, serialized once
+        self.flow = False           # sent to where a binding registered from (NAT, connection)
 
     @property
     def done(self) -> bool:

@@ -110,3 +110,15 @@ def fixed_contact(value: str, source_ip: str, source_port: int) -> str:
     uri.port = source_port
     first.uri = str(uri)
     return ", ".join([str(first)] + parts[1:])
+
+
+def fix_contacts(message, ip: str, port: int) -> None:
+    """Every Contact of `message` pointed at (ip, port); one that cannot be
+    parsed is left as it is (the UA's problem, not a reason to drop the call)."""
+    headers = message.headers
+    for i, (key, value) in enumerate(headers):
+        if key == "contact":
+            try:
+                headers[i] = (key, fixed_contact(value, ip, port))
+            except BadMessage:
+                pass

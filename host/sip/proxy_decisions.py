@@ -14,7 +14,7 @@ from .context import ResponseContext, choose_best
 from .decision import ON_REPLY, Decision
 from .errors import BadMessage
 from .message import Request
-from .nat import fixed_contact
+from .nat import fix_contacts
 from .records import ForgetTimer, ReplyConsult
 from .uri import parse_uri
 
@@ -137,9 +137,3 @@ class DecisionSide:
             self._relay_stateless(req, None, out)
         except BadMessage:
             self.stats.script_decision_errors += 1
-
-
-def fix_contacts(message, ip: str, port: int) -> None:
-    """Every Contact value of `message` pointed at (ip, port)."""
-    message.headers = [(k, fixed_contact(v, ip, port)) if k == "contact" else (k, v)
-                       for k, v in message.headers]

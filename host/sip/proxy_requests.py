@@ -22,9 +22,13 @@ from .decision import ON_REQUEST, Target
 from .errors import BadMessage
 from .message import Request, make_response, reason_for
 from .records import AckConsult, BranchTimer, RequestConsult, new_key
+from .nat import fix_contacts
 from .uri import URI
 
 MAX_BRANCHES = 32            # targets per decision; more is a script bug
+# Requests whose Contact becomes a dialog's remote target (RFC 3261 §12.1,
+# §12.2, RFC 6665, RFC 3311); a REGISTER's is the registrar's to keep as is.
+CONTACT_FIXED = frozenset({"INVITE", "UPDATE", "SUBSCRIBE", "NOTIFY", "REFER"})
 # The Retry-After of that 503: by then every transaction that had its final
 # answer when the 503 was sent has left the table (Timers H, J, L: 64*T1).
 OVERLOAD_RETRY_AFTER = 32
@@ -104,6 +108,11 @@ class RequestSide:
         in_dialog = req.to_tag is not None
         ctx = ResponseContext(txn, req, source, in_dialog)
         txn.context = ctx
+        if req.method in CONTACT_FIXED and rules.sent_from_behind_nat(req, *source):
+            # Where a NATed UA can be reached is where its request came from:
+            # the dialog's remote target must say so (nathelper's
+            # fix_nated_contact, done by the core for every such UA).
+            fix_contacts(req, source[1], source[2])
         if in_dialog and self.dialogs:
             ctx.dialog = self.dialogs.in_dialog_request(req)
         self._run(txn, txn.start(), out)
@@ -198,6 +207,7 @@ class RequestSide:
         branch_id = f"{rules.MAGIC_COOKIE}{rules.loop_hash(req, ctx.request.header('via'))}.{self.new_id()}"
         req.push_front("via", rules.via_value(transport, host, port, branch_id))
         branch = Branch(ctx, target, req, dest)
+        branch.flow = forced is not None
         ctx.branches.append(branch)
         txn = tx.ClientTransaction(req, invite=ctx.is_invite, reliable=transport != "udp",
                                    config=self.timers, key=tx.client_key(branch_id, req.method),

@@ -18,6 +18,7 @@ from __future__ import annotations
 from . import transaction as tx
 from .actions import KeepaliveAnswer, Transmit
 from .keepalive import KEEPALIVE_BRANCH_PREFIX
+from .nat import fix_contacts
 from .context import Branch, ResponseContext, choose_best
 from .decision import ON_FAILURE, ON_REPLY
 from .message import Request, Response, make_response
@@ -59,6 +60,9 @@ class ResponseSide:
 
     def _on_branch_response(self, branch: Branch, resp: Response, status: int, out) -> None:
         ctx = branch.ctx
+        if branch.flow and status < 300 and resp.source is not None and resp.has_header("contact"):
+            # The callee is reached through its flow: so must its dialog be.
+            fix_contacts(resp, resp.source[1], resp.source[2])
         if status < 200:
             branch.provisional = True
             if branch.cancel_wanted or ctx.cancelled or (ctx.final_sent and ctx.is_invite):

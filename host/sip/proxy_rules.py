@@ -120,9 +120,12 @@ def process_route(req: Request, local: Local) -> bool:
         ruri = req.parsed_uri
     except BadMessage:
         ruri = None
-    if ruri is not None and local.is_mine(ruri) and "lr" not in ruri.params:
+    if (ruri is not None and local.is_mine(ruri) and "lr" not in ruri.params
+            and not _top_route_is_mine(req, local)):
         # The previous hop was a strict router: it put our Record-Route URI
-        # in the Request-URI. The real one is the last Route value.
+        # in the Request-URI. The real one is the last Route value. (A top
+        # Route of ours instead means a UA with us as outbound proxy sent a
+        # request for us, e.g. REGISTER sip:our-address: that URI is real.)
         routes = req.header_values("route")
         last = parse_name_addr(routes[-1]).uri
         req.uri = last
@@ -177,6 +180,19 @@ def via_value(transport: str, host: str, port: int, branch: str) -> str:
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
     return f"SIP/2.0/{transport.upper()} {host}:{port};branch={branch}"
+
+
+def sent_from_behind_nat(req: Request, transport: str, src_ip: str, src_port: int) -> bool:
+    """RFC 3581's test: the UA's top Via names another address than the one
+    its request came from, so it does not know its public address. Over a
+    datagram the port counts too; over a connection the source port is an
+    ephemeral one whatever the UA is, so only the address does."""
+    via = req.via
+    if via is None:
+        return False
+    if via.host.strip("[]") != src_ip:
+        return True
+    return transport == "udp" and (via.port or 5060) != src_port
 
 
 def fix_received(req: Request, src_ip: str, src_port: int) -> None:

@@ -201,10 +201,6 @@ async def test_an_answering_flow_keeps_its_binding(autojump_clock):
 # Two AoRs registered over one NATed flow (a phone with two lines behind one
 # NAT mapping): the schedule holds one entry per flow, keyed by flow only.
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: host/services/keepalive.py bindings_changed removes a flow from the "
-    "schedule when one AoR's bindings on it go, though another AoR still has a "
-    "binding on that flow: the remaining line is no longer pinged"))
 async def test_flow_shared_by_two_aors_is_still_pinged_when_one_deregisters():
     ka, _ = service()
     flow = ("udp", "203.0.113.7", 40000)
@@ -218,11 +214,6 @@ async def test_flow_shared_by_two_aors_is_still_pinged_when_one_deregisters():
     assert flow in ka.schedule
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: host/services/keepalive.py keeps one (aor, contact) per flow "
-    "(KeepaliveSchedule.add overwrites it), so when a flow shared by two AoRs "
-    "stops answering only the last AoR's binding is removed; the other keeps "
-    "ringing into a dead NAT mapping"))
 async def test_dead_flow_shared_by_two_aors_drops_both_bindings(autojump_clock):
     store = MemoryStore()
     flow = ("udp", "203.0.113.7", 40000)

@@ -37,3 +37,12 @@ def test_max_forwards_is_decremented_in_place_or_added():
     bare = request("sip:bob@x")
     decrement_max_forwards(bare)
     assert bare.header("max-forwards") == "70"
+
+
+def test_a_request_for_us_through_us_as_outbound_proxy_keeps_its_uri():
+    # A phone with the server as outbound proxy: REGISTER sip:127.0.0.1 with
+    # our own Route on top is loose routing to us, not a strict router's
+    # rewrite (the Request-URI must survive: the digest covers it).
+    req = request("sip:127.0.0.1", ["<sip:127.0.0.1:5060;lr>"])
+    assert process_route(req, LOCAL)
+    assert req.uri == "sip:127.0.0.1" and req.header("route") is None

@@ -17,7 +17,8 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
 # Debian packages the tests use, each with the check that says it is there.
-TEST_DEBS := sip-tester perl libcpanel-json-xs-perl default-jdk-headless redis-server
+TEST_DEBS := sip-tester perl libcpanel-json-xs-perl default-jdk-headless redis-server \
+             baresip-core nftables conntrack iproute2
 have_sip-tester := command -v sipp
 have_perl := command -v perl
 have_libcpanel-json-xs-perl := perl -MCpanel::JSON::XS -e 1
@@ -36,6 +37,10 @@ define apt_ensure
 	    libcpanel-json-xs-perl) check='$(have_libcpanel-json-xs-perl)';; \
 	    default-jdk-headless) check='$(have_default-jdk-headless)';; \
 	    redis-server) check='$(have_redis-server)';; \
+	    baresip-core) check='command -v baresip';; \
+	    nftables) check='command -v nft';; \
+	    conntrack) check='command -v conntrack';; \
+	    iproute2) check='command -v ip';; \
 	    kamailio) check='$(have_kamailio)';; \
 	    python3-venv) check='$(have_python3-venv)';; \
 	    *) check=false;; \

@@ -17,13 +17,15 @@ import trio
 
 from host.sip.actions import DialogChange
 from host.sip.dialogs import ENDED
+from host.sip.proxy_dialogs import FORGET_AFTER
 from host.storage import Store
 
 log = logging.getLogger("babelsip.dialogs")
 
 # A record outlives its call by at most this when its end is never seen (a
-# lost BYE, a core that died): the profile counts heal by themselves.
-UNLIMITED_TTL = 12 * 3600.0
+# lost BYE, a core that died): the profile counts heal by themselves. The
+# core forgets such a call after as long.
+UNLIMITED_TTL = FORGET_AFTER
 QUEUE_MAX = 100_000   # changes waiting for the store; beyond, counted and dropped
 
 

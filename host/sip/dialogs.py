@@ -336,6 +336,14 @@ class DialogTable:
         self.remove(dialog)
         return ENDED
 
+    def get(self, call_id: str, from_tag: str) -> Dialog | None:
+        return self._dialogs.get((call_id, from_tag))
+
+    def forget(self, dialog: Dialog) -> str:
+        """Stop tracking a call whose end we never saw (a BYE that did not
+        come through us): ENDED with reason "lost"."""
+        return self._end(dialog, "lost")
+
     def remove(self, dialog: Dialog) -> None:
         key = (dialog.call_id, dialog.from_tag)
         if self._dialogs.get(key) is dialog:

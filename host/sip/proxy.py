@@ -151,7 +151,7 @@ class ProxyCore(RequestSide, ResponseSide, DecisionSide, DialogSide):
                 branch.timer_armed = False
                 self._branch_timer(txn, branch, out)
         elif kind is DialogTimer:
-            self._dialog_timer(out)
+            self._dialog_timer(key, out)
         elif kind is ForgetTimer:
             txn = self.server_txns.get(key.txn_key)
             ctx = txn.context if txn is not None else None

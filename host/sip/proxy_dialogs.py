@@ -13,10 +13,14 @@ from __future__ import annotations
 
 from . import proxy_rules as rules
 from . import transaction as tx
-from .actions import Arm, DialogChange
+from .actions import Arm, DialogChange, Disarm
 from .dialogs import CONFIRMED, ENDED, TRYING, DialogTableFull
 from .errors import BadMessage
 from .records import DialogTimer
+
+# How long a confirmed call without a limit stays tracked if its end never
+# passes us; the store's copy lives as long (host/services/dialogs.py).
+FORGET_AFTER = 12 * 3600.0
 
 
 class DialogSide:
@@ -55,12 +59,19 @@ class DialogSide:
                 # A callee reached with no proxy beyond us (a registered
                 # phone, maybe behind a NAT): our BYE goes where its 2xx came from.
                 dialog.callee_source = resp.source
-            if dialog.max_duration is not None:
-                out.append(Arm(dialog.max_duration, DialogTimer(dialog.call_id, dialog.from_tag)))
+            # A limited call ends at its limit; any other is forgotten after
+            # FORGET_AFTER, in case its BYE never comes through us.
+            out.append(Arm(dialog.max_duration or FORGET_AFTER,
+                           DialogTimer(dialog.call_id, dialog.from_tag)))
         self._dialog_changed(dialog, state, out)
 
-    def _dialog_timer(self, out) -> None:
-        """A maximum duration ran out: end every call now past its limit."""
+    def _dialog_timer(self, key, out) -> None:
+        """A maximum duration ran out: end every call now past its limit.
+        Or an unlimited call reached FORGET_AFTER: stop tracking it."""
+        dialog = self.dialogs.get(key.call_id, key.from_tag)
+        if dialog is not None and dialog.max_duration is None and dialog.state == CONFIRMED:
+            self.dialogs.forget(dialog)
+            self._dialog_changed(dialog, ENDED, out)
         for dialog in self.dialogs.expire_due(self.dialogs.now()):
             local = self.listen
             requests = self.dialogs.end_requests(dialog, ("udp", *local["udp"]) if "udp" in local
@@ -92,4 +103,7 @@ class DialogSide:
         self._run(txn, txn.start(), out)
 
     def _dialog_changed(self, dialog, state, out) -> None:
+        if state == ENDED and dialog.confirmed_at is not None:
+            # Its timer (limit or FORGET_AFTER) must not sit in the heap for hours.
+            out.append(Disarm(DialogTimer(dialog.call_id, dialog.from_tag)))
         out.append(DialogChange(state, dialog.as_record(self.dialogs.now()), dict(dialog.profiles)))

@@ -15,18 +15,9 @@ from host.sip.actions import Consult
 from host.sip.decision import ON_REQUEST
 from host.sip.digest import DigestError, parse_credentials
 from host.sip.errors import BadMessage
-from host.sip.headers import display_name, parse_name_addr, tag_of
+from host.sip.headers import display_name, tag_of, uri_of
 from host.sip.message import Request, Response
 from host.sip.uri import parse_uri
-
-
-def _uri_of(value: str | None) -> str:
-    if not value:
-        return ""
-    try:
-        return parse_name_addr(value).uri
-    except BadMessage:
-        return ""
 
 
 def digest_username(req: Request) -> str:
@@ -120,9 +111,9 @@ def script_event(consult: Consult) -> ScriptEvent:
         "ruri_local": ruri_local,
         "call_id": req.call_id,
         "cseq": req.cseq,
-        "from_uri": _uri_of(from_value),
+        "from_uri": uri_of(from_value),
         "from_tag": tag_of(from_value) or "",
-        "to_uri": _uri_of(to_value),
+        "to_uri": uri_of(to_value),
         "to_tag": tag_of(to_value) or "",
         "source_ip": ip,
         "source_port": port,

@@ -21,7 +21,7 @@ import heapq
 from typing import Callable, Iterable
 
 from .errors import BadMessage
-from .headers import parse_name_addr
+from .headers import parse_name_addr, uri_of
 from .message import Request, Response
 from .proxy_rules import DEFAULT_MAX_FORWARDS, MAGIC_COOKIE, TRANSPORT_PORTS, via_value
 from .uri import URI, parse_uri
@@ -141,7 +141,7 @@ class DialogTable:
             raise DialogTableFull(f"{len(self._dialogs)} dialogs")
         to_value = invite.header("to") or ""
         dialog = Dialog(invite.call_id, from_tag, from_value, to_value,
-                        _uri_of(from_value), _uri_of(to_value), self._clock())
+                        uri_of(from_value), uri_of(to_value), self._clock())
         dialog.max_duration = max_duration
         dialog.profiles = dict(profiles or {})
         dialog.caller_contact = _contact_of(invite)
@@ -149,9 +149,9 @@ class DialogTable:
         dialog.caller_source = tuple(source)
         # Until a 2xx says otherwise, the route toward the caller is the
         # Record-Route the INVITE brought (nearest proxy on top).
-        dialog.caller_route = [_uri_of(v) for v in invite.header_values("record-route")]
+        dialog.caller_route = [uri_of(v) for v in invite.header_values("record-route")]
         ours = [our_record_route] if isinstance(our_record_route, str) else list(our_record_route)
-        dialog.our_route = [_uri_of(v) for v in ours]
+        dialog.our_route = [uri_of(v) for v in ours]
         self._dialogs[key] = dialog
         return dialog
 
@@ -177,7 +177,7 @@ class DialogTable:
             dialog.to_tag = resp.to_tag
             dialog.to_value = resp.header("to") or dialog.to_value
             dialog.callee_contact = _contact_of(resp)
-            self._split_route_set(dialog, [_uri_of(v) for v in resp.header_values("record-route")])
+            self._split_route_set(dialog, [uri_of(v) for v in resp.header_values("record-route")])
             if dialog.max_duration is not None:
                 self._seq += 1
                 heapq.heappush(self._deadlines, (now + dialog.max_duration, self._seq, dialog))
@@ -359,18 +359,8 @@ class DialogTable:
 _TARGET_REFRESH = frozenset({"INVITE", "UPDATE"})
 
 
-def _uri_of(value: str | None) -> str:
-    """The URI of a name-addr header value; '' for one that does not parse."""
-    if not value:
-        return ""
-    try:
-        return parse_name_addr(value).uri
-    except BadMessage:
-        return ""
-
-
 def _contact_of(msg) -> str | None:
-    return _uri_of(msg.header("contact")) or None
+    return uri_of(msg.header("contact")) or None
 
 
 def _parse(uri: str) -> URI | None:

@@ -320,6 +320,17 @@ def _bracketed(value: str, display: str | None, lt: int) -> NameAddr:
     return NameAddr(display, uri, parse_params(rest) if rest else {})
 
 
+def uri_of(value: str | None) -> str:
+    """The URI of a name-addr header value (From, To, Contact); '' for one
+    that is absent or does not parse."""
+    if not value:
+        return ""
+    try:
+        return parse_name_addr(value).uri
+    except BadMessage:
+        return ""
+
+
 def tag_of(value: str | None) -> str | None:
     """The tag parameter of a From/To value, without a full parse on the hot
     path. Never raises: a value it cannot read has no tag."""

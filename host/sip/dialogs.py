@@ -21,7 +21,7 @@ import heapq
 from typing import Callable, Iterable
 
 from .errors import BadMessage
-from .headers import parse_name_addr, uri_of
+from .headers import uri_of
 from .message import Request, Response
 from .proxy_rules import DEFAULT_MAX_FORWARDS, MAGIC_COOKIE, TRANSPORT_PORTS, via_value
 from .uri import URI, parse_uri

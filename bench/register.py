@@ -53,7 +53,7 @@ KAMAILIO_CFG = HERE / "kamailio-register.cfg"
 REGISTER_AUTH = HERE / "register_auth.xml"
 REGISTER_NOAUTH = HERE / "register_noauth.xml"
 DEFAULT_ROUTES = HERE / "routes"
-DEFAULT_RATES = "250,500,1000,1500,2000,3000,4000,5000,6000,8000"
+DEFAULT_RATES = "250,500,1000,1500,2000,3000,4000,5000,6000,8000,10000,12000"
 
 # A step runner: (system name, proxy, slot, rate, duration) -> Step
 StepRunner = Callable[[str, sipp.ProxyProcess, Slot, int, float], Step]

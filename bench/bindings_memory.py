@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
           f"at up to {args.rate}/s, {args.limit} in flight; systems: {', '.join(chosen)}")
     results = []
     with tempfile.TemporaryDirectory(prefix="babelsip-bench-bindings-") as tmp:
-        routes = args.routes.resolve() if args.routes else Path(tmp) / "routes"
+        routes = reg.routes_folder(args.routes) if args.routes else Path(tmp) / "routes"
         if not args.routes:
             routes.mkdir()
             (routes / "main.lua").write_text(SAVE_ROUTE)

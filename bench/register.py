@@ -17,8 +17,9 @@ Systems:
   babelsip   babelsip run --listen udp:127.0.0.1:PORT --routes ROUTES --log-level warning
              ROUTES = --routes (default bench/register/routes: authenticate every
              user with password "secret", realm = the server's address, save;
-             INVITE -> lookup). examples/quickstart authenticates alice and bob
-             only: run it with --routes examples/quickstart --users alice,bob.
+             INVITE -> lookup). examples/quickstart/routes authenticates alice and
+             bob only (realm "babelsip"): --routes examples/quickstart --users alice,bob
+             (an example's folder stands for its routes/ subfolder).
   kamailio   bench/register/kamailio-register.cfg: pv_www_authenticate("$td",
              "secret") + www_challenge(qop=auth), registrar save("location"),
              usrloc in memory (db_mode 0); 1 worker, UDP, -x fm -X fm (as run.py).
@@ -249,7 +250,8 @@ def report(steps: list[Step], systems: list[str], reference: str, unit: str,
 def common_args(ap: argparse.ArgumentParser, *, rates: str, systems: str = "babelsip,kamailio") -> None:
     ap.add_argument("--systems", default=systems, help="comma-separated, from: babelsip, kamailio")
     ap.add_argument("--routes", type=Path, default=DEFAULT_ROUTES,
-                    help="babelsip's routes folder (default bench/register/routes)")
+                    help="babelsip's routes folder (default bench/register/routes; "
+                    "examples/quickstart means examples/quickstart/routes)")
     ap.add_argument("--rates", default=rates, help="steps per second, ascending")
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per step")
     ap.add_argument("--retries", type=int, default=1,
@@ -260,8 +262,20 @@ def common_args(ap: argparse.ArgumentParser, *, rates: str, systems: str = "babe
                     "(default bench/results/<script>-<time>.json)")
 
 
+def routes_folder(path: Path) -> Path:
+    """The folder to give babelsip's --routes: `path`, or its routes/ subfolder when
+    `path` is an example's folder (examples/quickstart -> examples/quickstart/routes;
+    babelsip would serve an empty route set and answer 500 otherwise)."""
+    path = path.resolve()
+    has_route = any(p.is_file() and p.stem == "main" for p in path.glob("main.*"))
+    if not has_route and (path / "routes").is_dir():
+        return path / "routes"
+    return path
+
+
 def chosen_starters(ap: argparse.ArgumentParser, args, *, no_auth: bool = False):
-    table = {"babelsip": start_babelsip(args.routes.resolve()),
+    args.routes = routes_folder(args.routes)
+    table = {"babelsip": start_babelsip(args.routes),
              "kamailio": start_kamailio(no_auth=no_auth)}
     about = {"babelsip": "babelsip " + " ".join(babelsip_argv(0, args.routes)).replace(
                  f"{sipp.LOCALHOST}:0", f"{sipp.LOCALHOST}:PORT"),

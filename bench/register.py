@@ -12,6 +12,10 @@ wraps. For each rate in turn every system gets `rate x duration` registrations
 server's CPU per registration is the utime+stime of its process tree over the
 step (bench/run.py's tree_cpu_seconds) divided by the registrations; the
 ratios compare CPU at the highest rate both systems passed.
+sipp answers the 401 itself ([authentication], with -au '[field0]' -ap
+'[field1]': sipp 3.6 cannot nest fields in the keyword's own parameters, and
+answers only a first, MD5 challenge). BENCH_LOG_LEVEL=debug sets babelsip's
+--log-level (default warning).
 
 Systems:
   babelsip   babelsip run --listen udp:127.0.0.1:PORT --routes ROUTES --log-level warning

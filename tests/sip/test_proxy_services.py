@@ -728,3 +728,50 @@ def test_a_request_relayed_to_us_unchanged_every_time_is_still_a_loop():
     uac.request()
     net.run(until=5)
     assert 482 in uac.codes and uas.received == []
+
+
+class ContactUAS(UAS):
+    """A UAS whose responses carry the Contact `contact`, whatever it is."""
+
+    def __init__(self, contact, *args, **kw):
+        super().__init__(*args, **kw)
+        self.contact = contact
+
+    def _send(self, resp, src):
+        if resp.has_header("contact"):
+            resp.set_header("contact", self.contact)
+        super()._send(resp, src)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: a callee 2xx Contact that parse_name_addr accepts but parse_uri refuses (here "
+    "<foo:bar>) makes ProxyCore.timer(DialogTimer) raise BadMessage: dialogs.end_requests "
+    "-> _destination raises before _end, and proxy_dialogs._dialog_timer does not catch it. "
+    "The call is never ended (no BYE either way, no DialogChange 'ended', it stays CONFIRMED "
+    "in the table with its deadline already popped), and every other dialog due in the same "
+    "expire_due batch after it is popped from the heap and never ended either"))
+def test_a_callee_contact_we_cannot_route_to_does_not_stop_the_limit():
+    def router(hook, event):
+        target = UAS0 if event["call_id"] == "call-1" else UAS1
+        return Decision(verb="relay", targets=[target], dialog={"max_duration": 1.0})
+
+    clock = Clock()
+    net, proxy, uac, uases = setup(router, uas_scripts=((180, 200), (180, 200)), clock=clock)
+    clock.net = net
+    attach(net, 5071, ContactUAS("<foo:bar>", (180, 200), tag="uas0"))
+    run = proxy.execute
+    proxy.execute = lambda actions: run([a for a in actions
+                                         if not (type(a) is Arm and type(a.key) is DialogTimer)])
+    uac.request(call_id="call-1", branch="z9hG4bK-c1")
+    net.run(until=0.5)
+    uac.request(call_id="call-2", branch="z9hG4bK-c2")
+    net.run(until=1)
+    assert finals(uac) == [200, 200]
+    assert len(proxy.core.dialogs) == 2
+    net.run(until=3)   # both past their limit
+    out = proxy.core.timer(DialogTimer("call-2", "uac"))
+    ended = sorted(a.record["call_id"] for a in out if type(a) is DialogChange and a.state == "ended")
+    assert ended == ["call-1", "call-2"]
+    assert len(proxy.core.dialogs) == 0
+    callers = [a for a in out if type(a) is Transmit and a.data.startswith(b"BYE ") and a.port == 5061]
+    assert len(callers) == 2   # the caller of each call is told it is over

@@ -408,7 +408,8 @@ def test_a_bye_through_the_proxy_ends_the_dialog_and_disarms_its_timer():
     # The limit's timer fires anyway (the shell never cancels): nothing happens.
     net.run(until=5)
     assert len(dialog_changes(log)) == 4
-    assert not [a for a in log if type(a) is Transmit and a.data.startswith(b"BYE") and a.port == 5061]
+    byes = [a for a in log if type(a) is Transmit and a.data.startswith(b"BYE ")]
+    assert [(a.host, a.port) for a in byes] == [("127.0.0.1", 5071)]   # only the caller's, relayed
 
 
 def test_the_limit_ends_the_call_with_a_bye_each_way():
@@ -775,3 +776,20 @@ def test_a_callee_contact_we_cannot_route_to_does_not_stop_the_limit():
     assert len(proxy.core.dialogs) == 0
     callers = [a for a in out if type(a) is Transmit and a.data.startswith(b"BYE ") and a.port == 5061]
     assert len(callers) == 2   # the caller of each call is told it is over
+
+
+def test_a_forked_call_is_confirmed_with_the_winning_to_tag_and_its_bye_ends_it():
+    net, proxy, uac, uases, log = dialog_setup(tracked(targets=(UAS0, UAS1)),
+                                               uas_scripts=((180,), (180, 200)))
+    inv = uac.request()
+    net.run(until=1)
+    changes = dialog_changes(log)
+    assert [c.state for c in changes] == ["trying", "early", "confirmed"]
+    assert changes[-1].record["to_tag"] == "uas1"
+    assert len(cancels(uases[0])) == 1
+    uac.ack_2xx(uac.responses[-1], inv)
+    send_request(net, uac, "BYE", ruri="sip:uas@127.0.0.1:5072", to_tag="uas1", cseq=2,
+                 branch="z9hG4bK-bye2", headers=[("route", OUR_RR)])
+    net.run(until=3)
+    assert [c.state for c in dialog_changes(log)][-1] == "ended"
+    assert len(proxy.core.dialogs) == 0

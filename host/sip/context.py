@@ -69,7 +69,8 @@ class ResponseContext:
     __slots__ = ("txn", "request", "source", "is_invite", "branches", "serial", "responses",
                  "final_sent", "cancelled", "route", "hooks", "vars", "in_dialog",
                  "failures_asked", "next_hop", "record_route", "consulting", "reply_queue",
-                 "timeout", "parallel", "live", "timer_gen", "dialog", "__weakref__")
+                 "timeout", "parallel", "live", "timer_gen", "dialog", "received_uri",
+                 "__weakref__")
 
     def __init__(self, txn, request: Request, source: tuple[str, str, int], in_dialog: bool):
         self.txn = txn
@@ -98,6 +99,7 @@ class ResponseContext:
         self.live = 1
         self.timer_gen = 0                 # of the ForgetTimer of a dropped request
         self.dialog = None                 # the dialog (dialogs.py) it creates or belongs to
+        self.received_uri = request.uri    # before any retargeting: the loop hash's (§16.6 step 8)
 
     def pending(self) -> list[Branch]:
         return [b for b in self.branches if b.final is None]

@@ -304,22 +304,33 @@ class DialogTable:
         # the caller's last, which the callee must accept (§12.2.2).
         dialog.caller_cseq += 1
         # With no Contact in the 2xx (a broken UA) the To URI is the best target left.
-        req, hop = _bye(dialog.callee_contact or dialog.callee_uri, dialog.callee_route,
-                        dialog.from_value, dialog.to_value, dialog.call_id, dialog.caller_cseq)
-        out.append((req, _destination(hop)))
+        # Each BYE on its own: a side we cannot address must not spare the other.
+        try:
+            req, hop = _bye(dialog.callee_contact or dialog.callee_uri, dialog.callee_route,
+                            dialog.from_value, dialog.to_value, dialog.call_id, dialog.caller_cseq)
+            if dialog.callee_route or dialog.callee_source is None:
+                dest = _destination(hop)
+            else:
+                dest = dialog.callee_source   # where its 2xx came from (a NATed phone)
+            out.append((req, dest))
+        except BadMessage:
+            pass
         # Toward the caller, in the callee's name. With no request from the
         # callee yet the caller's remote CSeq is empty and any value is
         # accepted (§12.2.2); 1 is the smallest valid one.
         dialog.callee_cseq += 1
-        req, hop = _bye(dialog.caller_contact or dialog.caller_uri, dialog.caller_route,
-                        dialog.to_value, dialog.from_value, dialog.call_id, dialog.callee_cseq)
-        if dialog.caller_route or dialog.caller_source is None:
-            dest = _destination(hop)
-        else:
-            # No proxy between us and the caller: its Contact may be a private
-            # address behind a NAT; the INVITE's source is where it listens.
-            dest = dialog.caller_source
-        out.append((req, dest))
+        try:
+            req, hop = _bye(dialog.caller_contact or dialog.caller_uri, dialog.caller_route,
+                            dialog.to_value, dialog.from_value, dialog.call_id, dialog.callee_cseq)
+            if dialog.caller_route or dialog.caller_source is None:
+                dest = _destination(hop)
+            else:
+                # No proxy between us and the caller: its Contact may be a private
+                # address behind a NAT; the INVITE's source is where it listens.
+                dest = dialog.caller_source
+            out.append((req, dest))
+        except BadMessage:
+            pass
         for req, _ in out:
             branch = new_branch()
             if not branch.startswith(MAGIC_COOKIE):

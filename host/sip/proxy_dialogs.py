@@ -77,9 +77,7 @@ class DialogSide:
             requests = self.dialogs.end_requests(dialog, ("udp", *local["udp"]) if "udp" in local
                                                  else next((t, *hp) for t, hp in local.items()),
                                                  self.new_id)
-            for i, (bye, dest) in enumerate(requests):
-                if i == 0 and dialog.callee_source is not None:
-                    dest = dialog.callee_source
+            for bye, dest in requests:
                 self._send_own_request(bye, dest, out)
             self.stats.dialogs_timed_out += 1
             self._dialog_changed(dialog, ENDED, out)

@@ -204,7 +204,7 @@ class RequestSide:
             host, port = self.listen[transport]
             req.push_front("record-route", rules.record_route_value(transport, host, port))
         host, port = self.listen[transport]
-        branch_id = f"{rules.MAGIC_COOKIE}{rules.loop_hash(req, ctx.request.header('via'))}.{self.new_id()}"
+        branch_id = f"{rules.MAGIC_COOKIE}{rules.loop_hash(req, ctx.request.header('via'), ctx.received_uri)}.{self.new_id()}"
         req.push_front("via", rules.via_value(transport, host, port, branch_id))
         branch = Branch(ctx, target, req, dest)
         branch.flow = forced is not None

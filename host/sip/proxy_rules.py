@@ -72,10 +72,12 @@ def decrement_max_forwards(req: Request) -> None:
     headers.append(("max-forwards", str(DEFAULT_MAX_FORWARDS)))
 
 
-def loop_hash(req: Request, via_below: str) -> str:
+def loop_hash(req: Request, via_below: str, uri: str | None = None) -> str:
     """§16.6 step 8: the part of our branch that detects loops — a hash over
     the fields that stay the same when a request comes back to us unchanged.
-    `via_below` is the top Via as we received it (it ends up right below ours)."""
+    `via_below` is the top Via as we received it (it ends up right below ours),
+    `uri` the Request-URI as received, before any retargeting (default: the
+    request's): a request retargeted to another URI of ours is a spiral."""
     to = from_ = require = ""
     for name, value in req.headers:  # one pass instead of three lookups
         if name == "to":
@@ -84,7 +86,7 @@ def loop_hash(req: Request, via_below: str) -> str:
             from_ = from_ or value
         elif name == "proxy-require":
             require = require or value
-    key = "\0".join((req.uri, to, tag_of(from_) or "", req.call_id, str(req.cseq), via_below, require))
+    key = "\0".join((uri or req.uri, to, tag_of(from_) or "", req.call_id, str(req.cseq), via_below, require))
     return hashlib.blake2s(key.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
 
 

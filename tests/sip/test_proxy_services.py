@@ -701,12 +701,6 @@ def test_a_natted_re_invite_in_dialog_has_its_contact_fixed_on_the_route_set():
 
 
 # ------------------------------------------------------------ found bugs
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a spiral is taken for a loop. _start_branch hashes the *retargeted* Request-URI "
-    "into the branch (rules.loop_hash(req, ...) after req.uri = target), while RFC 3261 "
-    "§16.6 step 8 / §16.3 step 4 hash the Request-URI of the request received (before "
-    "translation); so a request retargeted to another URI of ours (forwarding bob to a "
-    "local alias) comes back with the URI we hashed and detect_loop answers 482"))
 def test_a_request_retargeted_back_to_us_is_a_spiral_not_a_loop():
     def router(hook, event):
         if event["ruri"] == "sip:bob@example.com":
@@ -744,13 +738,6 @@ class ContactUAS(UAS):
         super()._send(resp, src)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a callee 2xx Contact that parse_name_addr accepts but parse_uri refuses (here "
-    "<foo:bar>) makes ProxyCore.timer(DialogTimer) raise BadMessage: dialogs.end_requests "
-    "-> _destination raises before _end, and proxy_dialogs._dialog_timer does not catch it. "
-    "The call is never ended (no BYE either way, no DialogChange 'ended', it stays CONFIRMED "
-    "in the table with its deadline already popped), and every other dialog due in the same "
-    "expire_due batch after it is popped from the heap and never ended either"))
 def test_a_callee_contact_we_cannot_route_to_does_not_stop_the_limit():
     def router(hook, event):
         target = UAS0 if event["call_id"] == "call-1" else UAS1

@@ -16,13 +16,14 @@ from host.sip.parser import parse_message
 from host.sip.registrar import Settings
 from host.storage.memory import MemoryStore
 
-NOW = float(int(time.time()))   # binding_records reads the real wall clock
 AOR = "sip:alice@example.com"
 UA = ("udp", "192.0.2.10", 5060)          # a UA on a public address, Via = source
 
 
 class Clock:
-    def __init__(self, t: float = NOW):
+    def __init__(self, t: float | None = None):
+        # Now, not at import: binding_records reads the real wall clock.
+        t = float(int(time.time())) if t is None else t
         self.t = t
 
     def __call__(self) -> float:

@@ -158,6 +158,11 @@ class RouteRegistry:
                 states = {n: r.state for n, r in self._routes.items()}
                 log.info("routes loaded from %s: %s", self.directory,
                          ", ".join(f"{n} ({s})" for n, s in sorted(states.items())) or "none")
+                if not states:
+                    inner = Path(self.directory) / "routes"
+                    hint = f" (did you mean {inner}?)" if inner.is_dir() else ""
+                    log.warning("no route in %s%s: every request is answered 500 until one "
+                                "is added", self.directory, hint)
                 nursery.start_soon(self._housekeeping)
                 task_status.started()
                 async with receive:

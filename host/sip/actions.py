@@ -40,11 +40,20 @@ class Arm:
 class DialogChange:
     """A tracked dialog entered `state` (dialogs.py: trying, early,
     confirmed, ended): the shell mirrors `record` into the store and counts
-    the call in, or out of, its profiles."""
-    __slots__ = ("state", "record", "profiles")
+    the call in, or out of, its profiles. `record` is a dict, or the Dialog
+    itself, whose record is then built when first read (by the shell's
+    store writer, not on the core's path)."""
+    __slots__ = ("state", "_record", "profiles", "_now")
 
-    def __init__(self, state, record, profiles):
-        self.state, self.record, self.profiles = state, record, profiles
+    def __init__(self, state, record, profiles, now=None):
+        self.state, self._record, self.profiles, self._now = state, record, profiles, now
+
+    @property
+    def record(self) -> dict:
+        record = self._record
+        if type(record) is not dict:
+            record = self._record = record.as_record(self._now)
+        return record
 
     def __repr__(self):
         return f"DialogChange({self.state}, {self.record.get('id')})"

@@ -115,6 +115,7 @@ class DialogTable:
         self._max = max_dialogs
         self._dialogs: dict[tuple[str, str], Dialog] = {}
         self._deadlines: list[tuple[float, int, Dialog]] = []  # heap; stale entries skipped
+        self._ours: dict[tuple, list[str]] = {}   # our Record-Route values -> their URIs
         self._seq = 0
 
     def now(self) -> float:
@@ -150,8 +151,11 @@ class DialogTable:
         # Until a 2xx says otherwise, the route toward the caller is the
         # Record-Route the INVITE brought (nearest proxy on top).
         dialog.caller_route = [uri_of(v) for v in invite.header_values("record-route")]
-        ours = [our_record_route] if isinstance(our_record_route, str) else list(our_record_route)
-        dialog.our_route = [uri_of(v) for v in ours]
+        ours = (our_record_route,) if isinstance(our_record_route, str) else tuple(our_record_route)
+        parsed = self._ours.get(ours)
+        if parsed is None:   # the core passes the same values for every call: parse them once
+            parsed = self._ours[ours] = [uri_of(v) for v in ours]
+        dialog.our_route = parsed
         self._dialogs[key] = dialog
         return dialog
 
@@ -192,8 +196,12 @@ class DialogTable:
         first. Those above our entry lie toward the callee and are reversed so
         the nearest comes first; those below lie toward the caller, nearest
         first already."""
-        ours = [u for u in map(_parse, dialog.our_route) if u is not None]
-        mine = [i for i, u in enumerate(map(_parse, rr)) if u is not None and u in ours]
+        # Our entries come back as we wrote them: compare the text first,
+        # and parse (URI equivalence) only when a hop rewrote them.
+        mine = [i for i, u in enumerate(rr) if u in dialog.our_route]
+        if not mine:
+            ours = [u for u in map(_parse, dialog.our_route) if u is not None]
+            mine = [i for i, u in enumerate(map(_parse, rr)) if u is not None and u in ours]
         if not mine:
             # The callee dropped our entry: in-dialog requests will bypass us;
             # keep what the INVITE told us about the caller's side.

@@ -104,4 +104,4 @@ class DialogSide:
         if state == ENDED and dialog.confirmed_at is not None:
             # Its timer (limit or FORGET_AFTER) must not sit in the heap for hours.
             out.append(Disarm(DialogTimer(dialog.call_id, dialog.from_tag)))
-        out.append(DialogChange(state, dialog.as_record(self.dialogs.now()), dict(dialog.profiles)))
+        out.append(DialogChange(state, dialog, dialog.profiles, self.dialogs.now()))

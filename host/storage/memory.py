@@ -119,10 +119,15 @@ class MemoryStore(Store):
         current = item[0] if item is not None and item[1] > now else 0
         if value <= current:
             return False
-        self._counters[key] = (value, now + ttl)
-        if len(self._counters) % SWEEP_BATCH == 0:
-            for k in [k for k, (_, exp) in self._counters.items() if exp <= now]:
-                del self._counters[k]
+        counters = self._counters
+        counters[key] = (value, now + ttl)
+        # The oldest counters come first (insertion order) and expire first:
+        # a few looked at per write keep the table at about rate x ttl.
+        for _ in range(4):
+            oldest = next(iter(counters))
+            if counters[oldest][1] > now:
+                break
+            del counters[oldest]
         return True
 
     # ------------------------------------------------- dialogs and profiles

@@ -307,38 +307,23 @@ class DialogTable:
         if dialog.state != CONFIRMED:
             return []
         transport, host, port = local
-        out = []
         # Toward the callee, in the caller's name (§12.2.1.1): CSeq one above
         # the caller's last, which the callee must accept (§12.2.2).
         dialog.caller_cseq += 1
         # With no Contact in the 2xx (a broken UA) the To URI is the best target left.
         # Each BYE on its own: a side we cannot address must not spare the other.
-        try:
-            req, hop = _bye(dialog.callee_contact or dialog.callee_uri, dialog.callee_route,
-                            dialog.from_value, dialog.to_value, dialog.call_id, dialog.caller_cseq)
-            if dialog.callee_route or dialog.callee_source is None:
-                dest = _destination(hop)
-            else:
-                dest = dialog.callee_source   # where its 2xx came from (a NATed phone)
-            out.append((req, dest))
-        except BadMessage:
-            pass
-        # Toward the caller, in the callee's name. With no request from the
-        # callee yet the caller's remote CSeq is empty and any value is
-        # accepted (§12.2.2); 1 is the smallest valid one.
+        out = [bye for bye in (
+            _bye_toward(dialog.callee_contact or dialog.callee_uri, dialog.callee_route,
+                        dialog.callee_source, dialog.from_value, dialog.to_value,
+                        dialog.call_id, dialog.caller_cseq),
+            # Toward the caller, in the callee's name. With no request from the
+            # callee yet the caller's remote CSeq is empty and any value is
+            # accepted (§12.2.2); 1 is the smallest valid one.
+            _bye_toward(dialog.caller_contact or dialog.caller_uri, dialog.caller_route,
+                        dialog.caller_source, dialog.to_value, dialog.from_value,
+                        dialog.call_id, dialog.callee_cseq + 1),
+        ) if bye is not None]
         dialog.callee_cseq += 1
-        try:
-            req, hop = _bye(dialog.caller_contact or dialog.caller_uri, dialog.caller_route,
-                            dialog.to_value, dialog.from_value, dialog.call_id, dialog.callee_cseq)
-            if dialog.caller_route or dialog.caller_source is None:
-                dest = _destination(hop)
-            else:
-                # No proxy between us and the caller: its Contact may be a private
-                # address behind a NAT; the INVITE's source is where it listens.
-                dest = dialog.caller_source
-            out.append((req, dest))
-        except BadMessage:
-            pass
         for req, _ in out:
             branch = new_branch()
             if not branch.startswith(MAGIC_COOKIE):
@@ -409,6 +394,20 @@ def _bye(target: str, route: list[str], from_value: str, to_value: str, call_id:
     req = Request("BYE", uri, headers)
     req.call_id, req.cseq, req.cseq_method = call_id, cseq, "BYE"
     return req, hop
+
+
+def _bye_toward(target: str, route: list[str], source: Address | None, from_value: str,
+                to_value: str, call_id: str, cseq: int) -> tuple[Request, Address] | None:
+    """A BYE to one side and where it goes, None when it cannot be addressed.
+    With no proxy between us and that side, it goes to `source` (where the
+    side's INVITE or 2xx came from): its Contact may be a private address
+    behind a NAT."""
+    try:
+        req, hop = _bye(target, route, from_value, to_value, call_id, cseq)
+        dest = _destination(hop) if route or source is None else source
+    except BadMessage:
+        return None
+    return req, dest
 
 
 def _destination(hop: str) -> Address:

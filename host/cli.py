@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="static mode: relay every initial request to this URI, record-routed")
     mode.add_argument("--routes", type=Path, metavar="DIR", help="serve the routes in DIR")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--store", metavar="URL", default=None,
+                     help="where registrations, nonce counts, dialogs and script data live: "
+                          "redis://[user:password@]host[:port][/db] or rediss:// (TLS), shared "
+                          "by every core pointed at it; default: in this process's memory")
     run.add_argument("--domain", action="append", default=[], metavar="NAME",
                      help="a domain this server is the registrar for, besides its own addresses "
                           "(repeatable; the first names them all in addresses-of-record)")
@@ -154,6 +158,14 @@ def main(argv: list[str] | None = None) -> int:
         print("babelsip: error: need --min-expires <= --default-expires <= --max-expires",
               file=sys.stderr)
         return 2
+    if args.store is not None:
+        from host.storage import StoreError, set_shared_store
+        from host.storage.redis import RedisStore
+        try:
+            set_shared_store(RedisStore(args.store))
+        except StoreError as exc:
+            print(f"babelsip: error: {exc}", file=sys.stderr)
+            return 2
     extra = {"tcp": tcp} if tcp else {}
     extra.update(keepalive=args.keepalive, stun=args.stun)
     config = ServerConfig(listen=listen, relay_to=args.relay_to,

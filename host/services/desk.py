@@ -16,7 +16,7 @@ import os
 from host.sip.decision import Decision
 from host.sip.message import Request
 from host.sip.registrar import Settings
-from host.storage import Store
+from host.storage import Store, StoreUnavailable
 
 from .auth import DEFAULT_ALGORITHMS, Authenticator
 from .location import LocationService
@@ -24,6 +24,7 @@ from .location import LocationService
 log = logging.getLogger("babelsip.services")
 
 SERVICE_VERBS = ("save", "lookup")
+STORE_RETRY_AFTER = 10   # seconds a UA waits before retrying while the store is down
 
 
 def needs_services(d: Decision) -> bool:
@@ -50,6 +51,13 @@ class Services:
         """The decision with its services done (see the module doc)."""
         try:
             return await self._resolve(request, source, d)
+        except StoreUnavailable as exc:
+            # The store is down (Redis restarting): the UA tries again later;
+            # nothing it registered before is lost (the store keeps it).
+            self.errors += 1
+            log.warning("%s %s: %s", request.method, request.call_id, exc)
+            return Decision(verb="reply", code=503, reason="Store Unavailable", vars=d.vars,
+                            headers=[("Retry-After", str(STORE_RETRY_AFTER))])
         except Exception:
             # A store that fails must cost this request an answer, not the call's order.
             self.errors += 1

@@ -22,7 +22,12 @@ from host.sip.nat import is_private
 from host.sip.uri import parse_uri
 from host.sip.registrar import (RegistrarError, Settings, address_of_record, apply_update,
                                 branch_groups, live, ok_headers, parse_register)
-from host.storage import Store
+from host.storage import Store, StoreUnavailable
+
+# Lookups the location service may answer from its last reads while the store
+# is down: how old, and how many AoRs (the most recently read).
+FALLBACK_SECONDS = 60.0
+FALLBACK_MAX = 10_000
 
 _local_domain: Callable[[str, int | None], str | None] = lambda host, port: None
 
@@ -73,6 +78,8 @@ class LocationService:
         self.clock = clock
         self.registrations = 0
         self.refused = 0
+        self._recent: dict[str, tuple[float, list]] = {}   # aor -> (read at, bindings)
+        self.fallbacks = 0
 
     async def save(self, req: Request, source: tuple[str, str, int], opts: dict) -> Decision:
         """The answer to a REGISTER (RFC 3261 §10.3): 200 with every binding,
@@ -111,11 +118,35 @@ class LocationService:
             aor = canonical_aor(opts.get("aor") or uri or req.uri)
         except RegistrarError as exc:
             return Decision(verb="reply", code=exc.status, reason=exc.reason)
-        groups = branch_groups(await self.store.bindings(aor), self.clock())
+        groups = branch_groups(await self._bindings(aor), self.clock())
         if not groups:
             return Decision(verb="reply", code=opts.get("code", 404), reason=opts.get("reason", ""))
         branches = [[binding_target(b) for b in group] for group in groups]
         return Decision(verb="relay", branches=branches, timeout=opts.get("timeout"))
+
+
+    async def _bindings(self, aor: str) -> list:
+        """The store's bindings of `aor`. While the store is unreachable, the
+        last ones read here in the past FALLBACK_SECONDS stand in (calls to
+        phones that just registered keep working through a Redis restart);
+        the store stays the source of truth: every read that succeeds
+        replaces them, and they are never served older than that."""
+        if not self.store.networked:
+            return await self.store.bindings(aor)
+        cache = self._recent
+        try:
+            found = await self.store.bindings(aor)
+        except StoreUnavailable:
+            kept = cache.get(aor)
+            if kept is None or kept[0] < self.clock() - FALLBACK_SECONDS:
+                raise
+            self.fallbacks += 1
+            return kept[1]
+        cache.pop(aor, None)
+        cache[aor] = (self.clock(), found)
+        while len(cache) > FALLBACK_MAX:
+            del cache[next(iter(cache))]   # the oldest read first
+        return found
 
 
 def binding_target(binding) -> Target:

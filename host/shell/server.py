@@ -98,6 +98,8 @@ class Server:
         raise_nofile_limit()  # one descriptor per TCP connection: take all we may
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            if hasattr(self.store, "run"):   # a networked store holds its client open here
+                await nursery.start(self.store.run)
             for transport, host, port in cfg.listen:
                 if transport == "udp":
                     t = UdpTransport(host, port, self._on_udp, stun=cfg.extra.get("stun", False))
@@ -348,6 +350,8 @@ class Server:
             out["services"] = self.services.statistics()
         if self.keepalive is not None:
             out["keepalive"] = self.keepalive.statistics()
+        if hasattr(self.store, "statistics"):
+            out["store"] = self.store.statistics()
         if self.core is not None:
             out["dialogs"] = {"active": len(self.core.dialogs), **self.dialogs.statistics()}
         return out

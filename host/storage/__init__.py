@@ -21,7 +21,14 @@ class StoreError(Exception):
     """A store operation that cannot be done (e.g. incr on a non-integer)."""
 
 
+class StoreUnavailable(StoreError):
+    """The store cannot be reached (a networked backend that is down)."""
+
+
 class Store(ABC):
+    # True for a backend in another process (Redis), which can be down:
+    # callers then keep what they need to ride out an outage.
+    networked = False
     @abstractmethod
     async def get(self, key: str) -> Any:
         """The value, or None when absent or expired."""
@@ -114,4 +121,4 @@ def set_shared_store(store: Store) -> None:
     _shared = store
 
 
-__all__ = ["Store", "StoreError", "shared_store", "set_shared_store"]
+__all__ = ["Store", "StoreError", "StoreUnavailable", "shared_store", "set_shared_store"]

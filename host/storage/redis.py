@@ -1,0 +1,318 @@
+"""The store in Redis/Valkey, shared by every core that points at it.
+
+Redis is the source of truth: nothing here caches what a read must see.
+The key layout (host/storage/README.md lists it for operators) follows the
+access paths, each a single key, with the AoR in a hash tag so one AoR's
+keys stay in one cluster slot:
+
+  {prefix}kv:{key}                 script value (JSON), PX = its ttl
+  {prefix}aor:{<aor>}              hash: Contact URI -> binding (JSON); the key
+                                   expires with its last binding (PEXPIREAT)
+  {prefix}nc:{nonce}               highest nonce-count seen (digest replay)
+  {prefix}dlg:{id}                 dialog record (JSON), PX = its ttl
+  {prefix}dialogs                  sorted set: dialog id by expiry (ms)
+  {prefix}prof:{name}:{key}        sorted set: dialog id by expiry (ms)
+
+Updates that must be atomic are atomic in Redis: a REGISTER's bindings are
+replaced in a WATCH/MULTI transaction (retried when another core changed
+the AoR meanwhile, so the CSeq rule holds across cores); nonce counts and
+profile counts are Lua scripts.
+
+When Redis cannot be reached every operation raises `StoreUnavailable` at
+once for a short, growing while (a circuit breaker: 0.25 s doubling to 5 s)
+instead of each call waiting for its own connect timeout; coredis
+reconnects by itself when Redis is back. Transitions are logged and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+import trio
+
+from host.storage import Store, StoreError, StoreUnavailable
+
+log = logging.getLogger("babelsip.store")
+
+CONNECT_TIMEOUT = 0.5     # seconds: a core waits at most this long on a dead Redis
+COMMAND_TIMEOUT = 1.0
+BREAKER_MIN, BREAKER_MAX = 0.25, 5.0
+WATCH_RETRIES = 16        # concurrent REGISTERs of one AoR from several cores
+
+_ADVANCE = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > current then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# profile_add / profile_remove / profile_count: drop the expired members,
+# then change and count, in one step.
+_PROFILE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if ARGV[2] == 'add' then
+  redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
+  redis.call('PEXPIREAT', KEYS[1], redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')[2])
+elseif ARGV[2] == 'remove' then
+  redis.call('ZREM', KEYS[1], ARGV[3])
+end
+return redis.call('ZCARD', KEYS[1])
+"""
+
+
+class RedisStore(Store):
+    """`url`: redis://[user:password@]host[:port][/db] or rediss:// (TLS)."""
+
+    networked = True
+
+    def __init__(self, url: str, *, prefix: str = "babelsip:"):
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss"):
+            raise StoreError(f"--store {url!r}: expected redis:// or rediss://")
+        self.url = url
+        self.prefix = prefix
+        self._parts = parts
+        self._client = None
+        self._advance = self._profile = None
+        self._down_until = 0.0
+        self._backoff = BREAKER_MIN
+        self.errors = 0           # operations that failed on the store
+        self.outages = 0          # up -> down transitions
+        self.up = False
+
+    # ------------------------------------------------------------ lifecycle
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Hold the client open for the server's lifetime (coredis is anyio:
+        its client must be entered and left by one task)."""
+        import coredis
+        p = self._parts
+        db = int(p.path.strip("/") or 0) if p.path.strip("/").isdigit() else 0
+        client = coredis.Redis(host=p.hostname or "127.0.0.1", port=p.port or 6379, db=db,
+                               username=p.username or None, password=p.password or None,
+                               ssl=p.scheme == "rediss", connect_timeout=CONNECT_TIMEOUT,
+                               stream_timeout=COMMAND_TIMEOUT, decode_responses=False,
+                               verify_version=False)
+        async with client:
+            self._client = client
+            self._advance = client.register_script(_ADVANCE)
+            self._profile = client.register_script(_PROFILE)
+            try:
+                await self._do(lambda c: c.ping())
+                log.info("store: %s", self._safe_url())
+            except StoreUnavailable:
+                pass   # logged by _failed; calls get StoreUnavailable until it answers
+            task_status.started()
+            await trio.sleep_forever()
+
+    def _safe_url(self) -> str:
+        p = self._parts
+        return f"{p.scheme}://{p.hostname}:{p.port or 6379}{p.path}"
+
+    async def _do(self, op):
+        """Run `op(client)`, one Redis operation, through the breaker."""
+        client = self._client
+        if client is None:
+            raise StoreUnavailable("the store is not connected yet")
+        if self._down_until and time.monotonic() < self._down_until:
+            raise StoreUnavailable(f"the store at {self._safe_url()} is unreachable")
+        try:
+            result = await op(client)
+        except Exception as exc:
+            if _is_connection_error(exc):
+                self._failed(exc)
+                raise StoreUnavailable(f"the store at {self._safe_url()} is unreachable") from None
+            self.errors += 1
+            raise StoreError(f"store: {exc}") from None
+        if not self.up:
+            if self.outages:
+                log.warning("store: %s answers again", self._safe_url())
+            self.up = True
+        self._down_until, self._backoff = 0.0, BREAKER_MIN
+        return result
+
+    def _failed(self, exc) -> None:
+        self.errors += 1
+        if self.up or not self.outages:
+            self.outages += 1
+            log.warning("store: %s unreachable (%s); retrying with backoff", self._safe_url(), exc)
+        self.up = False
+        self._down_until = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, BREAKER_MAX)
+
+    def statistics(self) -> dict:
+        return {"backend": "redis", "up": self.up, "errors": self.errors, "outages": self.outages}
+
+    # ------------------------------------------------------------ script data
+    def _kv(self, key: str) -> str:
+        _check_key(key)
+        return f"{self.prefix}kv:{key}"
+
+    async def get(self, key: str) -> Any:
+        raw = await self._do(lambda c: c.get(self._kv(key)))
+        return None if raw is None else orjson.loads(raw)
+
+    async def set(self, key: str, value: Any, ttl: float | None = None) -> None:
+        data = _dumps(value)
+        px = _ttl_ms(ttl)
+        await self._do(lambda c: c.set(self._kv(key), data, px=px))
+
+    async def delete(self, key: str) -> bool:
+        return bool(await self._do(lambda c: c.delete([self._kv(key)])))
+
+    async def incr(self, key: str, delta: int = 1, ttl: float | None = None) -> int:
+        if isinstance(delta, bool) or not isinstance(delta, int):
+            raise StoreError(f"incr: delta must be an integer, got {delta!r}")
+        name = self._kv(key)
+        px = _ttl_ms(ttl)
+
+        async def both(client):
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.incrby(name, delta)
+                if px is not None:
+                    pipe.pexpire(name, px, condition=_nx())
+            return pipe.results[0]
+        try:
+            return int(await self._do(both))
+        except StoreError as exc:
+            raise StoreError(f"incr: value of {key!r} is not an integer ({exc})") from None
+
+    # ------------------------------------------------------------ location
+    def _aor(self, aor: str) -> str:
+        return f"{self.prefix}aor:{{{aor}}}"
+
+    async def bindings(self, aor: str) -> list:
+        raw = await self._do(lambda c: c.hgetall(self._aor(aor)))
+        return _decode_bindings(raw)
+
+    async def update_bindings(self, aor, change):
+        key = self._aor(aor)
+
+        async def transaction(client):
+            for _ in range(WATCH_RETRIES):
+                import coredis.exceptions
+                try:
+                    async with client.pipeline(transaction=True) as pipe:
+                        async with pipe.watch(key):
+                            current = _decode_bindings(await client.hgetall(key))
+                            new, result = change(current)   # may raise: nothing stored
+                            pipe.delete([key])
+                            if new:
+                                pipe.hset(key, {b.contact: _dumps(b.to_dict()) for b in new})
+                                pipe.pexpireat(key, int(max(b.expires_at for b in new) * 1000) + 1000)
+                    return result
+                except coredis.exceptions.WatchError:
+                    continue   # another core changed this AoR: read again, apply again
+            raise StoreError(f"bindings of {aor}: too many concurrent updates")
+        return await self._do(transaction)
+
+    async def aors(self) -> list[str]:
+        # Management only (ul.dump): every other access path is one key.
+        start = len(self.prefix) + len("aor:{")
+
+        async def scan(client):
+            found = []
+            async for name in client.scan_iter(match=f"{self.prefix}aor:*", count=1000):
+                name = name.decode() if isinstance(name, bytes) else name
+                found.append(name[start:-1])
+            return found
+        return await self._do(scan)
+
+    # ------------------------------------------------------------ nonce counts
+    async def advance(self, key: str, value: int, ttl: float) -> bool:
+        _check_key(key)
+        name = f"{self.prefix}nc:{key}"
+        return bool(await self._do(lambda c: self._advance(keys=[name], args=[int(value), _ttl_ms(ttl)])))
+
+    # ------------------------------------------------------------ dialogs
+    async def put_dialog(self, dialog_id: str, record: dict, ttl: float) -> None:
+        expires = int((time.time() + ttl) * 1000)
+
+        async def put(client):
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.set(f"{self.prefix}dlg:{dialog_id}", _dumps(record), px=_ttl_ms(ttl))
+                pipe.zadd(f"{self.prefix}dialogs", {dialog_id: expires})
+        await self._do(put)
+
+    async def get_dialog(self, dialog_id: str) -> dict | None:
+        raw = await self._do(lambda c: c.get(f"{self.prefix}dlg:{dialog_id}"))
+        return None if raw is None else orjson.loads(raw)
+
+    async def delete_dialog(self, dialog_id: str) -> bool:
+        async def delete(client):
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.delete([f"{self.prefix}dlg:{dialog_id}"])
+                pipe.zrem(f"{self.prefix}dialogs", [dialog_id])
+            return pipe.results[0]
+        return bool(await self._do(delete))
+
+    async def dialogs(self) -> list[dict]:
+        index = f"{self.prefix}dialogs"
+
+        async def listing(client):
+            now = int(time.time() * 1000)
+            await client.zremrangebyscore(index, "-inf", now)
+            ids = await client.zrange(index, 0, -1)
+            if not ids:
+                return []
+            raws = await client.mget([f"{self.prefix}dlg:{i.decode()}" for i in ids])
+            return [orjson.loads(r) for r in raws if r is not None]
+        return await self._do(listing)
+
+    async def profile_add(self, profile: str, key: str, member: str, ttl: float) -> int:
+        return await self._profile_op(profile, key, "add", member, time.time() + ttl)
+
+    async def profile_remove(self, profile: str, key: str, member: str) -> int:
+        return await self._profile_op(profile, key, "remove", member, 0)
+
+    async def profile_count(self, profile: str, key: str) -> int:
+        return await self._profile_op(profile, key, "count", "", 0)
+
+    async def _profile_op(self, profile, key, op, member, expires) -> int:
+        name = f"{self.prefix}prof:{profile}:{key}"
+        now = int(time.time() * 1000)
+        return int(await self._do(
+            lambda c: self._profile(keys=[name], args=[now, op, member, int(expires * 1000)])))
+
+
+def _nx():
+    from coredis.tokens import PureToken
+    return PureToken.NX
+
+
+def _is_connection_error(exc) -> bool:
+    import coredis.exceptions as e
+    return isinstance(exc, (e.ConnectionError, e.BusyLoadingError, TimeoutError, OSError,
+                            trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError))
+
+
+def _decode_bindings(raw) -> list:
+    from host.sip.registrar import Binding
+    if not raw:
+        return []
+    return [Binding.from_dict(orjson.loads(v)) for v in raw.values()]
+
+
+def _dumps(value) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except (TypeError, orjson.JSONEncodeError):
+        raise StoreError("values must be JSON: strings, numbers, booleans, lists and tables") from None
+
+
+def _ttl_ms(ttl) -> int | None:
+    if ttl is None:
+        return None
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl <= 0:
+        raise StoreError(f"ttl must be a positive number of seconds, got {ttl!r}")
+    return max(1, int(ttl * 1000))
+
+
+def _check_key(key) -> None:
+    if not isinstance(key, str) or not key:
+        raise StoreError(f"key must be a non-empty string, got {key!r}")

@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="where registrations, nonce counts, dialogs and script data live: "
                           "redis://[user:password@]host[:port][/db] or rediss:// (TLS), shared "
                           "by every core pointed at it; default: in this process's memory")
+    run.add_argument("--advertise", metavar="HOST:PORT", default=None,
+                     help="how the other cores sharing the --store reach this one (UDP); "
+                          "default: the first UDP --listen address")
     run.add_argument("--domain", action="append", default=[], metavar="NAME",
                      help="a domain this server is the registrar for, besides its own addresses "
                           "(repeatable; the first names them all in addresses-of-record)")
@@ -171,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     config = ServerConfig(listen=listen, relay_to=args.relay_to,
                           routes_dir=str(args.routes) if args.routes else None,
                           names=tuple(args.domain), extra=extra, registrar=registrar,
+                          core_id=args.advertise,
                           auth_algorithms=args.auth_algorithms)
     try:
         try:

@@ -35,16 +35,12 @@ class Services:
     def __init__(self, store: Store, *, core: str, routes_dir: str | None = None,
                  registrar: Settings | None = None, secret: bytes | None = None,
                  algorithms=DEFAULT_ALGORITHMS, on_bindings_change=None):
-        # Nonces validate on every core that holds the secret; without one
-        # configured they validate only in this process (until it restarts).
-        # Hashed, so a passphrase of any length makes a full-size HMAC key.
-        secret = secret or os.environ.get("BABELSIP_AUTH_SECRET", "").encode()
-        if secret and len(secret) < 16:
-            log.warning("BABELSIP_AUTH_SECRET is shorter than 16 bytes: nonces are easier to forge")
-        secret = hashlib.sha256(secret).digest() if secret else os.urandom(32)
-        self.auth = Authenticator(store, secret, routes_dir=routes_dir, algorithms=algorithms)
+        secret = secret or cluster_secret()
+        self.auth = Authenticator(store, hashlib.sha256(b"nonces\x00" + secret).digest(),
+                                  routes_dir=routes_dir, algorithms=algorithms)
         self.location = LocationService(store, registrar or Settings(), core=core,
-                                        on_change=on_bindings_change)
+                                        on_change=on_bindings_change,
+                                        flow_secret=flow_secret(secret))
         self.errors = 0
 
     async def resolve(self, request: Request, source, d: Decision) -> Decision:
@@ -86,6 +82,23 @@ class Services:
     def statistics(self) -> dict:
         return {"auth": vars(self.auth.stats), "registrations": self.location.registrations,
                 "registrations_refused": self.location.refused, "errors": self.errors}
+
+
+def cluster_secret() -> bytes:
+    """The secret the cores of one cluster share (BABELSIP_AUTH_SECRET), as a
+    full-size key: digest nonces validate on every core that holds it, and
+    cores accept each other's flow tokens. Without it each process draws its
+    own: nonces validate only there (until it restarts), and no other core
+    can relay through it."""
+    secret = os.environ.get("BABELSIP_AUTH_SECRET", "").encode()
+    if secret and len(secret) < 16:
+        log.warning("BABELSIP_AUTH_SECRET is shorter than 16 bytes: nonces are easier to forge")
+    return hashlib.sha256(secret).digest() if secret else os.urandom(32)
+
+
+def flow_secret(secret: bytes) -> bytes:
+    """The key for flow tokens (host/sip/flows.py), apart from the nonces' one."""
+    return hashlib.sha256(b"flows\x00" + secret).digest()
 
 
 def _edited_ruri(d: Decision) -> str | None:

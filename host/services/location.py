@@ -15,6 +15,7 @@ from typing import Callable
 
 from host.sip.decision import Decision, Target
 from host.sip.errors import BadMessage
+from host.sip.flows import flow_token, owner_route
 from host.sip.headers import parse_name_addr
 from host.sip.message import Request
 from host.sip.headers import split_commas
@@ -70,11 +71,12 @@ class LocationService:
 
     def __init__(self, store: Store, settings: Settings, *, core: str,
                  on_change: Callable[[str, list, list], None] | None = None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, flow_secret: bytes | None = None):
         self.store = store
         self.settings = settings
         self.core = core
         self.on_change = on_change   # (aor, bindings before, after): keepalive follows NATed flows
+        self.flow_secret = flow_secret   # to ask the core owning a flow to deliver over it
         self.clock = clock
         self.registrations = 0
         self.refused = 0
@@ -121,7 +123,7 @@ class LocationService:
         groups = branch_groups(await self._bindings(aor), self.clock())
         if not groups:
             return Decision(verb="reply", code=opts.get("code", 404), reason=opts.get("reason", ""))
-        branches = [[binding_target(b) for b in group] for group in groups]
+        branches = [[self.target(b) for b in group] for group in groups]
         return Decision(verb="relay", branches=branches, timeout=opts.get("timeout"))
 
 
@@ -147,6 +149,16 @@ class LocationService:
         while len(cache) > FALLBACK_MAX:
             del cache[next(iter(cache))]   # the oldest read first
         return found
+
+
+    def target(self, binding) -> Target:
+        """binding_target, and when the binding's flow lives on another core
+        of the cluster, the branch goes through that core (flows.py)."""
+        if (binding.core != self.core and self.flow_secret is not None and not binding.path
+                and (binding.nat or binding.source[0] != "udp")):
+            return Target(binding.contact,
+                          (owner_route(binding.core, flow_token(self.flow_secret, binding.source)),))
+        return binding_target(binding)
 
 
 def binding_target(binding) -> Target:

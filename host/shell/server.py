@@ -14,14 +14,13 @@ import ipaddress
 import itertools
 import logging
 import os
-import socket
 from dataclasses import dataclass, field
 
 import trio
 
 from host.routes.event import script_event
 from host.services.auth import DEFAULT_ALGORITHMS
-from host.services.desk import Services, needs_services
+from host.services.desk import Services, cluster_secret, flow_secret, needs_services
 from host.services.dialogs import DialogMirror
 from host.services.keepalive import KeepaliveService
 from host.sip.actions import DialogChange, KeepaliveAnswer
@@ -50,7 +49,9 @@ class ServerConfig:
     extra: dict = field(default_factory=dict)
     registrar: Settings = field(default_factory=Settings)
     auth_algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
-    core_id: str | None = None   # names this process in the bindings whose flows it owns
+    # How the other cores reach this one (host:port), kept in the bindings
+    # whose flows it owns; default: its first UDP listener.
+    core_id: str | None = None
 
 
 def _id_source():
@@ -87,7 +88,8 @@ class Server:
         self._consulting: dict[str, collections.deque] = {}  # call-id -> events waiting
         self.internal_errors = 0
         self.store = shared_store()
-        self.core_id = config.core_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.core_id = config.core_id          # set from the first listener at start
+        self.secret = cluster_secret()
         self.services: Services | None = None
         self.dialogs = DialogMirror(self.store)
         self.keepalive: KeepaliveService | None = None
@@ -110,8 +112,15 @@ class Server:
                     await t.bind()
                 self.transports.setdefault(transport, t)
                 bound.append((transport, host, t.port))
-            self.core = ProxyCore(bound, relay_to=cfg.relay_to, new_id=_id_source(), names=cfg.names,
-                                  clock=trio.current_time)
+            if self.core_id is None:
+                # How the other cores of the cluster reach this one (flows.py).
+                transport, host, port = next((b for b in bound if b[0] == "udp"), bound[0])
+                self.core_id = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            # The advertised host is ours too: the other cores' Routes name it.
+            advertised = self.core_id.rpartition(":")[0].strip("[]")
+            names = cfg.names + ((advertised,) if advertised not in cfg.names else ())
+            self.core = ProxyCore(bound, relay_to=cfg.relay_to, new_id=_id_source(), names=names,
+                                  clock=trio.current_time, flow_secret=flow_secret(self.secret))
             set_local_domain(self.core.local.domain_of)
             interval = cfg.extra.get("keepalive", 0)
             udp = next(((t, h, p) for t, h, p in bound if t == "udp"), None)
@@ -120,6 +129,7 @@ class Server:
                                                   core=self.core_id, local=udp)
                 await nursery.start(self.keepalive.run)
             self.services = Services(self.store, core=self.core_id, routes_dir=cfg.routes_dir,
+                                     secret=self.secret,
                                      registrar=cfg.registrar, algorithms=cfg.auth_algorithms,
                                      on_bindings_change=self.keepalive.bindings_changed
                                      if self.keepalive is not None else None)

@@ -79,7 +79,7 @@ class ProxyCore(RequestSide, ResponseSide, DecisionSide, DialogSide):
     def __init__(self, listen: list[tuple[str, str, int]], *, relay_to: str | None = None,
                  timers: TimerConfig = DEFAULT_TIMERS, new_id: Callable[[], str],
                  names: tuple[str, ...] = (), max_server_transactions: int = MAX_SERVER_TRANSACTIONS,
-                 clock: Callable[[], float] = lambda: 0.0):
+                 clock: Callable[[], float] = lambda: 0.0, flow_secret: bytes | None = None):
         self.local = Local(listen, names)
         self.listen = {t: (h, p) for t, h, p in listen}   # first listener per transport
         self.timers = timers
@@ -95,6 +95,8 @@ class ProxyCore(RequestSide, ResponseSide, DecisionSide, DialogSide):
         # Dialog durations and limits need a clock; the shell gives one.
         self.dialogs = DialogTable(clock)
         self._own_dests: dict = {}   # client txn key -> where a request we originate goes
+        # The cluster's secret for flow tokens (flows.py); None: no other core.
+        self.flow_secret = flow_secret
         # Set while shutting down: new calls get 503, calls in progress finish.
         self.draining = False
 

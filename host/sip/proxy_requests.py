@@ -128,6 +128,9 @@ class RequestSide:
             self._send_through_txn(ctx, make_response(req, 200, to_tag=self._tag(req), extra=[
                 ("allow", ALLOW), ("accept", "application/sdp"), ("supported", "path, outbound")]), out)
             return
+        flow = None
+        if self.flow_secret is not None and not in_dialog:
+            flow = rules.flow_in_own_route(req, self.local, self.flow_secret)
         try:
             followed_route = rules.process_route(req, self.local)
         except BadMessage as exc:
@@ -136,6 +139,14 @@ class RequestSide:
         if in_dialog and (followed_route or req.has_header("route")):
             # §16.12: an in-dialog request follows its route set; no logic asked.
             self._relay(ctx, [], out)
+            return
+        if flow is not None and flow[0] in self.listen:
+            # Another core of the cluster relays a call to a binding whose flow
+            # is ours (flows.py): deliver it there, and stay in the dialog's
+            # path, since its later requests need the flow too. The route was
+            # asked at the core the call entered.
+            ctx.record_route = True
+            self._relay(ctx, [Target(req.uri, (), flow)], out)
             return
         if self.relay_to is not None:
             ctx.next_hop = self.relay_to

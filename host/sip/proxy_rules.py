@@ -11,6 +11,7 @@ import hashlib
 import ipaddress
 
 from .errors import BadMessage
+from .flows import FLOW_PARAM, flow_of
 from .headers import parse_name_addr, parse_via, tag_of
 from .message import Request
 from .uri import URI, parse_uri
@@ -142,6 +143,22 @@ def process_route(req: Request, local: Local) -> bool:
             while _top_route_is_mine(req, local):
                 req.pop_first("route")
     return removed
+
+
+def flow_in_own_route(req: Request, local: Local, secret: bytes) -> tuple[str, str, int] | None:
+    """The flow another core asks us to deliver over (flows.py): a top Route
+    of ours with a valid flow token. Read before process_route removes it."""
+    top = req.header("route")
+    if top is None or FLOW_PARAM not in top:
+        return None
+    try:
+        uri = parse_uri(parse_name_addr(top).uri)
+    except BadMessage:
+        return None
+    token = uri.params.get(FLOW_PARAM)
+    if not token or not local.is_mine(uri):
+        return None
+    return flow_of(secret, token)
 
 
 def _top_route_is_mine(req: Request, local: Local) -> bool:

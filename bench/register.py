@@ -40,6 +40,7 @@ import contextlib
 import io
 import json
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -98,6 +99,24 @@ def babelsip_argv(port: int, routes: Path | str, log_level: str | None = None) -
 def start_babelsip(routes: Path | str, log_level: str | None = None) -> Callable[[Slot], sipp.ProxyProcess]:
     def start(slot: Slot) -> sipp.ProxyProcess:
         return sipp.start_babelsip(babelsip_argv(slot.port, routes, log_level), cwd=REPO)
+    return start
+
+
+def start_babelsip_redis(routes: Path | str, log_level: str | None = None) -> Callable[[Slot], sipp.ProxyProcess]:
+    """babelsip with --store on a redis-server of its own, started as its
+    child: the tree CPU the step measures includes Redis's, and stopping the
+    server's process group stops Redis too."""
+    def start(slot: Slot) -> sipp.ProxyProcess:
+        redis_port = sipp.free_port()
+        argv = babelsip_argv(slot.port, routes, log_level) + [
+            "--store", f"redis://{sipp.LOCALHOST}:{redis_port}/0"]
+        script = (f"redis-server --port {redis_port} --bind {sipp.LOCALHOST} --save '' "
+                  f"--appendonly no --dir {slot.workdir} >/dev/null & sleep 0.3; exec "
+                  + " ".join(shlex.quote(a) for a in sipp.babelsip_command() + argv))
+        proxy = sipp.ProxyProcess(["sh", "-c", script], sipp.parse_listens(argv),
+                                  name="babelsip-redis", cwd=REPO)
+        proxy.wait_ready(15.0)
+        return proxy
     return start
 
 
@@ -280,9 +299,12 @@ def routes_folder(path: Path) -> Path:
 def chosen_starters(ap: argparse.ArgumentParser, args, *, no_auth: bool = False):
     args.routes = routes_folder(args.routes)
     table = {"babelsip": start_babelsip(args.routes),
+             "babelsip-redis": start_babelsip_redis(args.routes),
              "kamailio": start_kamailio(no_auth=no_auth)}
     about = {"babelsip": "babelsip " + " ".join(babelsip_argv(0, args.routes)).replace(
                  f"{sipp.LOCALHOST}:0", f"{sipp.LOCALHOST}:PORT"),
+             "babelsip-redis": "the same with --store redis://127.0.0.1:PORT/0 (its own "
+                               "redis-server, counted in its CPU)",
              "kamailio": kamailio_argv_note(no_auth)}
     chosen = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = [s for s in chosen if s not in table]

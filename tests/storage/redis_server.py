@@ -11,7 +11,9 @@ at keys behind the store's back: TTLs, cleanup by prefix, injected writes.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -67,12 +69,20 @@ class RedisServer:
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:
             return
+        os.kill(proc.pid, signal.SIGCONT)   # in case it was paused
         proc.terminate()            # redis-server shuts down on SIGTERM (no save: --save '')
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout)
+
+    def pause(self) -> None:
+        """SIGSTOP: connections stay open but nothing answers (a hung server)."""
+        os.kill(self._proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self._proc.pid, signal.SIGCONT)
 
     def restart(self) -> None:
         self.stop()

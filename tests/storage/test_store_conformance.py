@@ -295,6 +295,41 @@ async def test_bad_ttls_are_store_errors(store, ttl):
     assert await store.get("n") is None
 
 
+OTHER_BAD_TTLS = [0, -1, "5"]
+
+
+@bug_on("memory", "BUG: host/storage/memory.py MemoryStore.advance does not check its ttl: "
+                  "ttl=0 or -1 stores the counter already expired, its sweep loop then deletes "
+                  "it and calls next(iter({})) -> RuntimeError('coroutine raised StopIteration'); "
+                  "ttl='5' -> TypeError")
+async def test_bad_ttl_for_advance_is_store_error(store):
+    for ttl in OTHER_BAD_TTLS:
+        with pytest.raises(StoreError):
+            await store.advance("n", 1, ttl)
+
+
+@bug_on("memory", "BUG: host/storage/memory.py MemoryStore.put_dialog does not check its ttl: "
+                  "0 and -1 are accepted (the dialog is stored already expired), '5' -> TypeError")
+@bug_on("redis", "BUG: host/storage/redis.py RedisStore.put_dialog computes time.time() + ttl "
+                 "before _ttl_ms checks it: ttl='5' -> TypeError, not StoreError")
+async def test_bad_ttl_for_put_dialog_is_store_error(store):
+    for ttl in OTHER_BAD_TTLS:
+        with pytest.raises(StoreError):
+            await store.put_dialog("d", {"id": "d"}, ttl)
+    assert await store.dialogs() == []
+
+
+@bug_on("memory", "BUG: host/storage/memory.py MemoryStore.profile_add does not check its ttl: "
+                  "0 and -1 are accepted (returns 0), '5' -> TypeError")
+@bug_on("redis", "BUG: host/storage/redis.py RedisStore.profile_add does not check its ttl: "
+                 "0 and -1 are accepted (the member is added already expired, returns 0), "
+                 "'5' -> TypeError from time.time() + ttl")
+async def test_bad_ttl_for_profile_add_is_store_error(store):
+    for ttl in OTHER_BAD_TTLS:
+        with pytest.raises(StoreError):
+            await store.profile_add("p", "k", "m", ttl)
+
+
 @bug_on("memory", "BUG: host/storage/memory.py MemoryStore._expiry accepts ttl=nan "
                   "(`nan <= 0` is False): the key never expires (nan <= now is False)")
 @bug_on("redis", "BUG: host/storage/redis.py _ttl_ms does int(nan * 1000) and raises "
@@ -707,6 +742,34 @@ async def test_redis_down_at_start_then_up():
             n.cancel_scope.cancel()
     finally:
         await trio.to_thread.run_sync(server.close)
+
+
+@needs_redis_server
+async def test_redis_that_hangs_does_not_hang_callers(private_redis):
+    """A server that accepts but never answers (SIGSTOP): the command timeout
+    turns the wait into StoreUnavailable, later calls fail at once, and the
+    store answers again after SIGCONT."""
+    store = RedisStore(private_redis.url, prefix=f"babelsip-test:{uuid.uuid4().hex}:")
+    async with trio.open_nursery() as n:
+        with trio.fail_after(5):
+            await n.start(store.run)
+        await store.set("k", "v")
+        private_redis.pause()
+        try:
+            start = time.monotonic()
+            with trio.fail_after(3):
+                with pytest.raises(StoreUnavailable):
+                    await store.get("k")
+            assert time.monotonic() - start < 2.0
+            t0 = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                await store.get("k")
+            assert time.monotonic() - t0 < 0.2
+        finally:
+            private_redis.resume()
+        value, took = await until_up(store, "k", 6.5)
+        assert value == "v" and took < 6.0
+        n.cancel_scope.cancel()
 
 
 @needs_redis_server

@@ -73,7 +73,7 @@ class Authenticator:
             return self._challenge(req, realm, algorithms, stale=True)
         if creds.qop is None:
             return self._challenge(req, realm, algorithms)  # we always offer qop=auth
-        fresh = await self.store.advance("auth:nc:" + creds.nonce, int(creds.nc, 16),
+        fresh = await self.store.advance(creds.nonce, int(creds.nc, 16),
                                          self.lifetime + 60.0)
         if not fresh:
             self.stats.replayed += 1

@@ -18,7 +18,7 @@ import trio
 from host.sip.actions import DialogChange
 from host.sip.dialogs import ENDED
 from host.sip.proxy_dialogs import FORGET_AFTER
-from host.storage import Store
+from host.storage import Store, StoreError
 
 log = logging.getLogger("babelsip.dialogs")
 
@@ -64,9 +64,13 @@ class DialogMirror:
                 change = queue.popleft()
                 try:
                     await self._apply(change)
-                except Exception:
+                except StoreError as exc:
                     # The store is down or refused: the core's calls go on; the
                     # next change of this dialog rewrites its record.
+                    self.errors += 1
+                    log.warning("dialog %s: cannot record %s: %s", change.record.get("id"),
+                                change.state, exc)
+                except Exception:
                     self.errors += 1
                     log.exception("dialog %s: cannot record %s", change.record.get("id"), change.state)
 

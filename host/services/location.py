@@ -108,6 +108,8 @@ class LocationService:
             self.refused += 1
             return Decision(verb="reply", code=exc.status, reason=exc.reason, headers=list(exc.headers))
         self.registrations += 1
+        if self.store.networked:
+            self._remember(aor, after)   # a lookup during an outage finds it too
         if self.on_change is not None and (before or after):
             self.on_change(aor, before, after)
         return Decision(verb="reply", code=200, headers=ok_headers(after, update))
@@ -144,11 +146,15 @@ class LocationService:
                 raise
             self.fallbacks += 1
             return kept[1]
+        self._remember(aor, found)
+        return found
+
+    def _remember(self, aor: str, bindings: list) -> None:
+        cache = self._recent
         cache.pop(aor, None)
-        cache[aor] = (self.clock(), found)
+        cache[aor] = (self.clock(), bindings)
         while len(cache) > FALLBACK_MAX:
             del cache[next(iter(cache))]   # the oldest read first
-        return found
 
 
     def target(self, binding) -> Target:

@@ -25,6 +25,16 @@ class StoreUnavailable(StoreError):
     """The store cannot be reached (a networked backend that is down)."""
 
 
+def checked_ttl(ttl, *, optional: bool = True) -> float | None:
+    """A ttl as every backend takes it: positive seconds; None (where
+    optional) or infinity for never."""
+    if ttl is None and optional:
+        return None
+    if (isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl != ttl or ttl <= 0):
+        raise StoreError(f"ttl must be a positive number of seconds, got {ttl!r}")
+    return None if ttl == float("inf") else float(ttl)
+
+
 class Store(ABC):
     # True for a backend in another process (Redis), which can be down:
     # callers then keep what they need to ride out an outage.

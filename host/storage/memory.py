@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from host.storage import Store, StoreError
+from host.storage import Store, StoreError, checked_ttl
 
 # A sweep looks at this many keys every SWEEP_EVERY writes: the amortised cost
 # stays O(1) per write while a steady writer still reclaims expired keys.
@@ -114,13 +114,14 @@ class MemoryStore(Store):
     # -------------------------------------------------------- nonce counts
     async def advance(self, key: str, value: int, ttl: float) -> bool:
         _check_key(key)
+        expires = self._expiry(ttl, optional=False)
         now = self._clock()
         item = self._counters.get(key)
         current = item[0] if item is not None and item[1] > now else 0
         if value <= current:
             return False
         counters = self._counters
-        counters[key] = (value, now + ttl)
+        counters[key] = (value, expires)
         # The oldest counters come first (insertion order) and expire first:
         # a few looked at per write keep the table at about rate x ttl.
         for _ in range(4):
@@ -132,7 +133,7 @@ class MemoryStore(Store):
 
     # ------------------------------------------------- dialogs and profiles
     async def put_dialog(self, dialog_id: str, record: dict, ttl: float) -> None:
-        self._dialogs[dialog_id] = (record, self._clock() + ttl)
+        self._dialogs[dialog_id] = (record, self._expiry(ttl, optional=False))
 
     async def get_dialog(self, dialog_id: str) -> dict | None:
         item = self._dialogs.get(dialog_id)
@@ -142,7 +143,8 @@ class MemoryStore(Store):
         return item[0]
 
     async def delete_dialog(self, dialog_id: str) -> bool:
-        return self._dialogs.pop(dialog_id, None) is not None
+        item = self._dialogs.pop(dialog_id, None)
+        return item is not None and item[1] > self._clock()
 
     async def dialogs(self) -> list[dict]:
         now = self._clock()
@@ -151,8 +153,9 @@ class MemoryStore(Store):
         return [record for record, _ in self._dialogs.values()]
 
     async def profile_add(self, profile: str, key: str, member: str, ttl: float) -> int:
+        expires = self._expiry(ttl, optional=False)
         members = self._profiles.setdefault((profile, key), {})
-        members[member] = self._clock() + ttl
+        members[member] = expires
         return self._profile_live(profile, key)
 
     async def profile_remove(self, profile: str, key: str, member: str) -> int:
@@ -176,12 +179,9 @@ class MemoryStore(Store):
             del self._profiles[(profile, key)]
         return len(members)
 
-    def _expiry(self, ttl) -> float:
-        if ttl is None:
-            return _NEVER
-        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl <= 0:
-            raise StoreError(f"ttl must be a positive number of seconds, got {ttl!r}")
-        return self._clock() + ttl
+    def _expiry(self, ttl, optional: bool = True) -> float:
+        ttl = checked_ttl(ttl, optional=optional)
+        return _NEVER if ttl is None else self._clock() + ttl
 
     def _wrote(self) -> None:
         self._writes += 1

@@ -34,14 +34,25 @@ from urllib.parse import urlsplit
 import orjson
 import trio
 
-from host.storage import Store, StoreError, StoreUnavailable
+from host.storage import Store, StoreError, StoreUnavailable, checked_ttl
 
 log = logging.getLogger("babelsip.store")
 
-CONNECT_TIMEOUT = 0.5     # seconds: a core waits at most this long on a dead Redis
+CONNECT_TIMEOUT = 0.5     # seconds: with no retries (the breaker is ours), the most one call
+                          # waits on a Redis that does not answer a connect
 COMMAND_TIMEOUT = 1.0
 BREAKER_MIN, BREAKER_MAX = 0.25, 5.0
 WATCH_RETRIES = 16        # concurrent REGISTERs of one AoR from several cores
+
+# incr: the ttl applies only when this call creates the key (Store.incr).
+_INCR = """
+local created = redis.call('EXISTS', KEYS[1]) == 0
+local value = redis.call('INCRBY', KEYS[1], ARGV[1])
+if created and tonumber(ARGV[2]) > 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return value
+"""
 
 _ADVANCE = """
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -79,7 +90,7 @@ class RedisStore(Store):
         self.prefix = prefix
         self._parts = parts
         self._client = None
-        self._advance = self._profile = None
+        self._advance = self._profile = self._incr = None
         self._down_until = 0.0
         self._backoff = BREAKER_MIN
         self.errors = 0           # operations that failed on the store
@@ -91,16 +102,21 @@ class RedisStore(Store):
         """Hold the client open for the server's lifetime (coredis is anyio:
         its client must be entered and left by one task)."""
         import coredis
+        from coredis.retry import NoRetryPolicy
+        # Its INFO lines (every retry, every dropped connection) would flood
+        # the server's log during an outage; ours say it once.
+        logging.getLogger("coredis").setLevel(logging.WARNING)
         p = self._parts
         db = int(p.path.strip("/") or 0) if p.path.strip("/").isdigit() else 0
         client = coredis.Redis(host=p.hostname or "127.0.0.1", port=p.port or 6379, db=db,
                                username=p.username or None, password=p.password or None,
                                ssl=p.scheme == "rediss", connect_timeout=CONNECT_TIMEOUT,
                                stream_timeout=COMMAND_TIMEOUT, decode_responses=False,
-                               verify_version=False)
+                               verify_version=False, retry_policy=NoRetryPolicy())
         async with client:
             self._client = client
             self._advance = client.register_script(_ADVANCE)
+            self._incr = client.register_script(_INCR)
             self._profile = client.register_script(_PROFILE)
             try:
                 await self._do(lambda c: c.ping())
@@ -127,6 +143,8 @@ class RedisStore(Store):
             if _is_connection_error(exc):
                 self._failed(exc)
                 raise StoreUnavailable(f"the store at {self._safe_url()} is unreachable") from None
+            if not _is_redis_error(exc):
+                raise   # the caller's own (a registrar rule refusing a REGISTER)
             self.errors += 1
             raise StoreError(f"store: {exc}") from None
         if not self.up:
@@ -170,15 +188,10 @@ class RedisStore(Store):
             raise StoreError(f"incr: delta must be an integer, got {delta!r}")
         name = self._kv(key)
         px = _ttl_ms(ttl)
-
-        async def both(client):
-            async with client.pipeline(transaction=True) as pipe:
-                pipe.incrby(name, delta)
-                if px is not None:
-                    pipe.pexpire(name, px, condition=_nx())
-            return pipe.results[0]
         try:
-            return int(await self._do(both))
+            return int(await self._do(lambda c: self._incr(keys=[name], args=[delta, px or 0])))
+        except StoreUnavailable:
+            raise
         except StoreError as exc:
             raise StoreError(f"incr: value of {key!r} is not an integer ({exc})") from None
 
@@ -203,7 +216,8 @@ class RedisStore(Store):
                             new, result = change(current)   # may raise: nothing stored
                             pipe.delete([key])
                             if new:
-                                pipe.hset(key, {b.contact: _dumps(b.to_dict()) for b in new})
+                                pipe.hset(key, {_binding_field(b): _dumps({**b.to_dict(), "order": i})
+                                                for i, b in enumerate(new)})
                                 pipe.pexpireat(key, int(max(b.expires_at for b in new) * 1000) + 1000)
                     return result
                 except coredis.exceptions.WatchError:
@@ -227,15 +241,17 @@ class RedisStore(Store):
     async def advance(self, key: str, value: int, ttl: float) -> bool:
         _check_key(key)
         name = f"{self.prefix}nc:{key}"
-        return bool(await self._do(lambda c: self._advance(keys=[name], args=[int(value), _ttl_ms(ttl)])))
+        px = _ttl_ms(ttl, optional=False) or 2**40   # inf: as good as never
+        return bool(await self._do(lambda c: self._advance(keys=[name], args=[int(value), px])))
 
     # ------------------------------------------------------------ dialogs
     async def put_dialog(self, dialog_id: str, record: dict, ttl: float) -> None:
-        expires = int((time.time() + ttl) * 1000)
+        px = _ttl_ms(ttl, optional=False) or 2**40
+        expires = int(time.time() * 1000) + px
 
         async def put(client):
             async with client.pipeline(transaction=True) as pipe:
-                pipe.set(f"{self.prefix}dlg:{dialog_id}", _dumps(record), px=_ttl_ms(ttl))
+                pipe.set(f"{self.prefix}dlg:{dialog_id}", _dumps(record), px=px)
                 pipe.zadd(f"{self.prefix}dialogs", {dialog_id: expires})
         await self._do(put)
 
@@ -265,7 +281,8 @@ class RedisStore(Store):
         return await self._do(listing)
 
     async def profile_add(self, profile: str, key: str, member: str, ttl: float) -> int:
-        return await self._profile_op(profile, key, "add", member, time.time() + ttl)
+        px = _ttl_ms(ttl, optional=False) or 2**40
+        return await self._profile_op(profile, key, "add", member, time.time() + px / 1000)
 
     async def profile_remove(self, profile: str, key: str, member: str) -> int:
         return await self._profile_op(profile, key, "remove", member, 0)
@@ -280,22 +297,29 @@ class RedisStore(Store):
             lambda c: self._profile(keys=[name], args=[now, op, member, int(expires * 1000)])))
 
 
-def _nx():
-    from coredis.tokens import PureToken
-    return PureToken.NX
-
-
 def _is_connection_error(exc) -> bool:
     import coredis.exceptions as e
     return isinstance(exc, (e.ConnectionError, e.BusyLoadingError, TimeoutError, OSError,
                             trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError))
 
 
+def _is_redis_error(exc) -> bool:
+    import coredis.exceptions as e
+    return isinstance(exc, e.RedisError)
+
+
 def _decode_bindings(raw) -> list:
     from host.sip.registrar import Binding
     if not raw:
         return []
-    return [Binding.from_dict(orjson.loads(v)) for v in raw.values()]
+    records = sorted((orjson.loads(v) for v in raw.values()), key=lambda r: r.get("order", 0))
+    return [Binding.from_dict(r) for r in records]
+
+
+def _binding_field(b) -> str:
+    """One hash field per binding: its Contact, and its flow when it has one
+    (RFC 5626: one instance may register a Contact over several flows)."""
+    return f"{b.contact} {b.instance} {b.reg_id}" if b.instance else b.contact
 
 
 def _dumps(value) -> bytes:
@@ -305,12 +329,9 @@ def _dumps(value) -> bytes:
         raise StoreError("values must be JSON: strings, numbers, booleans, lists and tables") from None
 
 
-def _ttl_ms(ttl) -> int | None:
-    if ttl is None:
-        return None
-    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl <= 0:
-        raise StoreError(f"ttl must be a positive number of seconds, got {ttl!r}")
-    return max(1, int(ttl * 1000))
+def _ttl_ms(ttl, optional: bool = True) -> int | None:
+    ttl = checked_ttl(ttl, optional=optional)
+    return None if ttl is None else max(1, int(ttl * 1000))
 
 
 def _check_key(key) -> None:

@@ -223,11 +223,6 @@ async def test_incr_ttl_applies_on_creation_only(store):
     assert await store.get("r") == 1
 
 
-@bug_on("redis", "BUG: host/storage/redis.py RedisStore.incr sends INCRBY + PEXPIRE NX; NX "
-                 "means 'when the key has no expiry', not 'when the key is created', so "
-                 "incr(key, ttl=...) on an existing key without a TTL (made by set() or an "
-                 "incr() without ttl) gives it one and the counter vanishes; Store.incr says "
-                 "`ttl` applies only when the key is created (MemoryStore keeps it forever)")
 async def test_incr_ttl_not_applied_to_existing_key(store):
     assert await store.incr("counter") == 1
     assert await store.incr("counter", ttl=TTL) == 2
@@ -298,20 +293,12 @@ async def test_bad_ttls_are_store_errors(store, ttl):
 OTHER_BAD_TTLS = [0, -1, "5"]
 
 
-@bug_on("memory", "BUG: host/storage/memory.py MemoryStore.advance does not check its ttl: "
-                  "ttl=0 or -1 stores the counter already expired, its sweep loop then deletes "
-                  "it and calls next(iter({})) -> RuntimeError('coroutine raised StopIteration'); "
-                  "ttl='5' -> TypeError")
 async def test_bad_ttl_for_advance_is_store_error(store):
     for ttl in OTHER_BAD_TTLS:
         with pytest.raises(StoreError):
             await store.advance("n", 1, ttl)
 
 
-@bug_on("memory", "BUG: host/storage/memory.py MemoryStore.put_dialog does not check its ttl: "
-                  "0 and -1 are accepted (the dialog is stored already expired), '5' -> TypeError")
-@bug_on("redis", "BUG: host/storage/redis.py RedisStore.put_dialog computes time.time() + ttl "
-                 "before _ttl_ms checks it: ttl='5' -> TypeError, not StoreError")
 async def test_bad_ttl_for_put_dialog_is_store_error(store):
     for ttl in OTHER_BAD_TTLS:
         with pytest.raises(StoreError):
@@ -319,29 +306,17 @@ async def test_bad_ttl_for_put_dialog_is_store_error(store):
     assert await store.dialogs() == []
 
 
-@bug_on("memory", "BUG: host/storage/memory.py MemoryStore.profile_add does not check its ttl: "
-                  "0 and -1 are accepted (returns 0), '5' -> TypeError")
-@bug_on("redis", "BUG: host/storage/redis.py RedisStore.profile_add does not check its ttl: "
-                 "0 and -1 are accepted (the member is added already expired, returns 0), "
-                 "'5' -> TypeError from time.time() + ttl")
 async def test_bad_ttl_for_profile_add_is_store_error(store):
     for ttl in OTHER_BAD_TTLS:
         with pytest.raises(StoreError):
             await store.profile_add("p", "k", "m", ttl)
 
 
-@bug_on("memory", "BUG: host/storage/memory.py MemoryStore._expiry accepts ttl=nan "
-                  "(`nan <= 0` is False): the key never expires (nan <= now is False)")
-@bug_on("redis", "BUG: host/storage/redis.py _ttl_ms does int(nan * 1000) and raises "
-                 "ValueError, not StoreError")
 async def test_nan_ttl_is_store_error(store):
     with pytest.raises(StoreError):
         await store.set("k", 1, ttl=math.nan)
 
 
-@bug_on("redis", "BUG: host/storage/redis.py _ttl_ms does int(inf * 1000) and raises "
-                 "OverflowError (not StoreError) for set(..., ttl=float('inf')), which "
-                 "MemoryStore takes as 'never expires'")
 async def test_infinite_ttl_is_never_or_store_error(store):
     try:
         await store.set("k", 1, ttl=math.inf)
@@ -392,10 +367,6 @@ async def test_update_bindings_sees_current_and_returns_result(store):
     assert sorted(await store.bindings(aor), key=lambda b: b.contact) == [b1, b2]
 
 
-@bug_on("redis", "BUG: host/storage/redis.py RedisStore.update_bindings returns the bindings "
-                 "in Redis hash order, not in the order change() returned them (an AoR hash "
-                 "whose values exceed hash-max-listpack-value is a hashtable); the registrar "
-                 "forks bindings of equal q 'in stored order' (registrar.branch_groups)")
 async def test_bindings_keep_their_order(store):
     aor = "sip:order@example.com"
     contacts = [f"sip:order@192.0.2.{n}" for n in (9, 1, 5, 3, 7, 2, 8, 4, 6)]
@@ -404,10 +375,6 @@ async def test_bindings_keep_their_order(store):
     assert [b.contact for b in await store.bindings(aor)] == contacts
 
 
-@bug_on("redis", "BUG: host/storage/redis.py RedisStore.update_bindings keys the AoR hash by "
-                 "Binding.contact, so two bindings with the same Contact URI (RFC 5626 flows of "
-                 "one instance with different reg-id, which registrar._find keeps apart) "
-                 "collapse into one: one flow is silently lost")
 async def test_two_flows_with_the_same_contact_uri(store):
     aor = "sip:flows@example.com"
     uri = "sip:flows@192.0.2.10;ob"
@@ -439,11 +406,6 @@ async def test_update_bindings_is_all_or_nothing(store):
     assert await store.aors() == [aor]
 
 
-@bug_on("redis", "BUG: host/storage/redis.py RedisStore._do wraps every exception raised inside "
-                 "an operation as StoreError('store: ...'), including the one change() raises "
-                 "in update_bindings: a RegistrarError (403 Too Many Contacts, 500 Stale CSeq, "
-                 "...) reaches host/services/location.py save() as StoreError, which does not "
-                 "catch it, instead of the registrar's answer (MemoryStore lets it through)")
 async def test_update_bindings_lets_the_change_error_through(store):
     aor = "sip:dave@example.com"
 
@@ -607,10 +569,6 @@ async def test_dialog_ttl(store):
     assert await store.get_dialog("renewed") == {"id": "renewed"}
 
 
-@bug_on("memory", "BUG: host/storage/memory.py MemoryStore.delete_dialog returns True for a "
-                  "dialog whose ttl has passed but that no read has dropped yet (it pops "
-                  "without checking the expiry); RedisStore says False, and Store.delete "
-                  "returns False for an expired key")
 async def test_delete_of_expired_dialog_is_false(store):
     await store.put_dialog("gone", {"id": "gone"}, TTL)
     await sleep_past_ttl()
@@ -773,12 +731,6 @@ async def test_redis_that_hangs_does_not_hang_callers(private_redis):
 
 
 @needs_redis_server
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: host/storage/redis.py RedisStore.incr (lines 180-183) catches StoreError around "
-    "self._do(both) and re-raises a plain StoreError('incr: value of ... is not an integer'): "
-    "StoreUnavailable is a StoreError, so while Redis is down incr raises StoreError, not "
-    "StoreUnavailable, and callers that ride out an outage on StoreUnavailable (rate "
-    "counters) take it for a bad value"))
 async def test_redis_incr_during_outage_is_store_unavailable(private_redis):
     store = RedisStore(private_redis.url, prefix=f"babelsip-test:{uuid.uuid4().hex}:")
     async with trio.open_nursery() as n:

@@ -38,6 +38,7 @@ from .udp import UdpTransport
 log = logging.getLogger("babelsip")
 
 DNS_CACHE_SECONDS = 60.0
+CONNECTING_REMEMBERED = 30.0   # > the TCP connect timeout (host/shell/tcp.py)
 
 
 @dataclass
@@ -86,6 +87,8 @@ class Server:
         self._dns: dict[str, tuple[float, str]] = {}
         self._ips: set[str] = set()   # hosts known to be IP literals
         self._consulting: dict[str, collections.deque] = {}  # call-id -> events waiting
+        self._connecting: dict[tuple, list] = {}    # remote -> error keys of sends opening it
+        self._connecting_since: collections.deque = collections.deque()
         self.internal_errors = 0
         self.store = shared_store()
         self.core_id = config.core_id          # set from the first listener at start
@@ -172,8 +175,29 @@ class Server:
         log.exception("internal error on %s from %s; first line %r", what, src,
                       data.split(b"\r\n", 1)[0][:120])
 
+    def _note_connecting(self, remote, error_key) -> None:
+        """A send that opens a connection: if connecting fails, its
+        transaction hears of it at once (§17.1.4: a 503), not at Timer B."""
+        now = trio.current_time()
+        waiting = self._connecting.get(remote)
+        if waiting is None:
+            waiting = self._connecting[remote] = []
+            self._connecting_since.append((now, remote))
+        if len(waiting) < 256:
+            waiting.append(error_key)
+        # Connections that opened are never reported: forget them once any
+        # connect attempt would have failed.
+        since = self._connecting_since
+        while since and since[0][0] < now - CONNECTING_REMEMBERED:
+            self._connecting.pop(since.popleft()[1], None)
+
     def _on_tcp_error(self, remote) -> None:
         log.debug("tcp connection to %s:%s failed", *remote)
+        for key in self._connecting.pop(remote, ()):
+            try:
+                self._execute(self.core.transport_error(key))
+            except Exception:
+                self._internal_error("tcp error", remote)
 
     def _on_timer(self, key) -> None:
         try:
@@ -215,8 +239,13 @@ class Server:
                 self._nursery.start_soon(self._resolve_and_send, action, transport)
                 return
             host = cached[1]
-        if not transport.send(action.data, host, action.port) and action.transport != "udp":
-            self._report_error(action)
+        stream = action.transport != "udp"
+        opening = stream and action.error_key is not None and not transport.has_connection(host, action.port)
+        if not transport.send(action.data, host, action.port):
+            if stream:
+                self._report_error(action)
+        elif opening:
+            self._note_connecting((host, action.port), action.error_key)
 
     def _send_udp(self, data: bytes, transport: str, host: str, port: int) -> None:
         self._transmit(Transmit(data, transport, host, port))

@@ -33,9 +33,9 @@ tests/e2e/netns.py, root needed) the Contact is unreachable: there the same
 call with the same secret is established through A, and with another secret
 at A it is not established and bob never sees an INVITE.
 
-A strict xfail shows a bug met on the way (the NAT control's call is only
-ended by B's 30 s timeout): a failed outgoing TCP connection is never
-reported to the client transaction (host/shell/server.py `_on_tcp_error`).
+A failed outgoing TCP connection is reported to its client transaction at
+once (host/shell/server.py `_on_tcp_error`), so a relay over TCP to a
+refused address fails in well under a second, not at the route's timeout.
 
 Last, examples/geo/README.md is run as written (its fixed loopback ports):
 the block after "To start the two sites:" (redis-server and two cores), then
@@ -426,13 +426,6 @@ def test_behind_a_nat_only_the_owner_core_reaches_the_tcp_phone(tmp_path, a_secr
           f"{time.monotonic() - started:.1f}s; alice: {first['type']} {first.get('param', '')!r}")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: host/shell/server.py Server._on_tcp_error only logs a failed outgoing TCP "
-    "connection; it never calls core.transport_error, so the client transaction is not "
-    "told (RFC 3261 §17.1.4: a transport error is a 503 for the TU) and a relay over TCP "
-    "to a refused/unreachable address hangs until the route's timeout or Timer B "
-    "(alice: 487 after 30 s) instead of failing at once. Seen in the NAT-lab control "
-    "above, where core A's route relays to bob's unreachable Contact."))
 def test_relay_over_tcp_to_a_refused_address_fails_at_once(redis, tmp_path):
     """The path of the control above, without the NAT: the quickstart route
     relays a non-local Request-URI; over TCP to a port nobody listens on the

@@ -69,8 +69,11 @@ def babelsip_relay(slot: Slot) -> sipp.ProxyProcess:
                                 "--relay-to", slot.uas_uri, "--log-level", "warning"])
 
 
-def babelsip_routes(folder: str) -> Callable[[Slot], sipp.ProxyProcess]:
-    """babelsip serving a copy of bench/routes/<folder> with @UAS_URI@ filled in."""
+def babelsip_routes(folder: str, *, redis: bool = False) -> Callable[[Slot], sipp.ProxyProcess]:
+    """babelsip serving a copy of bench/routes/<folder> with @UAS_URI@ filled in;
+    with `redis`, its store (the dialogs of the record-routed calls) in a
+    redis-server of its own, started as its child so the step's tree CPU
+    counts Redis too."""
     def start(slot: Slot) -> sipp.ProxyProcess:
         routes = slot.workdir / f"routes-{folder}"
         shutil.copytree(ROUTES / folder, routes, dirs_exist_ok=True)
@@ -78,8 +81,19 @@ def babelsip_routes(folder: str) -> Callable[[Slot], sipp.ProxyProcess]:
             if path.is_file():
                 text = path.read_text()
                 path.write_text(text.replace("@UAS_URI@", slot.uas_uri))
-        return sipp.start_babelsip(["run", "--listen", f"udp:{sipp.LOCALHOST}:{slot.port}",
-                                    "--routes", str(routes), "--log-level", "warning"])
+        argv = ["run", "--listen", f"udp:{sipp.LOCALHOST}:{slot.port}",
+                "--routes", str(routes), "--log-level", "warning"]
+        if not redis:
+            return sipp.start_babelsip(argv)
+        redis_port = sipp.free_port()
+        argv += ["--store", f"redis://{sipp.LOCALHOST}:{redis_port}/0"]
+        script = (f"redis-server --port {redis_port} --bind {sipp.LOCALHOST} --save '' "
+                  f"--appendonly no --dir {slot.workdir} >/dev/null & sleep 0.3; exec "
+                  + " ".join(shlex.quote(a) for a in sipp.babelsip_command() + argv))
+        proxy = sipp.ProxyProcess(["sh", "-c", script], sipp.parse_listens(argv),
+                                  name="babelsip-redis")
+        proxy.wait_ready(20)
+        return proxy
     return start
 
 
@@ -107,6 +121,8 @@ SYSTEMS = {s.name: s for s in (
     System("direct", "no proxy: sipp uac -> sipp uas (the load generator's ceiling right now)", None),
     System("babelsip", "babelsip run --relay-to (static mode, record-routed)", babelsip_relay),
     System("babelsip-lua", "babelsip run --routes bench/routes/lua", babelsip_routes("lua")),
+    System("babelsip-lua-redis", "the same with --store redis:// (its own redis-server, in its CPU)",
+           babelsip_routes("lua", redis=True)),
     System("babelsip-python", "babelsip run --routes bench/routes/python", babelsip_routes("python")),
     System("babelsip-perl", "babelsip run --routes bench/routes/perl", babelsip_routes("perl")),
     System("babelsip-java", "babelsip run --routes bench/routes/java", babelsip_routes("java")),

@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
                           help=f"ping NATed UDP bindings with OPTIONS this often, 0 = never ({KEEPALIVE_DEFAULT})")
     services.add_argument("--stun", action="store_true",
                           help="answer STUN binding requests on the UDP SIP ports (RFC 5626 keepalive)")
+    check = sub.add_parser("check", help="load and compile every route (and routes.toml) without "
+                                         "serving; exit 1 with file:line for each problem")
+    check.add_argument("--routes", type=Path, metavar="DIR", required=True, help="the routes folder")
+    # Its own lines say what failed; the loader's log would say it twice.
+    check.add_argument("--log-level", default="critical",
+                       choices=["debug", "info", "warning", "error", "critical"])
     tcp = run.add_argument_group("TCP limits (defaults in host/shell/tcp.py and the README)")
     for flag, key, kind, help_text in TCP_FLAGS:
         tcp.add_argument(flag, dest=f"tcp_{key}", type=kind, metavar="N", help=help_text)
@@ -143,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "check":
+        return check_routes(args.routes)
     listen = args.listen or [("udp", "127.0.0.1", 5060), ("tcp", "127.0.0.1", 5060)]
     if args.routes is not None and not args.routes.is_dir():
         print(f"babelsip: error: --routes {args.routes}: not a directory", file=sys.stderr)
@@ -208,6 +216,45 @@ def _absolute_paths(args) -> None:
     state = os.environ.get("BABELSIP_STATE_DIR")
     if state:
         os.environ["BABELSIP_STATE_DIR"] = os.path.abspath(state)
+
+
+def check_routes(directory: Path) -> int:
+    """`babelsip check`: what a server would load from `directory`, loaded
+    (Lua compiled, each worker started and asked its hooks) and stopped again.
+    One line per route; every problem as file:line: message."""
+    if not directory.is_dir():
+        print(f"babelsip: error: --routes {directory}: not a directory", file=sys.stderr)
+        return 2
+    from host.routes.registry import RouteRegistry
+    from host.routes.runtimes_table import default_runtime_factory
+
+    async def load() -> dict:
+        registry = RouteRegistry(directory.resolve(), runtime_factory=default_runtime_factory)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(registry.run)
+            status = registry.status()
+            nursery.cancel_scope.cancel()
+        return status
+
+    status = trio.run(load)
+    problems = 0
+    config_error = status["config"]["error"]
+    if config_error is not None:
+        problems += 1
+        print(f"{config_error['file']}:{config_error['line']}: {config_error['message']}")
+    for name, route in sorted(status["routes"].items()):
+        error = route["load_error"]
+        if error is None and route["state"] == "ok":
+            print(f"{name}: ok ({route.get('runtime') or 'loaded'})")
+            continue
+        problems += 1
+        where = f"{error['file']}:{error['line']}" if error and error.get("line") else \
+            (error["file"] if error else name)
+        print(f"{where}: {error['message'] if error else route['state']}")
+    if not status["routes"]:
+        problems += 1
+        print(f"{directory}: no route (a route is a file main.lua, main.py, main.pl, Main.java, ...)")
+    return 1 if problems else 0
 
 
 async def _serve(config) -> None:

@@ -150,3 +150,30 @@ def test_tcp_limit_flags_reach_the_transport():
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_check_loads_every_route_and_names_each_problem_by_file_and_line(tmp_path):
+    import subprocess
+    import sys
+    good = tmp_path / "good"
+    good.mkdir()
+    (good / "main.lua").write_text("function on_request(req) req:reply(200) end\n")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "main.lua").write_text("function on_request(req)\n  req:reply(200\nend\n")
+    (bad / "other.py").write_text("def on_request(req)\n    pass\n")
+
+    def check(folder):
+        return subprocess.run([sys.executable, "-m", "host", "check", "--routes", str(folder)],
+                              capture_output=True, text=True, timeout=60)
+
+    ok = check(good)
+    assert ok.returncode == 0 and ok.stdout.strip() == "main: ok (lua54)", ok.stdout + ok.stderr
+    failed = check(bad)
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    lines = failed.stdout.splitlines()
+    assert any(line.startswith(f"{bad / 'main.lua'}:3: ") for line in lines), lines
+    assert any(line.startswith(f"{bad / 'other.py'}:1: SyntaxError") for line in lines), lines
+    assert failed.stderr == ""     # no second copy of each problem in the log
+    empty = check(tmp_path)       # holds only folders: no route
+    assert empty.returncode == 1 and "no route" in empty.stdout

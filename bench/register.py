@@ -114,7 +114,7 @@ def start_babelsip_redis(routes: Path | str, log_level: str | None = None) -> Ca
                   f"--appendonly no --dir {slot.workdir} >/dev/null & sleep 0.3; exec "
                   + " ".join(shlex.quote(a) for a in sipp.babelsip_command() + argv))
         proxy = sipp.ProxyProcess(["sh", "-c", script], sipp.parse_listens(argv),
-                                  name="babelsip-redis", cwd=REPO)
+                                  name="babelsip-redis", cwd=REPO, group=True)
         proxy.wait_ready(15.0)
         return proxy
     return start

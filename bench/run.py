@@ -91,7 +91,7 @@ def babelsip_routes(folder: str, *, redis: bool = False) -> Callable[[Slot], sip
                   f"--appendonly no --dir {slot.workdir} >/dev/null & sleep 0.3; exec "
                   + " ".join(shlex.quote(a) for a in sipp.babelsip_command() + argv))
         proxy = sipp.ProxyProcess(["sh", "-c", script], sipp.parse_listens(argv),
-                                  name="babelsip-redis")
+                                  name="babelsip-redis", group=True)
         proxy.wait_ready(20)
         return proxy
     return start

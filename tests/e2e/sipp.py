@@ -414,8 +414,10 @@ class ProxyProcess:
 
     def __init__(self, argv: list[str], listens: list[tuple[str, str, int]], *,
                  name: str = "proxy", env: dict[str, str] | None = None,
-                 cwd: Path | None = None, log_lines: int = 5000, trust_log: bool = True):
+                 cwd: Path | None = None, log_lines: int = 5000, trust_log: bool = True,
+                 group: bool = False):
         self.argv, self.listens, self.name = argv, listens, name
+        self.group = group   # stop its whole process group too (children it started)
         self.trust_log = trust_log
         self.lines: collections.deque[str] = collections.deque(maxlen=log_lines)
         self.lines_read = 0
@@ -477,6 +479,11 @@ class ProxyProcess:
 
     def stop(self, grace: float = 5.0) -> int:
         rc = _stop_process(self.proc, signal.SIGTERM, grace)
+        if self.group:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)   # its own session: see start_new_session
+            except ProcessLookupError:
+                pass
         self._reader.join(timeout=2)
         return rc
 

@@ -544,3 +544,20 @@ class Baresip:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def traced_phone(root: Path, name: str, line: str, *, ports) -> Baresip:
+    """A phone in root/name with one account line and its SIP trace on (the
+    log shows each message with its transport: "TCP a -> b"). `ports()`
+    gives a free port (tests/e2e/sipp.py free_port)."""
+    return Baresip(root / name, sip_port=ports(), ctrl_port=ports(), accounts=[line], sip_trace=True)
+
+
+def hang_up(caller: Baresip, callee: Baresip, call_id: str, timeout: float = 5) -> tuple[dict, dict]:
+    """The caller hangs up; both sides must see that call closed. Returns
+    their CALL_CLOSED events (their `param` says who ended it)."""
+    caller.hangup()
+    a_down = caller.wait_event("CALL_CLOSED", timeout=timeout)
+    b_down = callee.wait_event("CALL_CLOSED", timeout=timeout)
+    assert a_down["id"] == b_down["id"] == call_id, (a_down, b_down)
+    return a_down, b_down

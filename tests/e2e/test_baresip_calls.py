@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from tests.e2e import sipp
-from tests.e2e.baresip import Baresip, RegistrationFailed, account_line, baresip_binary
+from tests.e2e.baresip import (Baresip, RegistrationFailed, account_line, baresip_binary, hang_up,
+                               traced_phone)
 from tests.e2e.sipp import LOCALHOST, free_port
 
 pytestmark = [
@@ -47,9 +48,7 @@ def quickstart_server(workdir: Path, *, tcp: bool = False):
 
 
 def _phone(tmp_path: Path, name: str, line: str) -> Baresip:
-    # sip_trace: the log shows each message with its transport ("TCP a -> b")
-    return Baresip(tmp_path / name, sip_port=free_port(), ctrl_port=free_port(), accounts=[line],
-                   sip_trace=True)
+    return traced_phone(tmp_path, name, line, ports=free_port)
 
 
 def _arrived_over(phone: Baresip, request: str, server_port: int) -> set[str]:
@@ -94,10 +93,7 @@ def test_registered_phones_call_each_other_through_the_proxy(tmp_path, bob_trans
             alice.wait_event("CALL_RTPESTAB", timeout=5)
             bob.wait_event("CALL_RTPESTAB", timeout=5)
 
-            alice.hangup()
-            a_down = alice.wait_event("CALL_CLOSED", timeout=5)
-            b_down = bob.wait_event("CALL_CLOSED", timeout=5)
-            assert a_down["id"] == b_down["id"] == a_up["id"]
+            a_down, b_down = hang_up(alice, bob, a_up["id"])
             # bob's side closed because the BYE reached him (not a timeout)
             assert "peer" in b_down.get("param", ""), (b_down, _why(proxy, alice, bob))
             assert "user" in a_down.get("param", ""), a_down

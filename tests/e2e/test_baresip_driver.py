@@ -57,11 +57,16 @@ def test_direct_call_established_and_closed(tmp_path, transport):
 
 
 def test_register_toward_dead_tcp_port_fails_fast(tmp_path):
-    dead = free_port()
+    # Held bound but not listening: a connect is refused, and free_port cannot
+    # hand the same number to the phone itself (it once did, and carol
+    # registered with herself).
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.bind((LOCALHOST, 0))
+    dead = holder.getsockname()[1]
     line = account_line("carol", password="secret", transport="tcp",
                         outbound=f"sip:{LOCALHOST}:{dead}")
     t0 = time.monotonic()
-    with _phone(tmp_path, "carol", [line]) as carol:
+    with holder, _phone(tmp_path, "carol", [line]) as carol:
         with pytest.raises(RegistrationFailed) as info:
             carol.wait_registered(timeout=5)
         assert info.value.event is not None, str(info.value)

@@ -58,7 +58,8 @@ from typing import Iterator
 import pytest
 
 from tests.e2e import sipp
-from tests.e2e.baresip import Baresip, BaresipTimeout, account_line, baresip_binary
+from tests.e2e.baresip import (Baresip, BaresipTimeout, account_line, baresip_binary, hang_up,
+                               traced_phone)
 from tests.e2e.sipp import LOCALHOST, free_port
 
 REDIS_SERVER = shutil.which("redis-server")
@@ -127,8 +128,7 @@ def core(name: str, workdir: Path, store_url: str, secret: str) -> Iterator[tupl
 
 
 def phone(tmp_path: Path, name: str, line: str) -> Baresip:
-    return Baresip(tmp_path / name, sip_port=free_port(), ctrl_port=free_port(), accounts=[line],
-                   sip_trace=True)
+    return traced_phone(tmp_path, name, line, ports=free_port)
 
 
 def trace(phone: Baresip) -> list[tuple[str, str, str, list[str]]]:
@@ -215,10 +215,7 @@ def test_call_to_a_tcp_phone_at_core_A_entering_at_core_B_goes_through_A(redis, 
             alice.wait_event("CALL_RTPESTAB", timeout=5)
             bob.wait_event("CALL_RTPESTAB", timeout=5)
 
-            alice.hangup()
-            a_down = alice.wait_event("CALL_CLOSED", timeout=5)
-            b_down = bob.wait_event("CALL_CLOSED", timeout=5)
-            assert a_down["id"] == b_down["id"] == a_up["id"]
+            a_down, b_down = hang_up(alice, bob, a_up["id"])
             assert "peer" in b_down.get("param", ""), (b_down, why(('A', a), ('B', b), bob))
 
         # The INVITE and the BYE reached bob over his registered flow: TCP,

@@ -19,6 +19,7 @@ from pathlib import Path
 from host.sip import digest
 from host.sip.decision import Decision
 from host.sip.message import Request
+from host.sip.headers import uri_of
 from host.sip.uri import parse_uri
 from host.sip.errors import BadMessage
 from host.storage import Store
@@ -118,10 +119,9 @@ def _base(algorithm: str) -> str:
 
 def _identity_user(req: Request) -> str | None:
     # Who the request claims to be: the AoR being registered, or the caller.
-    from host.sip.headers import parse_name_addr
-    value = req.header("to" if req.method == "REGISTER" else "from")
+    uri = uri_of(req.header("to" if req.method == "REGISTER" else "from"))
     try:
-        return parse_uri(parse_name_addr(value).uri).user_unescaped if value else None
+        return parse_uri(uri).user_unescaped if uri else None
     except BadMessage:
         return None
 

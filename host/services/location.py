@@ -16,10 +16,10 @@ from typing import Callable
 from host.sip.decision import Decision, Target
 from host.sip.errors import BadMessage
 from host.sip.flows import flow_token, owner_route
-from host.sip.headers import parse_name_addr
+from host.sip.headers import parse_name_addr, split_commas
 from host.sip.message import Request
-from host.sip.headers import split_commas
 from host.sip.nat import is_private
+from host.sip.proxy_rules import sent_from_behind_nat
 from host.sip.uri import parse_uri
 from host.sip.registrar import (RegistrarError, Settings, address_of_record, apply_update,
                                 branch_groups, live, ok_headers, parse_register)
@@ -183,10 +183,9 @@ def registered_behind_nat(req: Request, source) -> bool:
     one its REGISTER came from (it cannot know its public address), or a
     Contact names a private address other than the source. A Contact at
     another public address is a third-party registration, not a NAT."""
-    transport, ip, port = source
-    via = req.via
-    if via is not None and (via.host.strip("[]") != ip or (via.port or 5060) != port):
+    if sent_from_behind_nat(req, *source):
         return True
+    ip = source[1]
     for value in req.header_values("contact"):
         for one in split_commas(value):
             try:

@@ -115,9 +115,10 @@ class Server:
                     await t.bind()
                 self.transports.setdefault(transport, t)
                 bound.append((transport, host, t.port))
+            udp = next((b for b in bound if b[0] == "udp"), None)
             if self.core_id is None:
                 # How the other cores of the cluster reach this one (flows.py).
-                transport, host, port = next((b for b in bound if b[0] == "udp"), bound[0])
+                _, host, port = udp or bound[0]
                 self.core_id = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             # The advertised host is ours too: the other cores' Routes name it.
             advertised = self.core_id.rpartition(":")[0].strip("[]")
@@ -126,7 +127,6 @@ class Server:
                                   clock=trio.current_time, flow_secret=flow_secret(self.secret))
             set_local_domain(self.core.local.domain_of)
             interval = cfg.extra.get("keepalive", 0)
-            udp = next(((t, h, p) for t, h, p in bound if t == "udp"), None)
             if interval and udp is not None:
                 self.keepalive = KeepaliveService(interval, self.store, self._send_udp,
                                                   core=self.core_id, local=udp)

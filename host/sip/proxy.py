@@ -94,6 +94,9 @@ class ProxyCore(RequestSide, ResponseSide, DecisionSide, DialogSide):
         self.stats = CoreStats()
         # Dialog durations and limits need a clock; the shell gives one.
         self.dialogs = DialogTable(clock)
+        # Every Record-Route value we may write: how a tracked dialog finds us in its route set.
+        self.our_record_routes = tuple(rules.record_route_value(t, h, p)
+                                       for t, (h, p) in self.listen.items())
         self._own_dests: dict = {}   # client txn key -> where a request we originate goes
         # The cluster's secret for flow tokens (flows.py); None: no other core.
         self.flow_secret = flow_secret
@@ -113,7 +116,7 @@ class ProxyCore(RequestSide, ResponseSide, DecisionSide, DialogSide):
             return out
         source = (transport, src[0], src[1])
         if isinstance(msg, Response):
-            msg.source = (transport, src[0], src[1])
+            msg.source = source
             self._on_response(msg, out)
             return out
         try:
@@ -286,8 +289,7 @@ class ProxyCore(RequestSide, ResponseSide, DecisionSide, DialogSide):
         UDP). It keeps the bytes it sent and where, not the request, its
         context and the response objects: 5.4 KB down to the answer's size,
         for every REGISTER of a registration burst."""
-        t = sent
-        txn.last_response = SentAnswer(t.data, t.transport, t.host, t.port, None, t.alt)
+        txn.last_response = SentAnswer(sent.data, sent.transport, sent.host, sent.port, None, sent.alt)
         txn.request = None
         txn.context = None
         ctx.live -= 1

@@ -31,9 +31,8 @@ class DialogSide:
         options, or None). False when the route asked for a limit the proxy
         cannot keep (the table is full): the call is then refused."""
         spec = spec or {}
-        ours = [rules.record_route_value(t, h, p) for t, (h, p) in self.listen.items()]
         try:
-            dialog = self.dialogs.invite_relayed(ctx.request, ctx.source, ours,
+            dialog = self.dialogs.invite_relayed(ctx.request, ctx.source, self.our_record_routes,
                                                  max_duration=spec.get("max_duration"),
                                                  profiles=spec.get("profiles"))
         except (DialogTableFull, BadMessage):

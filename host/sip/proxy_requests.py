@@ -129,7 +129,7 @@ class RequestSide:
                 ("allow", ALLOW), ("accept", "application/sdp"), ("supported", "path, outbound")]), out)
             return
         flow = None
-        if self.flow_secret is not None and not in_dialog:
+        if self.flow_secret is not None and not in_dialog and self.relay_to is None:
             flow = rules.flow_in_own_route(req, self.local, self.flow_secret)
         try:
             followed_route = rules.process_route(req, self.local)
@@ -162,6 +162,12 @@ class RequestSide:
             targets = [ctx.request.uri]
         if len(targets) > MAX_BRANCHES:
             targets = targets[:MAX_BRANCHES]
+        if len(targets) == 1:
+            # The common case (one next hop) needs no groups.
+            ctx.serial = []
+            self._start_branch(ctx, targets[0], out)
+            self._check_complete(ctx, out)
+            return
         groups = [targets] if ctx.parallel else [[t] for t in targets]
         self._relay_groups(ctx, groups, out)
 

@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="static mode: relay every initial request to this URI, record-routed")
     mode.add_argument("--routes", type=Path, metavar="DIR", help="serve the routes in DIR")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--workers", type=_positive(int), default=1, metavar="N",
+                     help="core processes sharing the listening addresses, each owning the "
+                          "Call-IDs that hash to it (1; see README \"Several core processes\")")
     run.add_argument("--store", metavar="URL", default=None,
                      help="where registrations, nonce counts, dialogs and script data live: "
                           "redis://[user:password@]host[:port][/db] or rediss:// (TLS), shared "
@@ -146,12 +149,19 @@ TCP_FLAGS = (
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
     args = build_parser().parse_args(argv)
+    from host.fleet.spec import WorkerSpec
+    fleet = WorkerSpec.from_env() if args.command == "run" else None
+    who = f"[w{fleet.index}] " if fleet is not None else ""
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format=f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s")
     if args.command == "check":
         return check_routes(args.routes)
     listen = args.listen or [("udp", "127.0.0.1", 5060), ("tcp", "127.0.0.1", 5060)]
+    if fleet is not None:
+        listen = fleet.addresses()   # what the parent bound (its ports, if 0 was asked)
     if args.routes is not None and not args.routes.is_dir():
         print(f"babelsip: error: --routes {args.routes}: not a directory", file=sys.stderr)
         return 2
@@ -177,13 +187,19 @@ def main(argv: list[str] | None = None) -> int:
         except StoreError as exc:
             print(f"babelsip: error: {exc}", file=sys.stderr)
             return 2
+    elif fleet is not None and fleet.store is not None:
+        from host.storage import set_shared_store
+        from host.storage.lmdb import LmdbStore
+        set_shared_store(LmdbStore(fleet.store))
+    if args.workers > 1 and fleet is None:
+        return _run_parent(argv, listen, args)
     extra = {"tcp": tcp} if tcp else {}
     extra.update(keepalive=args.keepalive, stun=args.stun)
     config = ServerConfig(listen=listen, relay_to=args.relay_to,
                           routes_dir=str(args.routes) if args.routes else None,
                           names=tuple(args.domain), extra=extra, registrar=registrar,
                           core_id=args.advertise,
-                          auth_algorithms=args.auth_algorithms)
+                          auth_algorithms=args.auth_algorithms, fleet=fleet)
     try:
         try:
             trio.run(_serve, config)
@@ -263,6 +279,38 @@ async def _serve(config) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_handle_signals, nursery.cancel_scope, server)
         await nursery.start(server.run)
+        if config.fleet is not None:
+            nursery.start_soon(_watch_parent, config.fleet.lifeline, nursery.cancel_scope)
+            config.fleet.report_ready()
+
+
+async def _watch_parent(lifeline: int, scope: trio.CancelScope) -> None:
+    """A worker of --workers N: the parent holds the write end of this pipe
+    and never writes; end of file means it is gone, and so must we be."""
+    await trio.lowlevel.wait_readable(lifeline)
+    log.warning("the parent process is gone: stopping")
+    scope.cancel()
+
+
+def _run_parent(argv: list[str], listen, args) -> int:
+    from host.fleet.parent import Parent
+    parent = Parent(argv, listen, args.workers, shared_store=args.store is None,
+                    drain_seconds=DRAIN_SECONDS)
+    try:
+        try:
+            parent.bind()
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                print(f"babelsip: error: address already in use ({exc})", file=sys.stderr)
+            else:
+                print(f"babelsip: error: {exc}", file=sys.stderr)
+            return 1
+        try:
+            return trio.run(parent.run)
+        except KeyboardInterrupt:
+            return 0
+    finally:
+        parent.close()
 
 
 def _first_leaf(group: BaseExceptionGroup, kind: type) -> BaseException | None:

@@ -25,13 +25,13 @@ MISSES = 3   # pings unanswered in a row before a flow counts as gone
 
 class KeepaliveService:
     def __init__(self, interval: float, store: Store, send: Callable[[bytes, str, str, int], None], *,
-                 core: str, local: tuple[str, str, int]):
+                 core: str, local: tuple[str, str, int], salt: str = ""):
         self.store = store
         self.send = send
         self.core = core
         self.schedule = KeepaliveSchedule(interval, MISSES, clock=trio.current_time, local=local,
                                           from_uri=f"sip:keepalive@{local[1]}",
-                                          salt=os.urandom(4).hex())
+                                          salt=salt + os.urandom(4).hex())
         self._wake = trio.Event()
         # Who registered over each flow: a phone with two lines behind one
         # NAT mapping has two AoRs on one flow, pinged once, dropped together.

@@ -30,6 +30,9 @@ from host.sip.proxy import Arm, Consult, Disarm, ProxyCore, Transmit
 from host.sip.registrar import Settings
 from host.storage import shared_store
 
+from host.fleet.handoff import Handoff
+from host.fleet.ownership import keepalive_salt, owner_of
+
 from .limits import raise_nofile_limit
 from .tcp import TcpTransport
 from .timers import TimerService
@@ -53,6 +56,8 @@ class ServerConfig:
     # How the other cores reach this one (host:port), kept in the bindings
     # whose flows it owns; default: its first UDP listener.
     core_id: str | None = None
+    # One worker of --workers N: what it inherited (host/fleet/spec.py).
+    fleet: "WorkerSpec | None" = None
 
 
 def _id_source():
@@ -96,6 +101,7 @@ class Server:
         self.services: Services | None = None
         self.dialogs = DialogMirror(self.store)
         self.keepalive: KeepaliveService | None = None
+        self.handoff: Handoff | None = None
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
@@ -105,12 +111,17 @@ class Server:
             self._nursery = nursery
             if hasattr(self.store, "run"):   # a networked store holds its client open here
                 await nursery.start(self.store.run)
+            fleet = cfg.fleet
             for transport, host, port in cfg.listen:
+                inherited = fleet.socket_for(transport, host, port) if fleet is not None else None
                 if transport == "udp":
-                    t = UdpTransport(host, port, self._on_udp, stun=cfg.extra.get("stun", False))
+                    t = UdpTransport(host, port, self._on_udp if fleet is None else self._on_udp_fleet,
+                                     stun=cfg.extra.get("stun", False), sock=inherited)
                     t.bind()
                 else:
-                    t = TcpTransport(host, port, self._on_tcp, self._on_tcp_error,
+                    t = TcpTransport(host, port, self._on_tcp if fleet is None else self._on_tcp_fleet,
+                                     self._on_tcp_error, listener=inherited,
+                                     on_connection=self._holding if fleet is not None else None,
                                      **cfg.extra.get("tcp", {}))  # limits: see tcp.py
                     await t.bind()
                 self.transports.setdefault(transport, t)
@@ -126,10 +137,17 @@ class Server:
             self.core = ProxyCore(bound, relay_to=cfg.relay_to, new_id=_id_source(), names=names,
                                   clock=trio.current_time, flow_secret=flow_secret(self.secret))
             set_local_domain(self.core.local.domain_of)
+            if fleet is not None:
+                tcp = self.transports.get("tcp")
+                self.handoff = Handoff(fleet.index, fleet.peer_sockets(),
+                                       on_message=self._on_handed, on_send=self._send_held,
+                                       held=tcp.connections if tcp is not None else list)
+                await nursery.start(self.handoff.run)
             interval = cfg.extra.get("keepalive", 0)
             if interval and udp is not None:
-                self.keepalive = KeepaliveService(interval, self.store, self._send_udp,
-                                                  core=self.core_id, local=udp)
+                self.keepalive = KeepaliveService(
+                    interval, self.store, self._send_udp, core=self.core_id, local=udp,
+                    salt=keepalive_salt(fleet.index) if fleet is not None else "")
                 await nursery.start(self.keepalive.run)
             self.services = Services(self.store, core=self.core_id, routes_dir=cfg.routes_dir,
                                      secret=self.secret,
@@ -151,8 +169,11 @@ class Server:
             # by reference counting as their transactions end (ProxyCore._release).
             gc.collect()
             gc.freeze()
-            for transport, host, port in bound:
-                log.info("listening on %s:%s:%d", transport, host, port)
+            if fleet is None:
+                for transport, host, port in bound:
+                    log.info("listening on %s:%s:%d", transport, host, port)
+            else:   # the parent says where, once every worker serves
+                log.info("worker %d of %d serving (pid %d)", fleet.index, fleet.count, os.getpid())
             task_status.started(bound)
 
     # ------------------------------------------------------------- input
@@ -167,6 +188,37 @@ class Server:
             self._execute(self.core.receive(data, "tcp", src))
         except Exception:
             self._internal_error("tcp message", src, data)
+
+    # One worker of several: a message whose Call-ID another worker owns is
+    # handed to it (host/fleet/ownership.py).
+    def _on_udp_fleet(self, data: bytes, src) -> None:
+        owner = owner_of(data, self.config.fleet.count)
+        if owner is not None and owner != self.handoff.index:
+            self.handoff.hand(owner, data, "udp", src)
+        else:
+            self._on_udp(data, src)
+
+    def _on_tcp_fleet(self, data: bytes, src) -> None:
+        owner = owner_of(data, self.config.fleet.count)
+        if owner is not None and owner != self.handoff.index:
+            self.handoff.hand(owner, data, "tcp", src)   # the connection stays here
+        else:
+            self._on_tcp(data, src)
+
+    def _on_handed(self, data: bytes, transport: str, src) -> None:
+        try:
+            self._execute(self.core.receive(data, transport, src))
+        except Exception:
+            self._internal_error(f"{transport} message handed over", src, data)
+
+    def _send_held(self, data: bytes, host: str, port: int) -> None:
+        tcp = self.transports.get("tcp")
+        if tcp is not None:
+            tcp.send(data, host, port)
+
+    def _holding(self, remote, held: bool) -> None:
+        if self.handoff is not None:
+            self.handoff.holding(remote, held)
 
     def _internal_error(self, what, src, data=b"") -> None:
         # The last line of defence: a bug met by one message costs that
@@ -229,7 +281,7 @@ class Server:
             self._report_error(action)
             return
         host = action.host
-        if action.alt is not None and not transport.has_connection(host, action.port):
+        if action.alt is not None and not self._connected(transport, host, action.port):
             action.host, action.port = action.alt
             action.alt = None
             host = action.host
@@ -240,12 +292,21 @@ class Server:
                 return
             host = cached[1]
         stream = action.transport != "udp"
+        if stream and self.handoff is not None and not transport.has_connection(host, action.port):
+            holder = self.handoff.holder(host, action.port)
+            if holder is not None:   # another worker holds the connection: send through it
+                self.handoff.send_via(holder, action.data, host, action.port)
+                return
         opening = stream and action.error_key is not None and not transport.has_connection(host, action.port)
         if not transport.send(action.data, host, action.port):
             if stream:
                 self._report_error(action)
         elif opening:
             self._note_connecting((host, action.port), action.error_key)
+
+    def _connected(self, transport, host: str, port: int) -> bool:
+        return transport.has_connection(host, port) or (
+            self.handoff is not None and self.handoff.holder(host, port) is not None)
 
     def _send_udp(self, data: bytes, transport: str, host: str, port: int) -> None:
         self._transmit(Transmit(data, transport, host, port))
@@ -389,6 +450,9 @@ class Server:
             out["services"] = self.services.statistics()
         if self.keepalive is not None:
             out["keepalive"] = self.keepalive.statistics()
+        if self.handoff is not None:
+            out["fleet"] = {"worker": self.handoff.index, "workers": self.config.fleet.count,
+                            **self.handoff.statistics()}
         if hasattr(self.store, "statistics"):
             out["store"] = self.store.statistics()
         if self.core is not None:

@@ -277,6 +277,20 @@ class _Connection:
         return self.started is None and not self.queued and not self.closing
 
 
+def open_tcp_listener(host: str, port: int) -> socket.socket:
+    """A bound, listening TCP socket (several processes may accept from it)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(LISTEN_BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class TcpTransport:
     name = "tcp"
 
@@ -290,8 +304,12 @@ class TcpTransport:
                  max_queued_bytes: int = MAX_QUEUED_BYTES,
                  accept_backoff: float = ACCEPT_BACKOFF,
                  connect_timeout: float = CONNECT_TIMEOUT,
-                 pong_interval: float = PONG_INTERVAL):
+                 pong_interval: float = PONG_INTERVAL,
+                 listener: socket.socket | None = None,
+                 on_connection: Callable[[tuple[str, int], bool], None] | None = None):
         self.host, self.port = host, port
+        self._listener = listener            # bound already (by the parent of --workers N)
+        self._on_connection = on_connection  # (remote, held): a connection opened / ended
         self._on_message = on_message
         self._on_error = on_error
         self.idle_timeout, self.header_timeout = idle_timeout, header_timeout
@@ -312,11 +330,10 @@ class TcpTransport:
         self.pings = self.pongs = 0
 
     async def bind(self) -> tuple[str, int]:
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = trio.socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        await sock.bind((self.host, self.port))
-        sock.listen(LISTEN_BACKLOG)
+        if self._listener is not None:
+            sock = trio.socket.from_stdlib_socket(self._listener)
+        else:
+            sock = trio.socket.from_stdlib_socket(open_tcp_listener(self.host, self.port))
         self._sock = sock
         self.port = sock.getsockname()[1]
         # Read the descriptor limit now, after the server raised it.
@@ -383,11 +400,15 @@ class TcpTransport:
         self._conns[conn.remote] = conn
         self._admission.add(conn.source)
         self._nursery.start_soon(self._run, conn)
+        if self._on_connection is not None:
+            self._on_connection(conn.remote, True)
 
     def _forget(self, conn: _Connection) -> None:
         """Undo _register; called once, when the connection's task ends."""
         if self._conns.get(conn.remote) is conn:
             del self._conns[conn.remote]
+            if self._on_connection is not None:
+                self._on_connection(conn.remote, False)
         self._admission.remove(conn.source)
 
     def _close(self, conn: _Connection, abort: bool = False) -> None:
@@ -425,6 +446,9 @@ class TcpTransport:
     def has_connection(self, host: str, port: int) -> bool:
         conn = self._conns.get((host, port))
         return conn is not None and not conn.closing
+
+    def connections(self) -> list[tuple[str, int]]:
+        return [remote for remote, conn in self._conns.items() if not conn.closing]
 
     def send(self, data: bytes, host: str, port: int) -> bool:
         """Queue `data` for (host, port), opening a connection if there is

@@ -29,12 +29,30 @@ DRAIN_MAX = 256           # datagrams per wake-up before yielding to other tasks
 RECV_SIZE = 65535
 
 
+def open_udp_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A bound UDP socket with room for bursts; `reuse_port` joins a
+    SO_REUSEPORT group, whose members the kernel spreads datagrams over."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class UdpTransport:
     name = "udp"
 
     def __init__(self, host: str, port: int, on_datagram: Callable[[bytes, tuple[str, int]], None],
-                 *, stun: bool = False):
+                 *, stun: bool = False, sock: socket.socket | None = None):
         self.host, self.port = host, port
+        self._bound = sock   # bound already (by the parent of --workers N)
         self._on_datagram = on_datagram
         self.stun = stun
         self._sock: socket.socket | None = None
@@ -42,11 +60,9 @@ class UdpTransport:
         self.stun_answered = self.stun_dropped = 0
 
     def bind(self) -> tuple[str, int]:
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
-        sock.bind((self.host, self.port))
+        sock = self._bound
+        if sock is None:
+            sock = open_udp_socket(self.host, self.port)
         sock.setblocking(False)
         self._sock = sock
         self.port = sock.getsockname()[1]

@@ -1,0 +1,19 @@
+"""Several core processes on one host (`babelsip run --workers N`).
+
+The parent binds every listening socket before any worker exists, then
+starts N workers (`python -m host run ...` again, told by the environment
+which descriptors it inherited) and supervises them. No transaction or
+dialog state is shared: each worker owns the Call-IDs that hash to it
+(`ownership.py`), and a message that lands on another worker is handed to
+its owner over a local socket pair (`handoff.py`), one extra hop. Replies
+leave from the public port, because every worker holds a socket bound to it.
+
+- UDP: one socket per worker in a SO_REUSEPORT group on the public address;
+  the kernel spreads datagrams over them by source.
+- TCP: one listening socket that every worker accepts from. A connection
+  lives in the worker that accepted (or opened) it; the others learn who
+  holds which connection and send through the holder.
+- Store: registrations, nonce counts, dialogs and script data go through the
+  shared store: Redis when `--store` names one, else an LMDB directory the
+  parent creates and removes (host/storage/lmdb.py).
+"""

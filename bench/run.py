@@ -64,12 +64,29 @@ class System:
     start: Callable[[Slot], sipp.ProxyProcess] | None  # None: no proxy, uac -> uas
 
 
-def babelsip_relay(slot: Slot) -> sipp.ProxyProcess:
-    return sipp.start_babelsip(["run", "--listen", f"udp:{sipp.LOCALHOST}:{slot.port}",
-                                "--relay-to", slot.uas_uri, "--log-level", "warning"])
+def babelsip_relay(workers: int = 1) -> Callable[[Slot], sipp.ProxyProcess]:
+    def start(slot: Slot) -> sipp.ProxyProcess:
+        return _started(sipp.start_babelsip(
+            ["run", "--listen", f"udp:{sipp.LOCALHOST}:{slot.port}", "--relay-to", slot.uas_uri,
+             "--log-level", "warning", *_workers(workers)]), workers)
+    return start
 
 
-def babelsip_routes(folder: str, *, redis: bool = False) -> Callable[[Slot], sipp.ProxyProcess]:
+def _workers(workers: int) -> list[str]:
+    return ["--workers", str(workers)] if workers > 1 else []
+
+
+def _started(proxy: sipp.ProxyProcess, workers: int) -> sipp.ProxyProcess:
+    """With --workers N, the first worker answers before the last serves."""
+    if workers > 1:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and f"{workers} worker processes serving" not in proxy.log():
+            time.sleep(0.1)
+    return proxy
+
+
+def babelsip_routes(folder: str, *, redis: bool = False,
+                    workers: int = 1) -> Callable[[Slot], sipp.ProxyProcess]:
     """babelsip serving a copy of bench/routes/<folder> with @UAS_URI@ filled in;
     with `redis`, its store (the dialogs of the record-routed calls) in a
     redis-server of its own, started as its child so the step's tree CPU
@@ -81,10 +98,12 @@ def babelsip_routes(folder: str, *, redis: bool = False) -> Callable[[Slot], sip
             if path.is_file():
                 text = path.read_text()
                 path.write_text(text.replace("@UAS_URI@", slot.uas_uri))
+        # --log-level info: the parent's "N worker processes serving" says when all are up.
         argv = ["run", "--listen", f"udp:{sipp.LOCALHOST}:{slot.port}",
-                "--routes", str(routes), "--log-level", "warning"]
+                "--routes", str(routes), "--log-level", "info" if workers > 1 else "warning",
+                *_workers(workers)]
         if not redis:
-            return sipp.start_babelsip(argv)
+            return _started(sipp.start_babelsip(argv), workers)
         redis_port = sipp.free_port()
         argv += ["--store", f"redis://{sipp.LOCALHOST}:{redis_port}/0"]
         script = (f"redis-server --port {redis_port} --bind {sipp.LOCALHOST} --save '' "
@@ -93,14 +112,14 @@ def babelsip_routes(folder: str, *, redis: bool = False) -> Callable[[Slot], sip
         proxy = sipp.ProxyProcess(["sh", "-c", script], sipp.parse_listens(argv),
                                   name="babelsip-redis", group=True)
         proxy.wait_ready(20)
-        return proxy
+        return _started(proxy, workers)
     return start
 
 
-def kamailio(fast_allocator: bool) -> Callable[[Slot], sipp.ProxyProcess]:
+def kamailio(fast_allocator: bool, workers: int = 1) -> Callable[[Slot], sipp.ProxyProcess]:
     def start(slot: Slot) -> sipp.ProxyProcess:
         return sipp.start_kamailio(slot.port, slot.uas_uri, slot.workdir,
-                                   fast_allocator=fast_allocator)
+                                   fast_allocator=fast_allocator, workers=workers)
     return start
 
 
@@ -119,7 +138,7 @@ def command_system(name: str, template: str) -> System:
 
 SYSTEMS = {s.name: s for s in (
     System("direct", "no proxy: sipp uac -> sipp uas (the load generator's ceiling right now)", None),
-    System("babelsip", "babelsip run --relay-to (static mode, record-routed)", babelsip_relay),
+    System("babelsip", "babelsip run --relay-to (static mode, record-routed)", babelsip_relay()),
     System("babelsip-lua", "babelsip run --routes bench/routes/lua", babelsip_routes("lua")),
     System("babelsip-lua-redis", "the same with --store redis:// (its own redis-server, in its CPU)",
            babelsip_routes("lua", redis=True)),
@@ -131,6 +150,22 @@ SYSTEMS = {s.name: s for s in (
     System("kamailio-qm", "the same with Debian's default (debugging) allocator",
            kamailio(fast_allocator=False)),
 )}
+
+
+
+def with_workers(name: str, workers: int) -> System | None:
+    """NAME-wN: the babelsip or Kamailio system `name` with N core processes."""
+    if name == "babelsip":
+        return System(f"{name}-w{workers}", f"babelsip run --relay-to --workers {workers}",
+                      babelsip_relay(workers))
+    if name.startswith("babelsip-") and name != "babelsip-direct":
+        folder, _, redis = name[len("babelsip-"):].partition("-")
+        return System(f"{name}-w{workers}", f"{SYSTEMS[name].about}, --workers {workers}",
+                      babelsip_routes(folder, redis=redis == "redis", workers=workers))
+    if name in ("kamailio", "kamailio-qm"):
+        return System(f"{name}-w{workers}", f"{SYSTEMS[name].about}, {workers} UDP workers (-n {workers})",
+                      kamailio(fast_allocator=name == "kamailio", workers=workers))
+    return None
 
 
 # --------------------------------------------------------------------------
@@ -288,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=5.0, help="seconds of calls per step")
     ap.add_argument("--extra", action="append", default=[], metavar="NAME=CMD",
                     help="another proxy: CMD with {port} {uas_port} {uas_uri} {workdir}")
+    ap.add_argument("--workers", type=int, action="append", default=[], metavar="N",
+                    help="also run every chosen babelsip and Kamailio system with N core "
+                         "processes, as NAME-wN (repeatable); ratios are against --reference")
     ap.add_argument("--reference", default="kamailio", help="the system ratios are taken against")
     ap.add_argument("--retries", type=int, default=1,
                     help="re-run a failed step this many times before a system stops climbing")
@@ -308,6 +346,12 @@ def main(argv: list[str] | None = None) -> int:
         systems[name] = command_system(name, cmd)
     chosen = [s.strip() for s in args.systems.split(",") if s.strip()]
     chosen += [spec.partition("=")[0] for spec in args.extra if spec.partition("=")[0] not in chosen]
+    for workers in args.workers:
+        for name in list(chosen):
+            variant = with_workers(name, workers) if name in SYSTEMS and workers > 1 else None
+            if variant is not None and variant.name not in chosen:
+                systems[variant.name] = variant
+                chosen.append(variant.name)
     unknown = [s for s in chosen if s not in systems]
     if unknown:
         ap.error(f"unknown systems {unknown}; known: {', '.join(systems)}")

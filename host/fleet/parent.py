@@ -35,6 +35,7 @@ log = logging.getLogger("babelsip.fleet")
 READY_TIMEOUT = 60.0    # a worker that is not serving by then is killed and restarted
 STOP_GRACE = 5.0        # after the workers' own drain time, before they are killed
 PAIR_BUFFER = 4 * 1024 * 1024
+STORE_PREFIX = "babelsip-store-"   # + the parent's pid: see _remove_orphaned_stores
 
 
 class StartFailed(Exception):
@@ -94,7 +95,9 @@ class Parent:
         self._lifeline = os.pipe()
         if self.shared_store:
             base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-            self._store_dir = tempfile.mkdtemp(prefix="babelsip-store-", dir=base)
+            base = base or tempfile.gettempdir()
+            _remove_orphaned_stores(base)
+            self._store_dir = tempfile.mkdtemp(prefix=f"{STORE_PREFIX}{os.getpid()}-", dir=base)
         return self.bound
 
     def _keep(self, sock: socket.socket) -> socket.socket:
@@ -238,3 +241,23 @@ class Parent:
                 if proc is not None and proc.returncode is None:
                     proc.kill()
                     await proc.wait()
+
+
+def _remove_orphaned_stores(base: str) -> None:
+    """A parent killed with SIGKILL could not remove its store directory
+    (its registrations die with it, as with one process): the next parent
+    removes those whose parent is gone, so /dev/shm does not fill up."""
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(STORE_PREFIX):].split("-", 1)[0]
+        if not name.startswith(STORE_PREFIX) or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+        except PermissionError:
+            pass   # another user's live server

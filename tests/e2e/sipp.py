@@ -506,7 +506,7 @@ def start_babelsip(args: list[str], *, ready_timeout: float = 15.0,
 
 def start_kamailio(port: int, relay_to: str, workdir: Path, *, tcp: bool = False,
                    fast_allocator: bool = True, ready_timeout: float = 15.0,
-                   cfg: Path = KAMAILIO_CFG, shm_mb: int = 2048) -> ProxyProcess:
+                   cfg: Path = KAMAILIO_CFG, shm_mb: int = 2048, workers: int = 1) -> ProxyProcess:
     """Kamailio as the reference stateful record-routing proxy (bench/kamailio/proxy.cfg),
     one worker, listening on 127.0.0.1:port (UDP, and TCP when asked).
 
@@ -517,7 +517,7 @@ def start_kamailio(port: int, relay_to: str, workdir: Path, *, tcp: bool = False
         raise RuntimeError("kamailio is not installed (Debian package kamailio)")
     rundir = workdir / f"kamailio-{port}"
     rundir.mkdir(parents=True, exist_ok=True)
-    argv = [binary, "-f", str(cfg), "-DD", "-E", "-n", "1", "-m", str(shm_mb), "-M", "16",
+    argv = [binary, "-f", str(cfg), "-DD", "-E", "-n", str(workers), "-m", str(shm_mb), "-M", "16",
             "-P", str(rundir / "kamailio.pid"), "-Y", str(rundir), "-w", str(rundir),
             "-l", f"udp:{LOCALHOST}:{port}", "-A", f'RELAY_TO="{relay_to}"']
     listens = [("udp", LOCALHOST, port)]

@@ -374,7 +374,10 @@ _environments: dict[tuple[int, str], list] = {}
 
 
 def _open_environment(path: str, map_size: int):
-    os.makedirs(path, mode=0o700, exist_ok=True)
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"store {path}: cannot open: {exc}") from None
     key = (os.getpid(), os.path.realpath(path))
     entry = _environments.get(key)
     if entry is None:

@@ -80,13 +80,13 @@ class LmdbStore(Store):
         self.map_size = self._env.info()["map_size"]   # the first opener's, if larger
         self._closed = False
         self._max_key = self._env.max_key_size()
+        self.sweeps = 0          # completed sweeps of every sub-database (this process)
+        self.swept = 0           # expired entries they deleted
+        self.errors = 0          # operations that failed in LMDB (a full map, ...)
         with self._write():
             pass   # surfaces a broken environment here, not at the first REGISTER
         self._kv, self._aor, self._nc, self._dlg, self._prof = (
             self._env.open_db(name) for name in _DBS)
-        self.sweeps = 0          # completed sweeps of every sub-database (this process)
-        self.swept = 0           # expired entries they deleted
-        self.errors = 0          # operations that failed in LMDB (a full map, ...)
 
     # ------------------------------------------------------------ transactions
     @contextmanager
@@ -96,8 +96,8 @@ class LmdbStore(Store):
                 yield txn
         except lmdb.MapFullError:
             self.errors += 1
-            raise StoreError(f"store {self.path} is full (map_size {self.map_size} bytes): "
-                             "start the server with a larger one") from None
+            raise StoreError(f"store {self.path} is full (map_size {self.map_size} bytes); "
+                             "nothing was written") from None
         except lmdb.Error as exc:
             self.errors += 1
             raise StoreError(f"store {self.path}: {exc}") from None

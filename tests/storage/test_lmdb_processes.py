@@ -92,19 +92,38 @@ class Worker:
         self.proc = subprocess.Popen(
             [sys.executable, "-c", WORKER, str(path), op, str(n), tag], cwd=REPO,
             env={**os.environ, "PYTHONPATH": str(REPO)}, stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, text=True)
+            stdout=subprocess.PIPE)
         self._selector = selectors.DefaultSelector()
         self._selector.register(self.proc.stdout, selectors.EVENT_READ)
+        self._pending = b""      # read from the pipe, not yet returned as lines
+        self.last_line = ""
 
     def line(self, timeout: float = DEADLINE) -> str:
-        if not self._selector.select(timeout):
-            raise AssertionError(f"worker {self.proc.args[3:]} said nothing for {timeout} s")
-        line = self.proc.stdout.readline()
-        assert line, f"worker {self.proc.args[3:]} exited ({self.proc.wait(5)})"
-        return line.strip()
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._pending:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._selector.select(left):
+                raise AssertionError(f"worker {self.proc.args[3:]} said nothing for {timeout} s")
+            chunk = os.read(self.proc.stdout.fileno(), 65536)
+            assert chunk, f"worker {self.proc.args[3:]} exited ({self.proc.wait(5)})"
+            self._pending += chunk
+        line, self._pending = self._pending.split(b"\n", 1)
+        self.last_line = line.decode().strip()
+        return self.last_line
+
+    def drain_after_death(self) -> str:
+        """The last whole line the (dead) worker wrote: each was one short
+        write, atomic on a pipe, so none is cut."""
+        for _ in range(10_000):
+            chunk = os.read(self.proc.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            self._pending += chunk
+        lines = self._pending.split(b"\n")[:-1]
+        return lines[-1].decode().strip() if lines else self.last_line
 
     def go(self) -> None:
-        self.proc.stdin.write("go\n")
+        self.proc.stdin.write(b"go\n")
         self.proc.stdin.flush()
 
     def result(self):
@@ -226,10 +245,12 @@ def test_killed_while_churning_leaves_counts_consistent(tmp_path, workers):
     churner, other = workers(tmp_path, "churn", tag="k") + workers(tmp_path, "incr", 300, tag="o")
     churner.go()
     other.go()
-    last = 0
     for _ in range(200):
-        last = int(churner.line())
-    churner.kill()
+        churner.line()
+    churner.proc.send_signal(signal.SIGKILL)
+    churner.proc.wait(DEADLINE)
+    last = int(churner.drain_after_death())   # the last commit it reported
+    assert last >= 200
     seen = other.result()
     assert seen == list(range(1, 301))            # the other worker's own key, undisturbed
 

@@ -91,6 +91,8 @@ class LmdbStore(Store):
     # ------------------------------------------------------------ transactions
     @contextmanager
     def _write(self):
+        # Blocks this event loop until the other processes' writer lock is
+        # free, and holds the lock for them: keep the body tiny, no I/O.
         try:
             with self._env.begin(write=True) as txn:   # an exception inside aborts it
                 yield txn

@@ -1,13 +1,16 @@
 """One conformance suite for every Store backend (host/storage/__init__.py).
 
-Each test runs against MemoryStore and RedisStore: Redis on
+Each test runs against MemoryStore, LmdbStore (a fresh directory per test)
+and RedisStore: Redis on
 $BABELSIP_REDIS_URL when set (CI, .ci/run), else on a private redis-server
 started for the session on a free 127.0.0.1 port; the redis case is skipped
 when neither exists. Every test gets its own key prefix (so runs never
 collide) and deletes its keys afterwards.
 
 `backend.open()` gives a second handle on the same data: for Redis another
-RedisStore (another client, i.e. another core), for memory the same store.
+RedisStore (another client, i.e. another core), for LMDB another LmdbStore
+on the same directory (several processes: test_lmdb_processes.py), for
+memory the same store.
 
 TTLs are real and short (0.3 s), with bounded sleeps. The fault tests at the
 end each start a private redis-server they stop and restart.
@@ -30,6 +33,7 @@ import trio
 
 from host.sip.registrar import Binding, RegistrarError, live
 from host.storage import StoreError, StoreUnavailable
+from host.storage.lmdb import LmdbStore
 from host.storage.memory import MemoryStore
 from host.storage.redis import RedisStore
 from tests.storage.redis_server import REDIS_SERVER, RawRedis, RedisServer, free_port
@@ -72,8 +76,9 @@ def redis_url():
 
 
 class Backend:
-    def __init__(self, kind: str, nursery, url: str | None, prefix: str):
+    def __init__(self, kind: str, nursery, url: str | None, prefix: str, directory=None):
         self.kind, self.url, self.prefix = kind, url, prefix
+        self.directory = directory
         self._nursery = nursery
         self._memory = MemoryStore() if kind == "memory" else None
         self.stores: list = []
@@ -81,6 +86,12 @@ class Backend:
     async def open(self):
         if self._memory is not None:
             return self._memory
+        if self.kind == "lmdb":
+            # Another LmdbStore on the same directory (in another process it
+            # is another core: tests/storage/test_lmdb_processes.py).
+            store = LmdbStore(self.directory)
+            self.stores.append(store)
+            return store
         store = RedisStore(self.url, prefix=self.prefix)
         with trio.fail_after(5):
             await self._nursery.start(store.run)
@@ -91,8 +102,8 @@ class Backend:
         return RawRedis.from_url(self.url)
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def backend(request):
+@pytest.fixture(params=["memory", "lmdb", "redis"])
+async def backend(request, tmp_path):
     kind = request.param
     test_fn = getattr(request.module, request.node.originalname, None)   # pytest-trio wraps request.function
     reason = getattr(test_fn, "_store_bugs", {}).get(kind)
@@ -101,13 +112,16 @@ async def backend(request):
     url = request.getfixturevalue("redis_url") if kind == "redis" else None
     prefix = f"babelsip-test:{uuid.uuid4().hex}:"
     async with trio.open_nursery() as nursery:
-        b = Backend(kind, nursery, url, prefix)
+        b = Backend(kind, nursery, url, prefix, directory=tmp_path / "lmdb")
         try:
             yield b
         finally:
             if kind == "redis":
                 with b.raw() as r:
                     r.delete_prefix(prefix)
+            if kind == "lmdb":
+                for s in b.stores:
+                    await s.aclose()
             nursery.cancel_scope.cancel()
 
 
@@ -489,9 +503,12 @@ async def test_aor_expires_after_its_last_binding(backend):
             break
         assert time.monotonic() < deadline, f"AoR record still there: {found}"
         await trio.sleep(0.1)
-    if backend.kind == "redis":
+    if backend.kind != "memory":   # redis drops the key, lmdb hides the record (and sweeps it)
         assert await store.aors() == [kept]
         assert len(await store.bindings(kept)) == 2
+    if backend.kind == "lmdb":
+        assert await store.sweep() == 1          # the record of `aor`, nothing live
+        assert store.statistics()["entries"]["aor"] == 1
     assert [b.contact for b in live(await store.bindings(kept), time.time())] == ["sip:kept@192.0.2.2"]
 
 

@@ -160,10 +160,15 @@ def _render(value, lines, title):
         lines.append((f"{title}: " if title else "") + _cell(value))
 
 
+# Columns a terminal table leaves out (--json has them): a histogram, a path
+# already in the route's name.
+HIDDEN_COLUMNS = frozenset({"latency", "file"})
+
+
 def table(rows: list[dict]) -> list[str]:
     columns: list[str] = []
     for row in rows:
-        columns.extend(k for k in row if k not in columns)
+        columns.extend(k for k in row if k not in columns and k not in HIDDEN_COLUMNS)
     cells = [[_cell(row.get(c)) for c in columns] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
     out = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip()]

@@ -18,7 +18,7 @@ BENCH_ARGS ?=
 
 # Debian packages the tests use, each with the check that says it is there.
 TEST_DEBS := sip-tester perl libcpanel-json-xs-perl default-jdk-headless redis-server \
-             baresip-core nftables conntrack iproute2
+             baresip-core nftables conntrack iproute2 chromium
 have_sip-tester := command -v sipp
 have_perl := command -v perl
 have_libcpanel-json-xs-perl := perl -MCpanel::JSON::XS -e 1
@@ -41,6 +41,7 @@ define apt_ensure
 	    nftables) check='command -v nft';; \
 	    conntrack) check='command -v conntrack';; \
 	    iproute2) check='command -v ip';; \
+	    chromium) check='command -v chromium';; \
 	    kamailio) check='$(have_kamailio)';; \
 	    python3-venv) check='$(have_python3-venv)';; \
 	    *) check=false;; \

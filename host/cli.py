@@ -37,6 +37,36 @@ def parse_listen(text: str) -> tuple[str, str, int]:
     return transport, host, int(port)
 
 
+def parse_host_port(text: str) -> tuple[str, int]:
+    """'127.0.0.1:8080' or '[::1]:8080' -> (host, port)."""
+    if text.startswith("["):
+        host, _, port = text[1:].partition("]:")
+    else:
+        host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
+    return host, int(port)
+
+
+def _management_config(args):
+    """The management listeners from the run flags, or an error message."""
+    from host.management.service import ManagementConfig
+    token = os.environ.get("BABELSIP_HTTP_TOKEN") or None
+    if args.http_token_file is not None:
+        try:
+            token = args.http_token_file.read_text().strip() or None
+        except OSError as exc:
+            return f"--http-token-file {args.http_token_file}: {exc.strerror}"
+        if token is None:
+            return f"--http-token-file {args.http_token_file}: the file is empty"
+    if args.http is not None and token is None:
+        return "--http needs a token: --http-token-file FILE or BABELSIP_HTTP_TOKEN"
+    socket_path = None if args.ctl_socket.lower() == "none" else args.ctl_socket
+    if socket_path not in (None, "default"):
+        socket_path = os.path.abspath(socket_path)
+    return ManagementConfig(ctl_socket=socket_path, http=args.http, http_token=token)
+
+
 def parse_relay_to(text: str) -> str:
     try:
         uri = parse_uri(text)
@@ -83,6 +113,19 @@ def build_parser() -> argparse.ArgumentParser:
                           help=f"ping NATed UDP bindings with OPTIONS this often, 0 = never ({KEEPALIVE_DEFAULT})")
     services.add_argument("--stun", action="store_true",
                           help="answer STUN binding requests on the UDP SIP ports (RFC 5626 keepalive)")
+    manage = run.add_argument_group("management API (README.md, Management)")
+    manage.add_argument("--ctl-socket", default="default", metavar="PATH",
+                        help="the JSON-RPC UNIX socket `babelsip ctl` talks to; 'none' for no socket "
+                             "(default: $BABELSIP_STATE_DIR/babelsip.ctl, else /run/babelsip/, "
+                             "$XDG_RUNTIME_DIR or /tmp/babelsip-UID/)")
+    manage.add_argument("--http", type=parse_host_port, metavar="HOST:PORT", default=None,
+                        help="also serve JSON-RPC (POST /RPC), /metrics and the status page over "
+                             "HTTP here, e.g. 127.0.0.1:8080; needs a token")
+    manage.add_argument("--http-token-file", type=Path, metavar="FILE", default=None,
+                        help="the bearer token POST /RPC requires, read from FILE "
+                             "(else $BABELSIP_HTTP_TOKEN)")
+    sub.add_parser("ctl", help="talk to a running server's management API "
+                               "(babelsip ctl --help)", add_help=False)
     check = sub.add_parser("check", help="load and compile every route (and routes.toml) without "
                                          "serving; exit 1 with file:line for each problem")
     check.add_argument("--routes", type=Path, metavar="DIR", required=True, help="the routes folder")
@@ -149,8 +192,10 @@ TCP_FLAGS = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    if argv is None:
-        argv = sys.argv[1:]
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["ctl"]:
+        from host.management.ctl import main as ctl_main
+        return ctl_main(argv[1:])
     args = build_parser().parse_args(argv)
     from host.fleet.spec import WorkerSpec
     fleet = WorkerSpec.from_env() if args.command == "run" else None
@@ -191,14 +236,23 @@ def main(argv: list[str] | None = None) -> int:
         from host.storage import set_shared_store
         from host.storage.lmdb import LmdbStore
         set_shared_store(LmdbStore(fleet.store))
+    management = _management_config(args)
+    if isinstance(management, str):
+        print(f"babelsip: error: {management}", file=sys.stderr)
+        return 2
     if args.workers > 1 and fleet is None:
-        return _run_parent(argv, listen, args)
+        return _run_parent(argv, listen, args, management)
+    if fleet is not None:
+        # The parent serves the operator (socket and HTTP) and asks every
+        # worker on its private socket (host/management/fanout.py).
+        from host.management.service import ManagementConfig
+        management = ManagementConfig(ctl_socket=fleet.ctl_socket, http=None)
     extra = {"tcp": tcp} if tcp else {}
     extra.update(keepalive=args.keepalive, stun=args.stun)
     config = ServerConfig(listen=listen, relay_to=args.relay_to,
                           routes_dir=str(args.routes) if args.routes else None,
                           names=tuple(args.domain), extra=extra, registrar=registrar,
-                          core_id=args.advertise,
+                          core_id=args.advertise, management=management,
                           auth_algorithms=args.auth_algorithms, fleet=fleet)
     try:
         try:
@@ -292,10 +346,10 @@ async def _watch_parent(lifeline: int, scope: trio.CancelScope) -> None:
     scope.cancel()
 
 
-def _run_parent(argv: list[str], listen, args) -> int:
+def _run_parent(argv: list[str], listen, args, management) -> int:
     from host.fleet.parent import Parent
     parent = Parent(argv, listen, args.workers, shared_store=args.store is None,
-                    drain_seconds=DRAIN_SECONDS)
+                    drain_seconds=DRAIN_SECONDS, management=management)
     try:
         try:
             parent.bind()

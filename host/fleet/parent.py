@@ -49,12 +49,14 @@ class StartFailed(Exception):
 
 class Parent:
     def __init__(self, argv: list[str], listen: list[tuple[str, str, int]], count: int, *,
-                 shared_store: bool, drain_seconds: float,
+                 shared_store: bool, drain_seconds: float, management=None,
                  policy: RestartPolicy = RestartPolicy()):
         self.argv, self.listen, self.count = argv, listen, count
         self.shared_store = shared_store   # no --store: the workers share an LMDB directory
         self.drain_seconds = drain_seconds
         self.policy = policy
+        self.management = management       # the operator's listeners (host/management/service.py)
+        self._private_dir: str | None = None   # the workers' management sockets
         self.bound: list[tuple[str, str, int]] = []
         self._sockets: list[socket.socket] = []     # kept open for restarts
         self._listen_fds: list[list[tuple[str, str, int, int]]] = [[] for _ in range(count)]
@@ -93,6 +95,7 @@ class Parent:
                     self._keep(end)
                 self._peer_fds[i][j], self._peer_fds[j][i] = a.fileno(), b.fileno()
         self._lifeline = os.pipe()
+        self._private_dir = tempfile.mkdtemp(prefix=f"babelsip-fleet-{os.getpid()}-")
         if self.shared_store:
             base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
             base = base or tempfile.gettempdir()
@@ -111,9 +114,10 @@ class Parent:
             for fd in self._lifeline:
                 os.close(fd)
             self._lifeline = None
-        if self._store_dir is not None:
-            shutil.rmtree(self._store_dir, ignore_errors=True)
-            self._store_dir = None
+        for directory in (self._store_dir, self._private_dir):
+            if directory is not None:
+                shutil.rmtree(directory, ignore_errors=True)
+        self._store_dir = self._private_dir = None
 
     def _environment(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -140,10 +144,24 @@ class Parent:
                     return 1
                 for transport, host, port in self.bound:
                     log.info("listening on %s:%s:%d", transport, host, port)
+                if self.management is not None:
+                    await self._start_management(nursery)
                 log.info("%d worker processes serving (parent pid %d)", self.count, os.getpid())
             return failures[0].code if failures else 0
         finally:
             await self._kill_all()
+
+    def _ctl_socket(self, index: int) -> str:
+        return os.path.join(self._private_dir, f"w{index}.ctl")
+
+    async def _start_management(self, nursery: trio.Nursery) -> None:
+        """One management API for the whole server: each call is answered
+        by asking the workers on their private sockets."""
+        from host.management.fanout import FanoutAdapter
+        from host.management.service import run_management
+        adapter = FanoutAdapter([self._ctl_socket(i) for i in range(self.count)])
+        where = await nursery.start(run_management, adapter, self.management)
+        log.info("management: %s", where)
 
     async def _supervise(self, index: int, env: dict, failures: list, scope: trio.CancelScope) -> None:
         history: tuple[float, ...] = ()
@@ -178,7 +196,8 @@ class Parent:
         ready_read, ready_write = os.pipe()
         spec = WorkerSpec(index=index, count=self.count, listen=self._listen_fds[index],
                           peers=self._peer_fds[index], ready=ready_write,
-                          lifeline=self._lifeline[0], store=self._store_dir)
+                          lifeline=self._lifeline[0], store=self._store_dir,
+                          ctl_socket=self._ctl_socket(index))
         try:
             proc = await trio.lowlevel.open_process(
                 [sys.executable, "-m", "host", *self.argv], env={**env, ENV: spec.to_env()},

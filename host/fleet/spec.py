@@ -27,10 +27,12 @@ class WorkerSpec:
     ready: int = -1
     lifeline: int = -1
     store: str | None = None      # the LMDB directory when no --store is given
+    ctl_socket: str | None = None  # its management socket, which the parent asks
 
     def to_env(self) -> str:
         return json.dumps({"index": self.index, "count": self.count, "listen": self.listen, "peers": {str(k): v for k, v in self.peers.items()},
-                           "ready": self.ready, "lifeline": self.lifeline, "store": self.store})
+                           "ready": self.ready, "lifeline": self.lifeline, "store": self.store,
+                           "ctl_socket": self.ctl_socket})
 
     @classmethod
     def from_env(cls, environ=os.environ) -> "WorkerSpec | None":
@@ -41,7 +43,8 @@ class WorkerSpec:
         return cls(index=raw["index"], count=raw["count"],
                    listen=[tuple(entry) for entry in raw["listen"]],
                    peers={int(k): v for k, v in raw["peers"].items()},
-                   ready=raw["ready"], lifeline=raw["lifeline"], store=raw.get("store"))
+                   ready=raw["ready"], lifeline=raw["lifeline"], store=raw.get("store"),
+                   ctl_socket=raw.get("ctl_socket"))
 
     def fds(self) -> list[int]:
         return ([fd for *_, fd in self.listen] + list(self.peers.values()) + [fd for fd in (self.ready, self.lifeline) if fd >= 0])

@@ -87,9 +87,11 @@ class RouteHandle:
             if hook not in gen.runtime.hooks:
                 return Decision()
             self._begin(route, gen)
+            started = time.perf_counter()
             try:
                 return self._settle(route, gen, hook, await _outcome(gen.runtime.handle(hook, event)))
             finally:
+                route.latency.observe(time.perf_counter() - started)
                 self._done(gen)
         # The deadline passed (while waiting for a restart or inside the hook).
         route.timeouts += 1
@@ -117,12 +119,14 @@ class RouteHandle:
             return True
         self._begin(route, gen)
         answered = False
+        started = time.perf_counter()
 
         def finish(result) -> None:
             nonlocal answered
             if answered:   # a runtime answering twice: the first answer stands
                 return
             answered = True
+            route.latency.observe(time.perf_counter() - started)
             if isinstance(result, ScriptError) and result.kind == "timeout":
                 route.timeouts += 1   # late in its queue, or abandoned
             try:

@@ -126,15 +126,46 @@ class RouteRegistry:
                 "routes": routes, "unrouted": dict(self.unrouted),
                 "retired_generations": len(self._retired)}
 
-    async def reload(self, route: str | None = None) -> None:
-        """Reload one route (or routes.toml and every route) now, as a file change would."""
+    async def reload(self, route: str | None = None) -> dict[str, dict]:
+        """Reload one route (or routes.toml and every route) now, as a file
+        change would. Returns, per route, whether a new generation loaded
+        (else the error that kept the old one serving) — the management
+        API's `routes.reload` answer."""
         if route is None:
             names = self._reload_config() | set(scan_routes(self.directory)) | set(self._routes)
         else:
             names = {route_name(route)}
+        before = {n: r.last_number for n, r in self._routes.items()}
         async with trio.open_nursery() as nursery:
             for name in names:
                 nursery.start_soon(self._load_route, name, True)
+        outcome = {}
+        for name in sorted(names):
+            record = self._routes.get(name)
+            if record is None:
+                outcome[name] = {"loaded": False, "generation": None, "state": ABSENT,
+                                 "error": {"file": str(self.directory / name), "line": None,
+                                           "message": "no such route file"}}
+                continue
+            loaded = record.last_number != before.get(name, 0) and record.load_error is None
+            error = record.load_error
+            outcome[name] = {"loaded": loaded, "state": record.state,
+                             "generation": record.current.number if record.current else None,
+                             "error": None if loaded or error is None else
+                             {"file": error.file, "line": error.line, "message": error.message}}
+        return outcome
+
+    def runtime_statistics(self) -> dict[str, dict]:
+        """Each route's current runtime as it reports itself (workers, pids,
+        in flight): the management API's `routes.workers`."""
+        out = {}
+        for name, record in sorted(self._routes.items()):
+            gen = record.current
+            out[name] = {"generation": gen.number if gen else None,
+                         "runtime": gen.spec.runtime if gen else None,
+                         "pool": gen.spec.pool if gen else None,
+                         **(gen.runtime.statistics() if gen else {})}
+        return out
 
     # ---- lifetime ------------------------------------------------------------
 

@@ -56,6 +56,8 @@ class ServerConfig:
     # How the other cores reach this one (host:port), kept in the bindings
     # whose flows it owns; default: its first UDP listener.
     core_id: str | None = None
+    # The management API's listeners (host/management/service.py); None: none.
+    management: object | None = None
     # One worker of --workers N: what it inherited (host/fleet/spec.py).
     fleet: "WorkerSpec | None" = None
 
@@ -102,6 +104,7 @@ class Server:
         self.dialogs = DialogMirror(self.store)
         self.keepalive: KeepaliveService | None = None
         self.handoff: Handoff | None = None
+        self.management: dict | None = None   # where the management API listens, once started
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
@@ -163,6 +166,10 @@ class Server:
             await nursery.start(self.dialogs.run)
             for t in self.transports.values():
                 await nursery.start(t.serve)
+            if cfg.management is not None:
+                from host.management.local import LocalAdapter
+                from host.management.service import run_management
+                self.management = await nursery.start(run_management, LocalAdapter(self), cfg.management)
             # What exists now lives as long as the server: keep it out of the
             # cycle collector's scans, whose pauses grew with the heap (p99
             # 224 ms at 300 calls/s). Calls need no collector: they are freed

@@ -103,13 +103,29 @@ class Consult:
 
 
 class CoreStats:
+    """Plain integer counters, bumped where things happen and read by the
+    management API and the metrics collector at scrape time. The per-kind
+    ones: `requests` by method (parsed, not yet checked), `replies` and
+    `forwarded_replies` by status class (index 1..6), `stateless` by the
+    status the core answered with no transaction (482, 483, 503, 400...)."""
     __slots__ = ("received", "bad_replied", "bad_dropped", "stray_responses", "consults",
                  "server_txns", "client_txns", "script_decision_errors", "overloaded",
-                 "dialogs", "dialogs_untracked", "dialogs_timed_out")
+                 "dialogs", "dialogs_untracked", "dialogs_timed_out", "dialogs_ended_by_operator",
+                 "retransmissions", "requests", "replies", "forwarded_replies", "stateless")
+    PER_KIND = ("requests", "replies", "forwarded_replies", "stateless")
 
     def __init__(self):
         for name in self.__slots__:
             setattr(self, name, 0)
+        self.requests: dict[str, int] = {}
+        self.replies = [0] * 7
+        self.forwarded_replies = [0] * 7
+        self.stateless: dict[int, int] = {}
 
     def as_dict(self):
-        return {name: getattr(self, name) for name in self.__slots__}
+        out = {name: getattr(self, name) for name in self.__slots__}
+        out["requests"] = dict(self.requests)
+        out["stateless"] = {str(k): v for k, v in self.stateless.items()}
+        for name in ("replies", "forwarded_replies"):
+            out[name] = {f"{c}xx": n for c, n in enumerate(getattr(self, name)) if c}
+        return out

@@ -299,10 +299,10 @@ class DialogTable:
         return due
 
     def end_requests(self, dialog: Dialog, local: Address,
-                     new_branch: Callable[[], str]) -> list[tuple[Request, Address]]:
+                     new_branch: Callable[[], str], reason: str = "timeout") -> list[tuple[Request, Address]]:
         """The two BYEs the proxy sends itself to end a confirmed call (max
         duration, management hang-up), each with its destination; the dialog
-        ends with reason "timeout". An early or ended dialog gets none (an
+        ends with `reason`. An early or ended dialog gets none (an
         early call ends with its INVITE transaction: the core CANCELs it)."""
         if dialog.state != CONFIRMED:
             return []
@@ -329,7 +329,7 @@ class DialogTable:
             if not branch.startswith(MAGIC_COOKIE):
                 branch = MAGIC_COOKIE + branch
             req.push_front("via", via_value(transport, host, port, branch))
-        self._end(dialog, "timeout")
+        self._end(dialog, reason)
         return out
 
     # --- the table -----------------------------------------------------------
@@ -342,6 +342,11 @@ class DialogTable:
 
     def get(self, call_id: str, from_tag: str) -> Dialog | None:
         return self._dialogs.get((call_id, from_tag))
+
+    def by_id(self, ident: str) -> Dialog | None:
+        """The live dialog whose `dialog_id` is `ident` (management: a scan,
+        not a hot-path lookup)."""
+        return next((d for d in self._dialogs.values() if d.id == ident), None)
 
     def forget(self, dialog: Dialog) -> str:
         """Stop tracking a call whose end we never saw (a BYE that did not

@@ -117,8 +117,15 @@ class ProxyCore(RequestSide, ResponseSide, DecisionSide, DialogSide):
         source = (transport, src[0], src[1])
         if isinstance(msg, Response):
             msg.source = source
+            self.stats.replies[min(msg.status // 100, 6)] += 1
             self._on_response(msg, out)
             return out
+        requests = self.stats.requests
+        method = msg.method
+        if method in requests:
+            requests[method] += 1
+        elif len(requests) < 64:   # a flood of invented methods must not grow it
+            requests[method] = 1
         try:
             if msg.via is None:
                 raise BadMessage("no Via", None)

@@ -72,14 +72,31 @@ class DialogSide:
             self.dialogs.forget(dialog)
             self._dialog_changed(dialog, ENDED, out)
         for dialog in self.dialogs.expire_due(self.dialogs.now()):
-            local = self.listen
-            requests = self.dialogs.end_requests(dialog, ("udp", *local["udp"]) if "udp" in local
-                                                 else next((t, *hp) for t, hp in local.items()),
-                                                 self.new_id)
-            for bye, dest in requests:
-                self._send_own_request(bye, dest, out)
+            self._send_byes(dialog, "timeout", out)
             self.stats.dialogs_timed_out += 1
             self._dialog_changed(dialog, ENDED, out)
+
+    def end_dialog(self, ident: str) -> list | None:
+        """An operator ends a call (management `dlg.end`): a confirmed
+        dialog gets a BYE each way and ends with reason "operator"; returns
+        the actions, or None when no confirmed dialog has id `ident` (an
+        early one ends with its INVITE: the caller CANCELs it)."""
+        dialog = self.dialogs.by_id(ident)
+        if dialog is None or dialog.state != CONFIRMED:
+            return None
+        out: list = []
+        self._send_byes(dialog, "operator", out)
+        self.stats.dialogs_ended_by_operator += 1
+        self._dialog_changed(dialog, ENDED, out)
+        return out
+
+    def _send_byes(self, dialog, reason: str, out) -> None:
+        local = self.listen
+        requests = self.dialogs.end_requests(dialog, ("udp", *local["udp"]) if "udp" in local
+                                             else next((t, *hp) for t, hp in local.items()),
+                                             self.new_id, reason)
+        for bye, dest in requests:
+            self._send_own_request(bye, dest, out)
 
     def _send_own_request(self, req, dest, out) -> None:
         """A request the proxy originates (a BYE ending a call): its own

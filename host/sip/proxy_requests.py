@@ -62,6 +62,7 @@ class RequestSide:
         # transport it came on: its Via may name anybody.
         out.append(Transmit(reply, transport, src[0], src[1]))
         self.stats.bad_replied += 1
+        self._count_stateless(exc.status)
 
     def _reject_stateless_to_source(self, req: Request, exc: BadMessage, source, out) -> None:
         """Refuse a request that failed a check, with no transaction, to its source."""
@@ -72,6 +73,7 @@ class RequestSide:
                              extra=getattr(exc, "headers", None))
         self._transmit_response(resp, source, out, to_source=True)
         self.stats.bad_replied += 1
+        self._count_stateless(exc.status)
 
     # ---------------------------------------------------- requests (§16.3-16.6)
     def _server_key(self, req: Request, method: str):
@@ -87,6 +89,7 @@ class RequestSide:
         key = self._server_key(req, req.method)
         txn = self.server_txns.get(key)
         if txn is not None:  # a retransmission: the transaction answers it
+            self.stats.retransmissions += 1
             self._run(txn, txn.on_request(req), out)
             return
         if len(self.server_txns) >= self.max_server_transactions:
@@ -371,3 +374,4 @@ class RequestSide:
         resp = make_response(req, 503, to_tag=self._tag(req),
                              extra=[("retry-after", str(OVERLOAD_RETRY_AFTER))])
         self._transmit_response(resp, source, out, to_source=True)  # as _answer_stateless_to_source
+        self._count_stateless(503)

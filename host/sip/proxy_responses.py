@@ -157,6 +157,7 @@ class ResponseSide:
             if ctx.final_sent and status >= 300:
                 return
             ctx.final_sent = True
+        self.stats.forwarded_replies[min(status // 100, 6)] += 1
         if txn.terminated or (status >= 300 and txn.state not in (tx.PROCEEDING, tx.TRYING)):
             if 200 <= status < 300:
                 self._transmit_response(resp, ctx.source, out)  # §16.7 step 10
@@ -195,6 +196,11 @@ class ResponseSide:
         """Answer with no transaction (482, 483, 481), to where the request came from."""
         resp = make_response(req, status, to_tag=self._tag(req))
         self._transmit_response(resp, source, out, to_source=True)
+        self._count_stateless(status)
+
+    def _count_stateless(self, status) -> None:
+        stateless = self.stats.stateless
+        stateless[status] = stateless.get(status, 0) + 1
 
     def _transmit_response(self, resp: Response, source, out, *, to_source: bool = False,
                            via=None) -> None:

@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -221,3 +222,26 @@ def _alive(pid: int) -> bool:
             return stat.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_one_management_socket_answers_for_every_worker(tmp_path, relay):
+    ctl = tmp_path / "babelsip.ctl"
+    with start_fleet(["--relay-to", f"sip:{sipp.LOCALHOST}:{relay.uas_port}",
+                      "--ctl-socket", str(ctl)]) as proxy:
+        uac, uas = run_calls(tmp_path, proxy, "uac", "uas", calls=60, rate=60,
+                             uas_port=relay.uas_port)
+        assert uac.successful == 60, why(proxy, uac, uas)
+        answer = subprocess.run(sipp.babelsip_command() + ["ctl", "--socket", str(ctl), "--json",
+                                                           "core.info"],
+                                capture_output=True, text=True, timeout=20)
+        assert answer.returncode == 0, answer.stderr
+        info = json.loads(answer.stdout)
+        assert info["workers"] == 2
+        assert sorted(w["worker"] for w in info["per_worker"]) == [0, 1]
+        assert {w["pid"] for w in info["per_worker"]} == set(worker_pids(proxy).values())
+        stats = subprocess.run(sipp.babelsip_command() + ["ctl", "--socket", str(ctl), "--json",
+                                                          "tm.stats"],
+                               capture_output=True, text=True, timeout=20)
+        assert stats.returncode == 0, stats.stderr
+        # Summed over the workers: every INVITE and BYE of the 60 calls, once.
+        assert json.loads(stats.stdout)["created"] >= 120, stats.stdout

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import trio
 
-from host.config import parse_command_line
+from host.config import parse_command_line, where_set
 from host.logs import LOG_FORMATS, configure_logging
 from host.routes.settings import ConfigError
 from host.sip.errors import BadMessage
@@ -229,6 +229,10 @@ def check_command(args) -> int:
     """`babelsip check`: the --config file was checked while parsing; then the
     routes folder (--routes, else the file's) is."""
     if args.config is not None:
+        if args.routes is not None and "routes" in args.config_values and \
+                args.routes == args.config_values["routes"] and not args.routes.is_dir():
+            print(f"{where_set(args.config, 'routes')}: {args.routes}: not a directory")
+            return 1
         print(f"{args.config}: ok")
     if args.routes is None:
         if args.config_values.get("relay_to"):

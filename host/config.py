@@ -325,6 +325,34 @@ def subparser(parser: argparse.ArgumentParser, command: str) -> argparse.Argumen
     raise KeyError(command)
 
 
+def where_set(path: str | os.PathLike, dest: str) -> str:
+    """'file:line: key' for the key of a file already loaded that set `dest`,
+    for a problem found later (a routes folder that is not there)."""
+    section, key = key_of(dest)
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError):
+        text = ""
+    for written in ((section, key), (dest,)) if section else ((dest,),):
+        line = find_line(text, written)
+        if line is not None and len(written) == len(find_path(text, line)):
+            return f"{path}:{line}: {'.'.join(written)}"
+    return f"{path}: {dest}"
+
+
+def find_path(text: str, line: int) -> tuple[str, ...]:
+    """The key path defined on `line` (its table's, for a header)."""
+    table: tuple[str, ...] = ()
+    for number, content in enumerate(text.splitlines(), 1):
+        header = _HEADER.match(content)
+        key = None if header else _KEY.match(content)
+        if header:
+            table = _parts(header.group(1))
+        if number == line:
+            return table if header else table + (_parts(key.group(1)) if key else ())
+    return ()
+
+
 # What `check` takes from the file besides checking all of it: its routes.
 CHECK_TAKES = ("routes",)
 

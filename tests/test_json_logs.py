@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import io
 import logging
-import os
+import shutil
 import sys
 
 import orjson
@@ -103,21 +103,33 @@ async def test_a_lua_print_carries_route_generation_and_call_id(tmp_path, caplog
     assert (line["route"], line["generation"], line["call_id"]) == ("main", 1, "call-1@test")
 
 
-async def test_a_python_routes_log_lines_carry_its_route_and_call_id(tmp_path, caplog, monkeypatch):
+WORKER_ROUTES = {
+    "python": ("main.py", "import sys\nfrom babelsip_sdk import log\n\n"
+                          "def on_request(req):\n"
+                          "    log('deciding for ' + req.ruri_user)\n"
+                          "    print('to stderr', file=sys.stderr, flush=True)\n"
+                          "    req.reply(200)\n"),
+    "perl": ("main.pl", "sub on_request {\n    my ($req) = @_;\n"
+                        "    $req->log('deciding for ' . $req->ruri_user);\n"
+                        "    print STDERR \"to stderr\\n\";\n"
+                        "    $req->reply(200);\n}\n1;\n"),
+}
+
+
+@pytest.mark.parametrize("language", sorted(WORKER_ROUTES))
+async def test_a_worker_routes_log_lines_carry_its_route_and_call_id(tmp_path, caplog, monkeypatch, language):
+    if language == "perl" and shutil.which("perl") is None:
+        pytest.skip("perl is not installed")
     monkeypatch.setenv("BABELSIP_STATE_DIR", str(tmp_path / "state"))
     routes = tmp_path / "routes"
     routes.mkdir()
-    (routes / "main.py").write_text(
-        "import sys\nfrom babelsip_sdk import log\n\n"
-        "def on_request(req):\n"
-        "    log('deciding for ' + req.ruri_user)\n"
-        "    print('to stderr', file=sys.stderr, flush=True)\n"
-        "    req.reply(200)\n")
+    name, source = WORKER_ROUTES[language]
+    (routes / name).write_text(source)
     caplog.set_level(logging.INFO)
     await run_events(routes, [event("py-call@test")])
     mine = route_records(caplog, "main")
     logged = [r for r in mine if "deciding for bob" in r.getMessage()]
-    assert [(r.generation, r.call_id) for r in logged] == [(1, "py-call@test")]
+    assert [(r.generation, r.call_id) for r in logged] == [(1, "py-call@test")], [r.getMessage() for r in mine]
     with trio.move_on_after(5):   # stderr is read by its own task: give it its turn
         while not any("to stderr" in r.getMessage() for r in route_records(caplog, "main")):
             await trio.sleep(0.05)

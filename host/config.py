@@ -237,6 +237,9 @@ def parse_config(text: str, name: str, parser: argparse.ArgumentParser, *, base:
             for inner, inner_value in value.items():
                 dest = by_key.get((key, inner))
                 if dest is None:
+                    elsewhere = [s for s, k in by_key if k == inner and s not in (None, key)]
+                    if elsewhere:
+                        raise error((key, inner), f"unknown key in [{key}] (it belongs in [{elsewhere[0]}])")
                     raise error((key, inner), _unknown(f"key in [{key}]",
                                                        inner, [k for s, k in by_key if s == key]))
                 take((key, inner), dest, inner_value)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -85,7 +86,6 @@ def test_a_bad_config_stops_run_before_serving(tmp_path):
     port = sipp.free_port()
     config = write_config(tmp_path, file_port=port, uas_port=sipp.free_port())
     config.write_text(config.read_text() + "[tcp]\nidle_timeout = -1\n")
-    import subprocess
     result = subprocess.run([sys.executable, "-m", "host", "run", "--config", str(config)], cwd=REPO,
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import trio
 
+from host.config import parse_command_line, where_set
+from host.logs import LOG_FORMATS, configure_logging
 from host.routes.settings import ConfigError
 from host.sip.errors import BadMessage
 from host.sip.uri import parse_uri
@@ -81,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="babelsip", description="A programmable SIP proxy.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the SIP server")
+    run.add_argument("--config", type=Path, metavar="FILE",
+                     help="read options from this TOML file (flags given here override it)")
     run.add_argument("--listen", action="append", type=parse_listen, metavar="TRANSPORT:HOST:PORT",
                      help="where to listen (repeatable), e.g. udp:127.0.0.1:5060")
     mode = run.add_mutually_exclusive_group()
@@ -88,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="static mode: relay every initial request to this URI, record-routed")
     mode.add_argument("--routes", type=Path, metavar="DIR", help="serve the routes in DIR")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--log-format", default="text", choices=LOG_FORMATS,
+                     help="text (default) or json: one object per line")
     run.add_argument("--workers", type=_positive(int), default=1, metavar="N",
                      help="core processes sharing the listening addresses, each owning the "
                           "Call-IDs that hash to it (1; see README \"Several core processes\")")
@@ -128,7 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
                                "(babelsip ctl --help)", add_help=False)
     check = sub.add_parser("check", help="load and compile every route (and routes.toml) without "
                                          "serving; exit 1 with file:line for each problem")
-    check.add_argument("--routes", type=Path, metavar="DIR", required=True, help="the routes folder")
+    check.add_argument("--config", type=Path, metavar="FILE",
+                       help="check this TOML configuration too; its routes unless --routes is given")
+    check.add_argument("--routes", type=Path, metavar="DIR", help="the routes folder")
     # Its own lines say what failed; the loader's log would say it twice.
     check.add_argument("--log-level", default="critical",
                        choices=["debug", "info", "warning", "error", "critical"])
@@ -196,14 +204,13 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["ctl"]:
         from host.management.ctl import main as ctl_main
         return ctl_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    args = parse_command_line(build_parser(), argv)   # flags over --config FILE
     from host.fleet.spec import WorkerSpec
     fleet = WorkerSpec.from_env() if args.command == "run" else None
-    who = f"[w{fleet.index}] " if fleet is not None else ""
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format=f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s")
+    configure_logging(args.log_level, getattr(args, "log_format", "text"),
+                      worker=fleet.index if fleet is not None else None)
     if args.command == "check":
-        return check_routes(args.routes)
+        return check_command(args)
     listen = args.listen or [("udp", "127.0.0.1", 5060), ("tcp", "127.0.0.1", 5060)]
     if fleet is not None:
         listen = fleet.addresses()   # what the parent bound (its ports, if 0 was asked)
@@ -286,6 +293,24 @@ def _absolute_paths(args) -> None:
     state = os.environ.get("BABELSIP_STATE_DIR")
     if state:
         os.environ["BABELSIP_STATE_DIR"] = os.path.abspath(state)
+
+
+def check_command(args) -> int:
+    """`babelsip check`: the --config file was checked while parsing; then the
+    routes folder (--routes, else the file's) is."""
+    if args.config is not None:
+        if args.routes is not None and "routes" in args.config_values and \
+                args.routes == args.config_values["routes"] and not args.routes.is_dir():
+            print(f"{where_set(args.config, 'routes')}: {args.routes}: not a directory")
+            return 1
+        print(f"{args.config}: ok")
+    if args.routes is None:
+        if args.config_values.get("relay_to"):
+            print(f"{args.config}: static mode (relay_to): no routes to check")
+            return 0
+        print("babelsip: error: give --routes DIR or a --config FILE that names routes", file=sys.stderr)
+        return 2
+    return check_routes(args.routes)
 
 
 def check_routes(directory: Path) -> int:

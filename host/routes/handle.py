@@ -89,7 +89,7 @@ class RouteHandle:
             self._begin(route, gen)
             started = time.perf_counter()
             try:
-                return self._settle(route, gen, hook, await _outcome(gen.runtime.handle(hook, event)))
+                return self._settle(route, gen, hook, await _outcome(gen.runtime.handle(hook, event)), event)
             finally:
                 route.latency.observe(time.perf_counter() - started)
                 self._done(gen)
@@ -100,7 +100,7 @@ class RouteHandle:
         gen.overruns += 1
         return self._registry.script_failed(
             route, gen, hook, "timeout", f"{hook} exceeded its deadline of {settings.deadline:g} s",
-            damaged=gen.overruns >= HUNG_AFTER)
+            damaged=gen.overruns >= HUNG_AFTER, call_id=_call_id(event))
 
     def submit(self, hook: str, event: dict, done: Callable[[Decision], None]) -> bool:
         """`handle` for a runtime that runs events in a thread of its own
@@ -130,7 +130,7 @@ class RouteHandle:
             if isinstance(result, ScriptError) and result.kind == "timeout":
                 route.timeouts += 1   # late in its queue, or abandoned
             try:
-                decision = self._settle(route, gen, hook, result)
+                decision = self._settle(route, gen, hook, result, event)
             finally:
                 self._done(gen)
             done(decision)
@@ -172,7 +172,7 @@ class RouteHandle:
         route.fallbacks += 1
         return fallback_decision(hook, route.settings.fallback)
 
-    def _settle(self, route: RouteRecord, gen: Generation, hook: str, result) -> Decision:
+    def _settle(self, route: RouteRecord, gen: Generation, hook: str, result, event) -> Decision:
         """The decision for an event that ran: the runtime's Decision,
         counted, or the fallback for what went wrong."""
         reg = self._registry
@@ -180,10 +180,11 @@ class RouteHandle:
             # A pool heals one dead worker itself; only a runtime that says
             # it is damaged (a broken Lua state, a failed pool) is replaced.
             return reg.script_failed(route, gen, hook, result.kind, result.message, file=result.file,
-                                     line=result.line, damaged=result.damaged)
+                                     line=result.line, damaged=result.damaged, call_id=_call_id(event))
         if isinstance(result, Exception):
             # The supervisor is where a runtime's bug stops.
-            return reg.script_failed(route, gen, hook, "crash", f"runtime raised {result!r}", damaged=True)
+            return reg.script_failed(route, gen, hook, "crash", f"runtime raised {result!r}", damaged=True,
+                                     call_id=_call_id(event))
         if not isinstance(result, Decision):
             return reg.script_failed(route, gen, hook, "protocol",
                                      f"runtime returned {type(result).__name__}, not a Decision",
@@ -192,3 +193,8 @@ class RouteHandle:
         kind = result.verb or "none"
         route.decisions[kind] = route.decisions.get(kind, 0) + 1
         return result
+
+
+def _call_id(event) -> str | None:
+    """The Call-ID a failure's log line carries (host/logs.py)."""
+    return event.get("call_id") if isinstance(event, dict) else None

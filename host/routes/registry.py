@@ -279,7 +279,7 @@ class RouteRegistry:
             self._install(route, Generation(name, route.last_number, runtime, spec, digest))
             route.path, route.load_error, route.history = path, None, ()
             log.info("route %s: generation %d loaded from %s (%s)", name, route.last_number,
-                     path.name, spec.runtime)
+                     path.name, spec.runtime, extra=runtime.log_fields)
 
     async def _start_runtime(self, spec: RuntimeSpec) -> Runtime:
         """A started runtime, or LoadError. Never leaves a half-started one open."""
@@ -310,6 +310,7 @@ class RouteRegistry:
         return runtime
 
     def _install(self, route: RouteRecord, gen: Generation) -> None:
+        gen.runtime.log_fields.update(route=route.name, generation=gen.number)
         old, route.current = route.current, gen   # the atomic swap
         route.state, route.retry_at = OK, None
         route.ready.set()
@@ -322,9 +323,11 @@ class RouteRegistry:
         route.load_error = route.last_error = err
         route.errors += 1
         if route.current is not None:
-            log.error("route %s: %s — the previous generation keeps serving", route.name, exc)
+            log.error("route %s: %s — the previous generation keeps serving", route.name, exc,
+                      extra={"route": route.name, "generation": route.current.number})
         else:
-            (log.debug if repeat else log.error)("route %s: %s — answering its fallback", route.name, exc)
+            (log.debug if repeat else log.error)("route %s: %s — answering its fallback", route.name, exc,
+                                                 extra={"route": route.name})
             self._mark_failed(route)
 
     def _remove(self, route: RouteRecord) -> None:
@@ -355,7 +358,8 @@ class RouteRegistry:
             self._close_if_done(gen)
 
     def script_failed(self, route: RouteRecord, gen: Generation, hook: str, kind: str, message: str, *,
-                      file: str | None = None, line: int | None = None, damaged: bool = False) -> Decision:
+                      file: str | None = None, line: int | None = None, damaged: bool = False,
+                      call_id: str | None = None) -> Decision:
         """An event failed on `gen` (kind: error|budget|memory|crash|protocol|timeout):
         count and log it, replace the runtime if `damaged`, and return the
         route's fallback."""
@@ -368,7 +372,8 @@ class RouteRegistry:
         if now - route.logged_at >= LOG_EVERY:
             more = f" (+{route.unlogged} more since)" if route.unlogged else ""
             where = f"{err.file}:{line}" if line else err.file
-            log.warning("route %s#%d %s: %s: %s [%s]%s", route.name, gen.number, hook, where, message, kind, more)
+            log.warning("route %s#%d %s: %s: %s [%s]%s", route.name, gen.number, hook, where, message, kind, more,
+                        extra={"route": route.name, "generation": gen.number, "call_id": call_id})
             route.logged_at, route.unlogged = now, 0
         else:
             route.unlogged += 1

@@ -65,6 +65,17 @@ class Runtime(ABC):
     # scope on the event.
     submit = None
 
+    @property
+    def log_fields(self) -> dict:
+        """The `extra=` fields of this runtime's log lines (host/logs.py): its
+        route, and its generation once the registry installed it. One dict,
+        kept: log calls pass it as is."""
+        fields = self.__dict__.get("_log_fields")
+        if fields is None:
+            spec = getattr(self, "spec", None)
+            fields = self.__dict__["_log_fields"] = {"route": spec.route} if spec is not None else {}
+        return fields
+
     @abstractmethod
     async def start(self) -> None:
         """Load and check the script; raise LoadError if it cannot serve."""

@@ -281,7 +281,8 @@ class PooledRuntime(Runtime):
             session = Session(link.stream, route=self.spec.route, label=link.label,
                               store=self.store, settings=self.settings(), max_line=self.max_line,
                               ping_interval=self.ping_interval, start_timeout=self.start_timeout,
-                              notify=self._notify, describe_end=link.describe_end)
+                              notify=self._notify, describe_end=link.describe_end,
+                              log_fields=self.log_fields)
             outcome = None
             try:
                 try:

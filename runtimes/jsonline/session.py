@@ -40,18 +40,20 @@ async def _no_description() -> str:
 
 
 class _Waiter:
-    __slots__ = ("done", "decision", "error")
+    __slots__ = ("done", "decision", "error", "call_id")
 
-    def __init__(self):
+    def __init__(self, call_id: str | None = None):
         self.done = trio.Event()
         self.decision = None
         self.error = None
+        self.call_id = call_id   # for the log lines the script writes during the event
 
 
 class Session:
     def __init__(self, stream: trio.abc.Stream, *, route: str, label: str, store: Store,
                  settings: dict | None = None, max_line: int, ping_interval: float,
-                 start_timeout: float, notify=lambda: None, describe_end=_no_description):
+                 start_timeout: float, notify=lambda: None, describe_end=_no_description,
+                 log_fields: dict | None = None):
         self.stream = stream
         self.route, self.label = route, label
         self.codec = HostCodec(max_line)
@@ -62,6 +64,7 @@ class Session:
         self._notify = notify              # called when capacity or state changes
         self._describe_end = describe_end  # async () -> "exited with status 1" etc.
         self.log = logging.getLogger(f"babelsip.route.{route}")
+        self.log_fields = log_fields if log_fields is not None else {"route": route}
         self.ready = False
         self.hooks: frozenset = frozenset()
         self.sdk = ""
@@ -151,7 +154,7 @@ class Session:
         if self.end is not None:
             raise ScriptError(f"{self.label}: {self.end[1]}", kind=self.end[0])
         ident, data = self.codec.event(hook, event)
-        waiter = _Waiter()
+        waiter = _Waiter(event.get("call_id"))
         self._pending[ident] = waiter
         self._queue(data)
         try:
@@ -248,4 +251,6 @@ class Session:
 
     def _log(self, eff: Log) -> None:
         suffix = f" [event {eff.event}]" if eff.event is not None else ""
-        self.log.log(_LEVELS[eff.level], "%s: %s%s", self.label, eff.message, suffix)
+        waiter = self._pending.get(eff.event) if eff.event is not None else None
+        extra = self.log_fields if waiter is None else {**self.log_fields, "call_id": waiter.call_id}
+        self.log.log(_LEVELS[eff.level], "%s: %s%s", self.label, eff.message, suffix, extra=extra)

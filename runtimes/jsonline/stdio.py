@@ -177,7 +177,7 @@ class ProcessLink(Link):
         self.stream = trio.StapledStream(proc.stdin, proc.stdout)
         self.tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
 
-    async def drain_stderr(self, log: logging.Logger) -> None:
+    async def drain_stderr(self, log: logging.Logger | logging.LoggerAdapter) -> None:
         """Log the worker's stderr lines, within STDERR_BURST/STDERR_RATE.
         It is read as fast as it comes (a worker blocked on a full stderr
         pipe would stop answering pings); a flood costs a count of newlines
@@ -317,7 +317,8 @@ class StdioRuntime(PooledRuntime):
             start_new_session=True, pass_fds=(lifeline_fd(),))
         self.pids[index] = proc.pid
         link = ProcessLink(proc, f"{self.spec.route}[{index}] pid {proc.pid}")
-        nursery.start_soon(link.drain_stderr, self.log)
+        # The adapter gives each line the route and generation (host/logs.py).
+        nursery.start_soon(link.drain_stderr, logging.LoggerAdapter(self.log, self.log_fields))
         return link
 
     def statistics(self) -> dict:

@@ -559,12 +559,15 @@ class LuaRuntime(Runtime):
             self._log_suppressed += 1
             return
         self._log_lines += 1
-        self._log.info("%s: %s", self.spec.route, line)
+        event = self._event   # the event being run, in the worker thread that prints
+        extra = self.log_fields if event is None else {**self.log_fields, "call_id": event.get("call_id")}
+        self._log.info("%s: %s", self.spec.route, line, extra=extra)
 
     def _flush_log(self) -> None:
         if self._log_suppressed:
             self._log.warning("%s: %d print() lines suppressed (more than %d per second)",
-                              self.spec.route, self._log_suppressed, LOG_LINES_PER_SECOND)
+                              self.spec.route, self._log_suppressed, LOG_LINES_PER_SECOND,
+                              extra=self.log_fields)
             self._log_suppressed = 0
 
     # ---------------------------------------------------------------- errors

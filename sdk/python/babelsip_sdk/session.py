@@ -27,15 +27,21 @@ READ_SIZE = 1 << 16
 THREAD_STACK = 1 << 20
 
 _active = None  # the session of this process, for log()
+_handling = threading.local()  # .event: the id of the event this thread runs, for log()
 
 
 def log(message, level="info"):
-    """Send a log line to the host (it lands in the host's log for this route)."""
+    """Send a log line to the host (it lands in the host's log for this route,
+    with the Call-ID of the event being handled, when there is one)."""
     session = _active
     if session is None:
         print(message, file=sys.stderr)
         return
-    session.send({"type": "log", "level": level, "message": str(message)})
+    msg = {"type": "log", "level": level, "message": str(message)}
+    event = getattr(_handling, "event", None)
+    if event is not None:
+        msg["event"] = event
+    session.send(msg)
 
 
 class HostGone(ConnectionError):
@@ -178,6 +184,7 @@ class Session:
         req = Request(hook, event, Store(self, ident))
         fn = self.route.hooks.get(hook)
         self._busy = True
+        outer, _handling.event = getattr(_handling, "event", None), ident
         try:
             if fn is not None:
                 if hook == "on_request":
@@ -192,6 +199,7 @@ class Session:
                 out["file"], out["line"] = file, line
         finally:
             self._busy = False
+            _handling.event = outer
         self.send(out)
 
     # ------------------------------------------------------------ host calls

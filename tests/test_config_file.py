@@ -73,11 +73,18 @@ def test_the_example_config_sets_every_section():
 
 def test_a_flag_added_to_run_is_a_key_without_editing_the_loader():
     run = run_parser()
-    run.add_argument("--workers", type=int, default=1)
-    run.add_argument("--ctl-socket", metavar="PATH")
+    run.add_argument("--tcp-brand-new-limit", type=int, default=1)
+    run.add_argument("--ctl-brand-new-path", metavar="PATH")
     run.add_argument("--brand-new-thing", action="store_true")
-    values = parse('brand_new_thing = true\n[server]\nworkers = 4\n[management]\nctl_socket = "ctl.sock"\n', run)
-    assert values == {"brand_new_thing": True, "workers": 4, "ctl_socket": str(BASE / "ctl.sock")}
+    values = parse('brand_new_thing = true\n[tcp]\nbrand_new_limit = 4\n[management]\n'
+                   'ctl_brand_new_path = "ctl.sock"\n', run)
+    assert values == {"brand_new_thing": True, "tcp_brand_new_limit": 4,
+                      "ctl_brand_new_path": str(BASE / "ctl.sock")}
+
+
+def test_the_workers_and_management_flags_have_their_keys():
+    values = parse('[server]\nworkers = 4\n[management]\nctl_socket = "ctl.sock"\n')
+    assert values == {"workers": 4, "ctl_socket": str(BASE / "ctl.sock")}
 
 
 def test_a_key_may_be_written_at_top_level_or_in_its_table():

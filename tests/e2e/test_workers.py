@@ -245,3 +245,25 @@ def test_one_management_socket_answers_for_every_worker(tmp_path, relay):
         assert stats.returncode == 0, stats.stderr
         # Summed over the workers: every INVITE and BYE of the 60 calls, once.
         assert json.loads(stats.stdout)["created"] >= 120, stats.stdout
+
+
+def test_one_scrape_shows_the_whole_server(tmp_path, relay):
+    from prometheus_client.parser import text_string_to_metric_families
+    import urllib.request
+    http_port = sipp.free_port()
+    token = tmp_path / "token"
+    token.write_text("s3cret-token\n")
+    with start_fleet(["--relay-to", f"sip:{sipp.LOCALHOST}:{relay.uas_port}",
+                      "--http", f"{sipp.LOCALHOST}:{http_port}", "--http-token-file", str(token),
+                      "--ctl-socket", str(tmp_path / "ctl")]) as proxy:
+        uac, uas = run_calls(tmp_path, proxy, "uac", "uas", calls=50, rate=50,
+                             uas_port=relay.uas_port)
+        assert uac.successful == 50 and uac.retransmissions == 0, why(proxy, uac, uas)
+        with urllib.request.urlopen(f"http://{sipp.LOCALHOST}:{http_port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples[("babelsip_worker_processes", ())] == 2
+    # Every INVITE and BYE of the 50 calls, counted once, by whichever worker owned it.
+    assert samples[("babelsip_sip_requests_received_total", (("method", "INVITE"),))] == 50, text
+    assert samples[("babelsip_sip_requests_received_total", (("method", "BYE"),))] == 50, text

@@ -1,9 +1,12 @@
 """One conformance suite for every Store backend (host/storage/__init__.py).
 
-Each test runs against MemoryStore and RedisStore: Redis on
-$BABELSIP_REDIS_URL when set (CI, .ci/run), else on a private redis-server
-started for the session on a free 127.0.0.1 port; the redis case is skipped
-when neither exists. Every test gets its own key prefix (so runs never
+Each test runs against MemoryStore and RedisStore twice: "redis", one
+server on $BABELSIP_REDIS_URL when set (CI, .ci/run), else a private
+redis-server started for the session on a free 127.0.0.1 port; "cluster", a
+private 3-primary Redis Cluster started for the session
+(tests/storage/redis_topologies.py), so every operation is checked to be
+cluster-safe (one slot per atomic step, scans over every primary). A
+networked case is skipped when redis-server (and redis-cli) are absent. Every test gets its own key prefix (so runs never
 collide) and deletes its keys afterwards.
 
 `backend.open()` gives a second handle on the same data: for Redis another
@@ -32,7 +35,9 @@ from host.sip.registrar import Binding, RegistrarError, live
 from host.storage import StoreError, StoreUnavailable
 from host.storage.memory import MemoryStore
 from host.storage.redis import RedisStore
+from host.storage.redis_url import parse_store_url
 from tests.storage.redis_server import REDIS_SERVER, RawRedis, RedisServer, free_port
+from tests.storage.redis_topologies import REDIS_CLI, ClusterRaw, RedisClusterServers
 
 TTL = 0.3          # a short real TTL
 PAST_TTL = 0.5     # sleep after which a TTL-second key has expired (with margin)
@@ -40,7 +45,7 @@ PAST_TTL = 0.5     # sleep after which a TTL-second key has expired (with margin
 
 # --------------------------------------------------------------- fixtures
 def bug_on(kind: str, reason: str):
-    """Mark a test as failing on backend `kind` ("memory" or "redis") because
+    """Mark a test as failing on backend `kind` ("memory", "redis", "cluster") because
     of a product bug: xfail(strict=True) there, a normal test elsewhere."""
     def mark(fn):
         bugs = dict(getattr(fn, "_store_bugs", {}))
@@ -71,9 +76,22 @@ def redis_url():
         server.close()
 
 
+@pytest.fixture(scope="session")
+def cluster_url():
+    if REDIS_SERVER is None or REDIS_CLI is None:
+        pytest.skip("redis-server and redis-cli are not installed")
+    cluster = RedisClusterServers()
+    try:
+        cluster.start()
+        yield cluster.url
+    finally:
+        cluster.close()
+
+
 class Backend:
     def __init__(self, kind: str, nursery, url: str | None, prefix: str):
         self.kind, self.url, self.prefix = kind, url, prefix
+        self.networked = kind != "memory"
         self._nursery = nursery
         self._memory = MemoryStore() if kind == "memory" else None
         self.stores: list = []
@@ -87,25 +105,27 @@ class Backend:
         self.stores.append(store)
         return store
 
-    def raw(self) -> RawRedis:
+    def raw(self) -> RawRedis | ClusterRaw:
+        if self.kind == "cluster":
+            return ClusterRaw([port for _, port in parse_store_url(self.url).nodes])
         return RawRedis.from_url(self.url)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 async def backend(request):
     kind = request.param
     test_fn = getattr(request.module, request.node.originalname, None)   # pytest-trio wraps request.function
     reason = getattr(test_fn, "_store_bugs", {}).get(kind)
     if reason is not None:
         request.node.add_marker(pytest.mark.xfail(strict=True, reason=reason))
-    url = request.getfixturevalue("redis_url") if kind == "redis" else None
+    url = request.getfixturevalue(f"{kind}_url") if kind != "memory" else None
     prefix = f"babelsip-test:{uuid.uuid4().hex}:"
     async with trio.open_nursery() as nursery:
         b = Backend(kind, nursery, url, prefix)
         try:
             yield b
         finally:
-            if kind == "redis":
+            if b.networked:
                 with b.raw() as r:
                     r.delete_prefix(prefix)
             nursery.cancel_scope.cancel()
@@ -445,7 +465,7 @@ async def test_concurrent_update_bindings_from_two_stores(backend):
         assert sorted(b.contact for b in await s.bindings(aor)) == sorted(expected)
 
 
-@pytest.mark.parametrize("backend", ["redis"], indirect=True)
+@pytest.mark.parametrize("backend", ["redis", "cluster"], indirect=True)
 async def test_redis_watch_conflict_is_retried(backend):
     """Another core writes the AoR between this core's read and its EXEC:
     the transaction is aborted and change() runs again on the new bindings."""
@@ -473,7 +493,7 @@ async def test_aor_expires_after_its_last_binding(backend):
     await store.update_bindings(aor, replace_with([binding("sip:brief@192.0.2.1", expires_in=1.0)]))
     await store.update_bindings(kept, replace_with([binding("sip:kept@192.0.2.1", expires_in=1.0),
                                                     binding("sip:kept@192.0.2.2", expires_in=60)]))
-    if backend.kind == "redis":
+    if backend.networked:
         with backend.raw() as r:   # the key lives as long as its longest binding (plus a margin)
             assert 0 < r.command("PTTL", f"{backend.prefix}aor:{{{aor}}}") <= 2100
             assert 59_000 < r.command("PTTL", f"{backend.prefix}aor:{{{kept}}}") <= 61_100
@@ -489,7 +509,7 @@ async def test_aor_expires_after_its_last_binding(backend):
             break
         assert time.monotonic() < deadline, f"AoR record still there: {found}"
         await trio.sleep(0.1)
-    if backend.kind == "redis":
+    if backend.networked:
         assert await store.aors() == [kept]
         assert len(await store.bindings(kept)) == 2
     assert [b.contact for b in live(await store.bindings(kept), time.time())] == ["sip:kept@192.0.2.2"]

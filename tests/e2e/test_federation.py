@@ -113,14 +113,15 @@ def free_udp_tcp_port() -> int:
 
 
 @contextlib.contextmanager
-def core(name: str, workdir: Path, store_url: str, secret: str) -> Iterator[tuple[int, sipp.ProxyProcess]]:
+def core(name: str, workdir: Path, store_url: str, secret: str,
+         routes: Path = ROUTES) -> Iterator[tuple[int, sipp.ProxyProcess]]:
     """One babelsip core: UDP and TCP on 127.0.0.1:<port>, the quickstart
-    route, the shared --store, debug log. Yields (port, proxy)."""
+    route (or `routes`), the shared --store, debug log. Yields (port, proxy)."""
     here = workdir / name
     here.mkdir(parents=True, exist_ok=True)
     port = free_udp_tcp_port()
     args = ["run", "--listen", f"udp:{LOCALHOST}:{port}", "--listen", f"tcp:{LOCALHOST}:{port}",
-            "--routes", str(ROUTES), "--store", store_url, "--log-level", "debug"]
+            "--routes", str(routes), "--store", store_url, "--log-level", "debug"]
     env = dict(os.environ, BABELSIP_AUTH_SECRET=secret, BABELSIP_STATE_DIR=str(here / "state"))
     env.pop("PYTHONPATH", None)
     with sipp.start_babelsip(args, ready_timeout=30.0, env=env) as proxy:
@@ -276,6 +277,89 @@ def test_control_with_another_secret_at_A_the_call_is_not_delivered_over_the_flo
                                and m[1] != a_addr for m in invites), detail
         assert a.alive() and b.alive()
     print(f"control on 127.0.0.1: {time.monotonic() - started:.1f}s; alice saw {first['type']}")
+
+
+# ------------------------------------- one pool of logic servers for both cores
+
+GEO_LOGIC = Path(__file__).resolve().parents[2] / "examples" / "geo" / "logic" / "main.py"
+
+
+@contextlib.contextmanager
+def logic_server(name: str, workdir: Path) -> Iterator[tuple[int, "subprocess.Popen"]]:
+    """`python -m babelsip_sdk serve` of examples/geo/logic/main.py on a free
+    port, as LOGIC_NAME=name. Yields (port, process)."""
+    import subprocess
+    import sys
+    from tests.e2e import routes_support as rs
+    port = free_port()
+    log_path = workdir / f"logic-{name}.log"
+    env = dict(os.environ, LOGIC_NAME=name)
+    env.pop("PYTHONPATH", None)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "babelsip_sdk", "serve", "--listen",
+                                 f"{LOCALHOST}:{port}", str(GEO_LOGIC)], env=env,
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        assert rs.wait_until(lambda: proc.poll() is not None or sipp.tcp_connectable(port), 10), \
+            log_path.read_text()
+        assert proc.poll() is None, log_path.read_text()
+        yield port, proc
+    finally:
+        rs.stop_gently(proc)
+
+
+def test_both_cores_are_decided_by_one_pool_of_logic_servers(redis, tmp_path):
+    """examples/geo's arrangement on free ports: cores A and B, whose route
+    `main` is served by the same two logic servers (failover). A call entering
+    at B and one entering at A are both decided by the primary (the
+    X-Logic-Server header it adds, seen by the callee) and count in one
+    counter of the store (X-Geo-Call); with the primary killed, the next
+    call entering at each core is decided by the backup."""
+    started = time.monotonic()
+    with logic_server("primary", tmp_path) as (primary_port, primary), \
+            logic_server("backup", tmp_path) as (backup_port, _backup):
+        routes = tmp_path / "routes"
+        routes.mkdir()
+        (routes / "main.remote").write_text(
+            f'endpoints = ["{LOCALHOST}:{primary_port}", "{LOCALHOST}:{backup_port}"]\n'
+            'balance = "failover"\n')
+        with core("A", tmp_path, redis.url, SECRET, routes) as (a_port, a), \
+                core("B", tmp_path, redis.url, SECRET, routes) as (b_port, b):
+            alice, bob = register_both(tmp_path, a_port, b_port)   # alice at B, bob at A
+            a_addr = f"{LOCALHOST}:{a_port}"
+            with alice, bob:
+                bob.wait_registered(timeout=5)
+                alice.wait_registered(timeout=5)
+
+                def call(caller, callee, uri):
+                    """The call; (X-Logic-Server, X-Geo-Call) of the INVITE the callee got."""
+                    mark_caller, mark_callee = caller.mark(), callee.mark()
+                    caller.dial(uri)
+                    try:
+                        caller.wait_event("CALL_ESTABLISHED", timeout=10, since=mark_caller)
+                        callee.wait_event("CALL_ESTABLISHED", timeout=10, since=mark_callee)
+                    except BaresipTimeout as exc:
+                        raise AssertionError(f"{exc}\n{why(('A', a), ('B', b), alice, bob)}") from None
+                    caller.hangup()
+                    caller.wait_event("CALL_CLOSED", timeout=5, since=mark_caller)
+                    callee.wait_event("CALL_CLOSED", timeout=5, since=mark_callee)
+                    got = [m for m in messages(callee, "INVITE ") if m[1] == a_addr]
+                    assert got, callee.log_tail()
+                    return headers(got[-1][3], "x-logic-server"), headers(got[-1][3], "x-geo-call")
+
+                # alice's call enters at B (her outbound proxy), bob's at A;
+                # both reach the callee from A (bob's flow; A relays to alice).
+                assert call(alice, bob, f"sip:bob@{LOCALHOST}") == (["primary"], ["1"])
+                assert call(bob, alice, f"sip:alice@{LOCALHOST}") == (["primary"], ["2"])
+                primary.kill()        # the logic host goes away without a goodbye
+                primary.wait(timeout=5)
+                assert call(alice, bob, f"sip:bob@{LOCALHOST}") == (["backup"], ["3"])
+                assert call(bob, alice, f"sip:alice@{LOCALHOST}") == (["backup"], ["4"])
+            assert a.alive() and b.alive(), why(("A", a), ("B", b))
+    # the counter is the route's key in Redis: route "main", under its prefix
+    assert redis.cli("GET", "babelsip:kv:route:main:calls").strip() == "4"
+    print(f"one logic pool for two cores: {time.monotonic() - started:.1f}s")
 
 
 # ------------------------------------------------- the same behind a real NAT

@@ -765,3 +765,30 @@ async def test_redis_incr_during_outage_is_store_unavailable(private_redis):
                         await store.incr("c")
         finally:
             n.cancel_scope.cancel()
+
+
+@pytest.mark.skipif(REDIS_SERVER is None or REDIS_CLI is None,
+                    reason="redis-server and redis-cli are not installed")
+async def test_cluster_down_at_start_then_up():
+    """A cluster client reads the cluster's layout when it starts: with no
+    seed answering, the store still starts, calls fail fast, and it serves
+    once the cluster is up (run() retries with the breaker's backoff)."""
+    cluster = RedisClusterServers()              # ports chosen, nothing started yet
+    store = RedisStore(cluster.url, prefix=f"babelsip-test:{uuid.uuid4().hex}:")
+    try:
+        async with trio.open_nursery() as n:
+            with trio.fail_after(3):
+                await n.start(store.run)
+            for _ in range(3):
+                with trio.fail_after(1):
+                    with pytest.raises(StoreUnavailable, match="redis\\+cluster://"):
+                        await store.set("k", 1)
+            assert store.statistics()["up"] is False
+            await trio.to_thread.run_sync(cluster.start)
+            _, took = await until_up(store, "k", 12)
+            await store.set("k", 1)
+            assert await store.get("k") == 1
+            assert store.statistics()["up"] is True
+            n.cancel_scope.cancel()
+    finally:
+        await trio.to_thread.run_sync(cluster.close)

@@ -99,8 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "Call-IDs that hash to it (1; see README \"Several core processes\")")
     run.add_argument("--store", metavar="URL", default=None,
                      help="where registrations, nonce counts, dialogs and script data live: "
-                          "redis://[user:password@]host[:port][/db] or rediss:// (TLS), shared "
-                          "by every core pointed at it; default: in this process's memory")
+                          "redis://[user:password@]host[:port][/db] or rediss:// (TLS), "
+                          "redis+sentinel://HOST[:PORT][,...]/SERVICE[/db], "
+                          "redis+cluster://HOST[:PORT][,...]; shared by every core pointed at it; "
+                          "default: in this process's memory (an LMDB directory with --workers N)")
     run.add_argument("--advertise", metavar="HOST:PORT", default=None,
                      help="how the other cores sharing the --store reach this one (UDP); "
                           "default: the first UDP --listen address")

@@ -266,7 +266,8 @@ class RouteRegistry:
             settings = route.settings = self.config.settings(name)
             spec = RuntimeSpec(route=name, path=path, runtime=settings.runtime or runtime_of_file(path) or "exec",
                                deadline=settings.deadline, pool=settings.pool,
-                               memory_mb=settings.memory_mb, options=settings.options)
+                               memory_mb=settings.memory_mb, options=settings.options,
+                               shared_store=settings.shared_store)
             cur = route.current
             if not force and cur is not None and cur.usable and cur.digest == digest and cur.spec == spec:
                 return   # same content and settings: nothing to do (touch, duplicate event)

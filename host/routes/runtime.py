@@ -39,6 +39,11 @@ class ScriptError(Exception):
         super().__init__(f"{where}{message}")
 
 
+def script_key_prefix(route: str) -> str:
+    """The namespace of one route's store keys (unless shared_store)."""
+    return f"route:{route}:"
+
+
 @dataclass(frozen=True)
 class RuntimeSpec:
     """What the registry tells a runtime about the route it runs."""
@@ -50,6 +55,13 @@ class RuntimeSpec:
     pool: int = 1              # workers (external runtimes)
     memory_mb: int = 64        # Lua state memory cap / worker address space
     options: tuple = ()        # runtime-specific (key, value) pairs from routes.toml
+    shared_store: bool = False  # routes.toml shared_store: script keys unprefixed
+
+    @property
+    def store_prefix(self) -> str:
+        """What the host puts before the keys of this route's kv.* calls, so
+        two routes writing the same key do not see each other's value."""
+        return "" if self.shared_store else script_key_prefix(self.route)
 
 
 class Runtime(ABC):

@@ -35,6 +35,10 @@ are case-insensitive too.
     pool = 2                    # workers (external runtimes, default 2)
     memory_mb = 64              # Lua memory cap / worker address space (default 64)
     options = { }               # runtime-specific settings, passed through
+    shared_store = false        # true: this route's store keys are the shared
+                                # namespace, seen by every route with the option;
+                                # false (default): under the prefix "route:NAME:",
+                                # so routes do not see each other's keys
 
 Any mistake — bad TOML, an unknown key, a bad regex or CIDR, a route with no
 file — is a `ConfigError` naming the file and line. On reload a bad file is
@@ -102,11 +106,13 @@ class RouteSettings:
     pool: int = 2
     memory_mb: int = 64
     options: tuple = ()                     # sorted (key, value) pairs
+    shared_store: bool = False              # kv keys unprefixed (RuntimeSpec.store_prefix)
 
     def runtime_fields(self) -> tuple:
         """The settings a running runtime was built with: changing any of them
         needs a new generation; the others apply to the next event."""
-        return (self.runtime, self.deadline, self.pool, self.memory_mb, self.options)
+        return (self.runtime, self.deadline, self.pool, self.memory_mb, self.options,
+                self.shared_store)
 
 
 @dataclass(frozen=True)
@@ -153,7 +159,8 @@ def parse_config(text: str, file: str | Path, *, known_routes: set[str] | None =
 
 _TOP_KEYS = {"default", "match", "routes"}
 _MATCH_KEYS = {"route", "method", "ruri_user", "ruri_host", "source", "header", "header_regex"}
-_ROUTE_KEYS = {"runtime", "deadline", "fallback", "restart", "pool", "memory_mb", "options"}
+_ROUTE_KEYS = {"runtime", "deadline", "fallback", "restart", "pool", "memory_mb", "options",
+               "shared_store"}
 _FALLBACK_KEYS = {"code", "reason", "retry_after", "relay"}
 _RESTART_KEYS = {"intensity", "period", "retry_every"}
 
@@ -279,6 +286,9 @@ class _Parser:
         memory = table.get("memory_mb", d.memory_mb)
         if not _positive_int(memory):
             self.fail(sec, "memory_mb", f"memory_mb must be a positive integer, got {memory!r}")
+        shared = table.get("shared_store", d.shared_store)
+        if not isinstance(shared, bool):
+            self.fail(sec, "shared_store", f"shared_store must be true or false, got {shared!r}")
         options = table.get("options", None)
         if options is None:
             options = d.options
@@ -288,6 +298,7 @@ class _Parser:
             self.fail(sec, "options", "options must be a table")
         return RouteSettings(
             runtime=runtime, deadline=float(deadline), pool=pool, memory_mb=memory, options=options,
+            shared_store=shared,
             fallback=self.fallback(table["fallback"], sec) if "fallback" in table else d.fallback,
             restart=self.restart(table["restart"], sec) if "restart" in table else d.restart,
         )

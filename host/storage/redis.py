@@ -2,39 +2,48 @@
 
 Redis is the source of truth: nothing here caches what a read must see.
 The key layout (host/storage/README.md lists it for operators) follows the
-access paths, each a single key, with the AoR in a hash tag so one AoR's
-keys stay in one cluster slot:
+access paths, each a single key, and every atomic operation touches keys
+of one cluster slot (the braces below are literal Redis hash tags):
 
-  {prefix}kv:{key}                 script value (JSON), PX = its ttl
-  {prefix}aor:{<aor>}              hash: Contact URI -> binding (JSON); the key
+  <prefix>kv:<key>                 script value (JSON), PX = its ttl
+                                   (<key> carries the route's prefix, route:NAME:)
+  <prefix>aor:{<aor>}              hash: Contact URI -> binding (JSON); the key
                                    expires with its last binding (PEXPIREAT)
-  {prefix}nc:{nonce}               highest nonce-count seen (digest replay)
-  {prefix}dlg:{id}                 dialog record (JSON), PX = its ttl
-  {prefix}dialogs                  sorted set: dialog id by expiry (ms)
-  {prefix}prof:{name}:{key}        sorted set: dialog id by expiry (ms)
+  <prefix>nc:<nonce>               highest nonce-count seen (digest replay)
+  <prefix>dlg:{dN}:<id>            dialog record (JSON), PX = its ttl; N = crc32(id) % 16
+  <prefix>dialogs:{dN}             sorted set: the ids of bucket N by expiry (ms)
+  <prefix>prof:<name>:<key>        sorted set: dialog id by expiry (ms)
 
 Updates that must be atomic are atomic in Redis: a REGISTER's bindings are
 replaced in a WATCH/MULTI transaction (retried when another core changed
-the AoR meanwhile, so the CSeq rule holds across cores); nonce counts and
-profile counts are Lua scripts.
+the AoR meanwhile, so the CSeq rule holds across cores); a dialog's record
+and its index entry in one MULTI (one slot: the bucket's tag); nonce counts
+and profile counts are Lua scripts on one key.
+
+One server, Sentinel or Cluster (redis_url.py); in a cluster the AoR scan
+(`aors`, management only) walks every primary (coredis does).
 
 When Redis cannot be reached every operation raises `StoreUnavailable` at
 once for a short, growing while (a circuit breaker: 0.25 s doubling to 5 s)
 instead of each call waiting for its own connect timeout; coredis
-reconnects by itself when Redis is back. Transitions are logged and counted.
+reconnects by itself when Redis is back (asking the Sentinels again after
+a failover). Transitions are logged and counted.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 import time
+import zlib
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 import trio
 
 from host.storage import Store, StoreError, StoreUnavailable, checked_ttl
+from host.storage.redis_url import RedisTarget, parse_store_url
 
 log = logging.getLogger("babelsip.store")
 
@@ -43,6 +52,7 @@ CONNECT_TIMEOUT = 0.5     # seconds: with no retries (the breaker is ours), the 
 COMMAND_TIMEOUT = 1.0
 BREAKER_MIN, BREAKER_MAX = 0.25, 5.0
 WATCH_RETRIES = 16        # concurrent REGISTERs of one AoR from several cores
+DIALOG_BUCKETS = 16       # dialog indexes (cluster slots) the dialogs are spread over
 
 # incr: the ttl applies only when this call creates the key (Store.incr).
 _INCR = """
@@ -78,17 +88,15 @@ return redis.call('ZCARD', KEYS[1])
 
 
 class RedisStore(Store):
-    """`url`: redis://[user:password@]host[:port][/db] or rediss:// (TLS)."""
+    """`url`: a --store URL (host/storage/redis_url.py): one server, Sentinel
+    or Cluster, with or without TLS."""
 
     networked = True
 
     def __init__(self, url: str, *, prefix: str = "babelsip:"):
-        parts = urlsplit(url)
-        if parts.scheme not in ("redis", "rediss"):
-            raise StoreError(f"--store {url!r}: expected redis:// or rediss://")
+        self.target = parse_store_url(url)
         self.url = url
         self.prefix = prefix
-        self._parts = parts
         self._client = None
         self._advance = self._profile = self._incr = None
         self._down_until = 0.0
@@ -100,40 +108,49 @@ class RedisStore(Store):
     # ------------------------------------------------------------ lifecycle
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Hold the client open for the server's lifetime (coredis is anyio:
-        its client must be entered and left by one task)."""
-        import coredis
-        from coredis.retry import NoRetryPolicy
+        its client must be entered and left by one task). A cluster client
+        reads the cluster's layout when it is entered: while no seed answers,
+        that is retried with the breaker's backoff and calls fail at once."""
         # Its INFO lines (every retry, every dropped connection) would flood
         # the server's log during an outage; ours say it once.
         logging.getLogger("coredis").setLevel(logging.WARNING)
-        p = self._parts
-        db = int(p.path.strip("/") or 0) if p.path.strip("/").isdigit() else 0
-        client = coredis.Redis(host=p.hostname or "127.0.0.1", port=p.port or 6379, db=db,
-                               username=p.username or None, password=p.password or None,
-                               ssl=p.scheme == "rediss", connect_timeout=CONNECT_TIMEOUT,
-                               stream_timeout=COMMAND_TIMEOUT, decode_responses=False,
-                               verify_version=False, retry_policy=NoRetryPolicy())
-        async with client:
-            self._client = client
-            self._advance = client.register_script(_ADVANCE)
-            self._incr = client.register_script(_INCR)
-            self._profile = client.register_script(_PROFILE)
+        started = False
+        for attempt in range(2**31):   # ends by cancellation; each failure waits (breaker)
             try:
-                await self._do(lambda c: c.ping())
-                log.info("store: %s", self._safe_url())
-            except StoreUnavailable:
-                pass   # logged by _failed; calls get StoreUnavailable until it answers
-            task_status.started()
-            await trio.sleep_forever()
+                async with AsyncExitStack() as stack:
+                    client = await stack.enter_async_context(_open_client(self.target))
+                    self._advance = client.register_script(_ADVANCE)
+                    self._incr = client.register_script(_INCR)
+                    self._profile = client.register_script(_PROFILE)
+                    self._client = client
+                    try:
+                        await self._do(lambda c: c.ping())
+                        log.info("store: %s", self._safe_url())
+                    except StoreUnavailable:
+                        pass   # logged by _failed; calls get StoreUnavailable until it answers
+                    if not started:
+                        started = True
+                        task_status.started()
+                    await trio.sleep_forever()
+            except Exception as exc:
+                if not _is_connection_error(exc) and not _is_redis_error(exc):
+                    raise
+                self._client = None
+                self._failed(exc)
+                if not started:
+                    started = True
+                    task_status.started()
+                await trio.sleep(self._backoff)
 
     def _safe_url(self) -> str:
-        p = self._parts
-        return f"{p.scheme}://{p.hostname}:{p.port or 6379}{p.path}"
+        return self.target.display()
 
     async def _do(self, op):
         """Run `op(client)`, one Redis operation, through the breaker."""
         client = self._client
         if client is None:
+            if self.outages:
+                raise StoreUnavailable(f"the store at {self._safe_url()} is unreachable")
             raise StoreUnavailable("the store is not connected yet")
         if self._down_until and time.monotonic() < self._down_until:
             raise StoreUnavailable(f"the store at {self._safe_url()} is unreachable")
@@ -245,39 +262,53 @@ class RedisStore(Store):
         return bool(await self._do(lambda c: self._advance(keys=[name], args=[int(value), px])))
 
     # ------------------------------------------------------------ dialogs
+    # A dialog's record and its entry in the index share a hash tag, the
+    # dialog's bucket ({dN}, crc32 of its id), so the MULTI that writes both
+    # stays in one cluster slot; listing walks the DIALOG_BUCKETS indexes.
+    def _dialog_keys(self, dialog_id: str) -> tuple[str, str]:
+        tag = f"{{d{zlib.crc32(dialog_id.encode()) % DIALOG_BUCKETS}}}"
+        return f"{self.prefix}dlg:{tag}:{dialog_id}", f"{self.prefix}dialogs:{tag}"
+
     async def put_dialog(self, dialog_id: str, record: dict, ttl: float) -> None:
         px = _ttl_ms(ttl, optional=False) or 2**40
         expires = int(time.time() * 1000) + px
+        key, index = self._dialog_keys(dialog_id)
+        data = _dumps(record)
 
         async def put(client):
             async with client.pipeline(transaction=True) as pipe:
-                pipe.set(f"{self.prefix}dlg:{dialog_id}", _dumps(record), px=px)
-                pipe.zadd(f"{self.prefix}dialogs", {dialog_id: expires})
+                pipe.set(key, data, px=px)
+                pipe.zadd(index, {dialog_id: expires})
         await self._do(put)
 
     async def get_dialog(self, dialog_id: str) -> dict | None:
-        raw = await self._do(lambda c: c.get(f"{self.prefix}dlg:{dialog_id}"))
+        key, _ = self._dialog_keys(dialog_id)
+        raw = await self._do(lambda c: c.get(key))
         return None if raw is None else orjson.loads(raw)
 
     async def delete_dialog(self, dialog_id: str) -> bool:
+        key, index = self._dialog_keys(dialog_id)
+
         async def delete(client):
             async with client.pipeline(transaction=True) as pipe:
-                pipe.delete([f"{self.prefix}dlg:{dialog_id}"])
-                pipe.zrem(f"{self.prefix}dialogs", [dialog_id])
+                pipe.delete([key])
+                pipe.zrem(index, [dialog_id])
             return pipe.results[0]
         return bool(await self._do(delete))
 
     async def dialogs(self) -> list[dict]:
-        index = f"{self.prefix}dialogs"
-
         async def listing(client):
             now = int(time.time() * 1000)
-            await client.zremrangebyscore(index, "-inf", now)
-            ids = await client.zrange(index, 0, -1)
-            if not ids:
-                return []
-            raws = await client.mget([f"{self.prefix}dlg:{i.decode()}" for i in ids])
-            return [orjson.loads(r) for r in raws if r is not None]
+            records = []
+            for bucket in range(DIALOG_BUCKETS):
+                tag = f"{{d{bucket}}}"
+                index = f"{self.prefix}dialogs:{tag}"
+                await client.zremrangebyscore(index, "-inf", now)
+                ids = await client.zrange(index, 0, -1)
+                if ids:
+                    raws = await client.mget([f"{self.prefix}dlg:{tag}:{i.decode()}" for i in ids])
+                    records.extend(orjson.loads(r) for r in raws if r is not None)
+            return records
         return await self._do(listing)
 
     async def profile_add(self, profile: str, key: str, member: str, ttl: float) -> int:
@@ -297,14 +328,63 @@ class RedisStore(Store):
             lambda c: self._profile(keys=[name], args=[now, op, member, int(expires * 1000)])))
 
 
+@asynccontextmanager
+async def _open_client(target: RedisTarget):
+    """The coredis client for `target`, entered. Timeouts are short and the
+    client's own retries off: the breaker (RedisStore._do) is ours."""
+    import coredis
+    from coredis.connection import TCPLocation
+    from coredis.retry import NoRetryPolicy
+    common = dict(username=target.username, password=target.password,
+                  connect_timeout=CONNECT_TIMEOUT, stream_timeout=COMMAND_TIMEOUT,
+                  decode_responses=False, retry_policy=NoRetryPolicy())
+    if target.mode == "single":
+        (host, port), = target.nodes
+        async with coredis.Redis(host=host, port=port, db=target.db, ssl=target.tls,
+                                 verify_version=False, **common) as client:
+            yield client
+    elif target.mode == "cluster":
+        # non_atomic_cross_slot off: a command over keys of several slots is
+        # an error (CROSSSLOT), never split behind our back, so the "one slot
+        # per atomic operation" rule is checked by the conformance suite.
+        async with coredis.RedisCluster(
+                startup_nodes=[TCPLocation(h, p) for h, p in target.nodes], ssl=target.tls,
+                verify_version=False, non_atomic_cross_slot=False, **common) as client:
+            yield client
+    else:
+        # The Sentinels are asked without the data nodes' credentials; the
+        # primary's connections ask them again after a failover (coredis
+        # checks the role of each new connection).
+        # TLS (rediss+sentinel) to the Sentinels and the data nodes alike.
+        del common["username"], common["password"]
+        retry = common.pop("retry_policy")
+        tls = {"ssl_context": ssl.create_default_context()} if target.tls else {}
+        sentinel = coredis.Sentinel([TCPLocation(h, p) for h, p in target.nodes],
+                                    sentinel_kwargs={"connect_timeout": CONNECT_TIMEOUT,
+                                                     "stream_timeout": COMMAND_TIMEOUT, **tls},
+                                    retry_policy=retry, **common, **tls)
+        async with sentinel:
+            primary = sentinel.primary_for(target.service, db=target.db,
+                                           username=target.username, password=target.password)
+            async with primary:
+                yield primary
+
+
 def _is_connection_error(exc) -> bool:
+    """Redis (or a cluster node, or every Sentinel) cannot be reached now."""
     import coredis.exceptions as e
+    if isinstance(exc, BaseExceptionGroup):   # from the client's task groups
+        return all(_is_connection_error(x) for x in exc.exceptions)
     return isinstance(exc, (e.ConnectionError, e.BusyLoadingError, TimeoutError, OSError,
+                            e.ClusterDownError, e.ClusterError, e.TryAgainError,
+                            e.PrimaryNotFoundError, e.ReadOnlyError,
                             trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError))
 
 
 def _is_redis_error(exc) -> bool:
     import coredis.exceptions as e
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_redis_error(x) or _is_connection_error(x) for x in exc.exceptions)
     return isinstance(exc, e.RedisError)
 
 

@@ -33,31 +33,37 @@ def _arity(args, lo, hi, op):
         raise CallError(f"{op} takes {lo}-{hi} arguments, got {len(args)}")
 
 
-async def _get(store: Store, args):
+# The kv ops take the route's key prefix (RuntimeSpec.store_prefix: "" for a
+# shared_store route); the script never sees it, in any language.
+async def _get(store: Store, args, prefix):
     _arity(args, 1, 1, "kv.get")
-    return await store.get(_key(args))
+    return await store.get(prefix + _key(args))
 
 
-async def _set(store: Store, args):
+async def _set(store: Store, args, prefix):
     _arity(args, 2, 3, "kv.set")
-    await store.set(_key(args), args[1], _ttl(args, 2))
+    await store.set(prefix + _key(args), args[1], _ttl(args, 2))
     return None
 
 
-async def _delete(store: Store, args):
+async def _delete(store: Store, args, prefix):
     _arity(args, 1, 1, "kv.delete")
-    return await store.delete(_key(args))
+    return await store.delete(prefix + _key(args))
 
 
-async def _incr(store: Store, args):
+async def _incr(store: Store, args, prefix):
     _arity(args, 1, 3, "kv.incr")
     delta = args[1] if len(args) > 1 and args[1] is not None else 1
     if isinstance(delta, bool) or not isinstance(delta, int):
         raise CallError(f"delta must be an integer, got {delta!r}")
-    return await store.incr(_key(args), delta, _ttl(args, 2))
+    key = _key(args)
+    try:
+        return await store.incr(prefix + key, delta, _ttl(args, 2))
+    except StoreError as e:   # name the key as the script wrote it, without the prefix
+        raise CallError(str(e).replace(repr(prefix + key), repr(key))) from None
 
 
-async def _registrar_lookup(store: Store, args):
+async def _registrar_lookup(store: Store, args, _prefix):
     _arity(args, 1, 1, "registrar.lookup")
     aor = args[0]
     if (not isinstance(aor, str) or not aor.startswith(("sip:", "sips:")) or "@" not in aor
@@ -75,7 +81,7 @@ async def _registrar_lookup(store: Store, args):
         raise CallError(f"bad aor {aor!r}: {e}") from None
 
 
-async def _dialog_count(store: Store, args):
+async def _dialog_count(store: Store, args, _prefix):
     _arity(args, 1, 2, "dialog.count")
     profile = args[0]
     key = args[1] if len(args) > 1 and args[1] is not None else ""
@@ -97,12 +103,15 @@ OPS = {
 }
 
 
-async def perform(store: Store, op: str, args: list):
-    """Run one call; raises CallError with the message for the worker."""
+async def perform(store: Store, op: str, args: list, *, key_prefix: str):
+    """Run one call of a route whose store keys live under `key_prefix`
+    (RuntimeSpec.store_prefix); raises CallError with the message for the
+    worker. The one place where the host serves a script's store calls:
+    in-process Lua and every line-JSON runtime (stdio, TCP) come here."""
     fn = OPS.get(op)
     if fn is None:
         raise CallError(f"unknown op {op!r}")
     try:
-        return await fn(store, args)
+        return await fn(store, args, key_prefix)
     except StoreError as e:
         raise CallError(str(e)) from None

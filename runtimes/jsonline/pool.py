@@ -279,7 +279,8 @@ class PooledRuntime(Runtime):
                     return Outcome(False, "crash", e.message, e.file, e.line)
                 return Outcome(False, "crash", f"cannot start: {e}")
             session = Session(link.stream, route=self.spec.route, label=link.label,
-                              store=self.store, settings=self.settings(), max_line=self.max_line,
+                              store=self.store, key_prefix=self.spec.store_prefix,
+                              settings=self.settings(), max_line=self.max_line,
                               ping_interval=self.ping_interval, start_timeout=self.start_timeout,
                               notify=self._notify, describe_end=link.describe_end,
                               log_fields=self.log_fields)

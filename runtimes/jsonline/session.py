@@ -51,6 +51,7 @@ class _Waiter:
 
 class Session:
     def __init__(self, stream: trio.abc.Stream, *, route: str, label: str, store: Store,
+                 key_prefix: str,
                  settings: dict | None = None, max_line: int, ping_interval: float,
                  start_timeout: float, notify=lambda: None, describe_end=_no_description,
                  log_fields: dict | None = None):
@@ -58,6 +59,7 @@ class Session:
         self.route, self.label = route, label
         self.codec = HostCodec(max_line)
         self.store = store
+        self.key_prefix = key_prefix       # RuntimeSpec.store_prefix
         self.settings = settings or {}
         self.ping_interval = ping_interval
         self.start_timeout = start_timeout
@@ -238,7 +240,7 @@ class Session:
 
     async def _call(self, call: Call) -> None:
         try:
-            value = await calls.perform(self.store, call.op, call.args)
+            value = await calls.perform(self.store, call.op, call.args, key_prefix=self.key_prefix)
             data = self.codec.result(call.id, value)
         except calls.CallError as e:
             data = self.codec.call_error(call.id, str(e))

@@ -474,7 +474,8 @@ class LuaRuntime(Runtime):
         ok, value = False, None
         with trio.move_on_at(trio.current_time() + (deadline_at - time.monotonic())) as scope:
             try:
-                value, ok = await perform(self.store, call.op, call.args), True
+                value, ok = await perform(self.store, call.op, call.args,
+                                       key_prefix=self.spec.store_prefix), True
             except CallError as exc:
                 value = str(exc)
             except Exception as exc:   # a store backend's failure: the script's error

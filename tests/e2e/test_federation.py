@@ -38,8 +38,12 @@ once (host/shell/server.py `_on_tcp_error`), so a relay over TCP to a
 refused address fails in well under a second, not at the route's timeout.
 
 Last, examples/geo/README.md is run as written (its fixed loopback ports):
-the block after "To start the two sites:" (redis-server and two cores), then
-its two baresip account lines, and a call each way.
+the block after "To start the two sites:" (redis-server, the pool of two
+logic servers, two cores whose route is served by that pool), then its two
+baresip account lines, and a call each way; the X-Logic-Server header each
+INVITE gets shows that the shared primary decided at both sites, and after
+the primary is stopped, that the backup decides at both; X-Geo-Call, a
+counter in the store, that both sites' decisions share script data.
 
 Every process (redis-server, babelsip x2, baresip x2) is stopped by the
 context manager that started it, also when an assertion fails.
@@ -109,14 +113,15 @@ def free_udp_tcp_port() -> int:
 
 
 @contextlib.contextmanager
-def core(name: str, workdir: Path, store_url: str, secret: str) -> Iterator[tuple[int, sipp.ProxyProcess]]:
+def core(name: str, workdir: Path, store_url: str, secret: str,
+         routes: Path = ROUTES) -> Iterator[tuple[int, sipp.ProxyProcess]]:
     """One babelsip core: UDP and TCP on 127.0.0.1:<port>, the quickstart
-    route, the shared --store, debug log. Yields (port, proxy)."""
+    route (or `routes`), the shared --store, debug log. Yields (port, proxy)."""
     here = workdir / name
     here.mkdir(parents=True, exist_ok=True)
     port = free_udp_tcp_port()
     args = ["run", "--listen", f"udp:{LOCALHOST}:{port}", "--listen", f"tcp:{LOCALHOST}:{port}",
-            "--routes", str(ROUTES), "--store", store_url, "--log-level", "debug"]
+            "--routes", str(routes), "--store", store_url, "--log-level", "debug"]
     env = dict(os.environ, BABELSIP_AUTH_SECRET=secret, BABELSIP_STATE_DIR=str(here / "state"))
     env.pop("PYTHONPATH", None)
     with sipp.start_babelsip(args, ready_timeout=30.0, env=env) as proxy:
@@ -272,6 +277,89 @@ def test_control_with_another_secret_at_A_the_call_is_not_delivered_over_the_flo
                                and m[1] != a_addr for m in invites), detail
         assert a.alive() and b.alive()
     print(f"control on 127.0.0.1: {time.monotonic() - started:.1f}s; alice saw {first['type']}")
+
+
+# ------------------------------------- one pool of logic servers for both cores
+
+GEO_LOGIC = Path(__file__).resolve().parents[2] / "examples" / "geo" / "logic" / "main.py"
+
+
+@contextlib.contextmanager
+def logic_server(name: str, workdir: Path) -> Iterator[tuple[int, "subprocess.Popen"]]:
+    """`python -m babelsip_sdk serve` of examples/geo/logic/main.py on a free
+    port, as LOGIC_NAME=name. Yields (port, process)."""
+    import subprocess
+    import sys
+    from tests.e2e import routes_support as rs
+    port = free_port()
+    log_path = workdir / f"logic-{name}.log"
+    env = dict(os.environ, LOGIC_NAME=name)
+    env.pop("PYTHONPATH", None)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "babelsip_sdk", "serve", "--listen",
+                                 f"{LOCALHOST}:{port}", str(GEO_LOGIC)], env=env,
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        assert rs.wait_until(lambda: proc.poll() is not None or sipp.tcp_connectable(port), 10), \
+            log_path.read_text()
+        assert proc.poll() is None, log_path.read_text()
+        yield port, proc
+    finally:
+        rs.stop_gently(proc)
+
+
+def test_both_cores_are_decided_by_one_pool_of_logic_servers(redis, tmp_path):
+    """examples/geo's arrangement on free ports: cores A and B, whose route
+    `main` is served by the same two logic servers (failover). A call entering
+    at B and one entering at A are both decided by the primary (the
+    X-Logic-Server header it adds, seen by the callee) and count in one
+    counter of the store (X-Geo-Call); with the primary killed, the next
+    call entering at each core is decided by the backup."""
+    started = time.monotonic()
+    with logic_server("primary", tmp_path) as (primary_port, primary), \
+            logic_server("backup", tmp_path) as (backup_port, _backup):
+        routes = tmp_path / "routes"
+        routes.mkdir()
+        (routes / "main.remote").write_text(
+            f'endpoints = ["{LOCALHOST}:{primary_port}", "{LOCALHOST}:{backup_port}"]\n'
+            'balance = "failover"\n')
+        with core("A", tmp_path, redis.url, SECRET, routes) as (a_port, a), \
+                core("B", tmp_path, redis.url, SECRET, routes) as (b_port, b):
+            alice, bob = register_both(tmp_path, a_port, b_port)   # alice at B, bob at A
+            a_addr = f"{LOCALHOST}:{a_port}"
+            with alice, bob:
+                bob.wait_registered(timeout=5)
+                alice.wait_registered(timeout=5)
+
+                def call(caller, callee, uri):
+                    """The call; (X-Logic-Server, X-Geo-Call) of the INVITE the callee got."""
+                    mark_caller, mark_callee = caller.mark(), callee.mark()
+                    caller.dial(uri)
+                    try:
+                        caller.wait_event("CALL_ESTABLISHED", timeout=10, since=mark_caller)
+                        callee.wait_event("CALL_ESTABLISHED", timeout=10, since=mark_callee)
+                    except BaresipTimeout as exc:
+                        raise AssertionError(f"{exc}\n{why(('A', a), ('B', b), alice, bob)}") from None
+                    caller.hangup()
+                    caller.wait_event("CALL_CLOSED", timeout=5, since=mark_caller)
+                    callee.wait_event("CALL_CLOSED", timeout=5, since=mark_callee)
+                    got = [m for m in messages(callee, "INVITE ") if m[1] == a_addr]
+                    assert got, callee.log_tail()
+                    return headers(got[-1][3], "x-logic-server"), headers(got[-1][3], "x-geo-call")
+
+                # alice's call enters at B (her outbound proxy), bob's at A;
+                # both reach the callee from A (bob's flow; A relays to alice).
+                assert call(alice, bob, f"sip:bob@{LOCALHOST}") == (["primary"], ["1"])
+                assert call(bob, alice, f"sip:alice@{LOCALHOST}") == (["primary"], ["2"])
+                primary.kill()        # the logic host goes away without a goodbye
+                primary.wait(timeout=5)
+                assert call(alice, bob, f"sip:bob@{LOCALHOST}") == (["backup"], ["3"])
+                assert call(bob, alice, f"sip:alice@{LOCALHOST}") == (["backup"], ["4"])
+            assert a.alive() and b.alive(), why(("A", a), ("B", b))
+    # the counter is the route's key in Redis: route "main", under its prefix
+    assert redis.cli("GET", "babelsip:kv:route:main:calls").strip() == "4"
+    print(f"one logic pool for two cores: {time.monotonic() - started:.1f}s")
 
 
 # ------------------------------------------------- the same behind a real NAT
@@ -446,7 +534,8 @@ def test_relay_over_tcp_to_a_refused_address_fails_at_once(redis, tmp_path):
 # ------------------------------------------------ examples/geo, as it says
 
 GEO = Path(__file__).resolve().parents[2] / "examples" / "geo"
-GEO_PORTS = {"redis": 6391, "paris": 5160, "tokyo": 5260, "alice": 5070, "bob": 5072}
+GEO_PORTS = {"redis": 6391, "paris": 5160, "tokyo": 5260, "alice": 5070, "bob": 5072,
+             "primary": 7161, "backup": 7162}
 
 
 def geo_blocks() -> list[tuple[str, list[str]]]:
@@ -482,7 +571,9 @@ def test_geo_example_as_its_readme_says(tmp_path):
     """The README's commands, as written (from the repository root, the
     venv's babelsip first on PATH), on its fixed loopback ports; then its two
     account lines in baresip: bob (tokyo, UDP) calls alice (paris, TCP)
-    through paris, then alice calls bob, who is reached directly."""
+    through paris, then alice calls bob, who is reached directly. Both
+    calls are decided by the primary logic server; with the primary
+    stopped, the same two calls are decided by the backup."""
     import signal
     import socket
     import subprocess
@@ -499,7 +590,7 @@ def test_geo_example_as_its_readme_says(tmp_path):
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
                BABELSIP_STATE_DIR=str(tmp_path / "state"))
     env.pop("PYTHONPATH", None)
-    exports, procs, logs = [], [], []
+    exports, procs, logs, lines = [], [], [], []
     try:
         for line in geo_start_commands():
             if line.startswith("export "):
@@ -512,11 +603,20 @@ def test_geo_example_as_its_readme_says(tmp_path):
                                               cwd=repo, env=env, stdin=subprocess.DEVNULL, stdout=out,
                                               stderr=subprocess.STDOUT, start_new_session=True))
             logs.append(log)
-        assert len(procs) == 3 and len(exports) == 1
+            lines.append(line)
+            if "babelsip_sdk serve" in line:   # as in a terminal: serving before the cores start
+                assert rs.wait_until(lambda: "serving" in log.read_text(errors="replace"), 10), \
+                    log.read_text()
+        assert len(procs) == 5 and len(exports) == 1
+        logic = {name: i for i, line in enumerate(lines) for name in ("primary", "backup")
+                 if f"LOGIC_NAME={name} " in line}
+        assert sorted(logic) == ["backup", "primary"], lines
+        cores = [i for i, line in enumerate(lines) if line.startswith("babelsip run")]
+        assert len(cores) == 2, lines
         assert rs.wait_until(lambda: subprocess.run(
             [REDIS_CLI, "-p", str(GEO_PORTS["redis"]), "PING"], capture_output=True,
             text=True).stdout.strip() == "PONG", 10), logs[0].read_text()
-        for log in logs[1:]:
+        for log in (logs[i] for i in cores):
             assert rs.wait_until(lambda: "listening on tcp:" in log.read_text(errors="replace"), 30), \
                 log.read_text()
             assert f"routes loaded from {GEO / 'routes'}: main (ok)" in log.read_text()
@@ -535,6 +635,13 @@ def test_geo_example_as_its_readme_says(tmp_path):
 
             details = lambda: "\n".join([alice.log_tail(), bob.log_tail()]
                                         + [l.read_text(errors="replace")[-3000:] for l in logs[1:]])
+
+            def decided(phone, sender):
+                """(X-Logic-Server, X-Geo-Call) of the last INVITE `phone` got from `sender`."""
+                got = [m for m in messages(phone, "INVITE ") if m[1] == sender]
+                assert got, details()
+                body = got[-1][3]
+                return headers(body, "x-logic-server"), headers(body, "x-geo-call")
             bob.dial("sip:alice@geo.example")
             try:
                 up = bob.wait_event("CALL_ESTABLISHED", timeout=10)
@@ -550,6 +657,8 @@ def test_geo_example_as_its_readme_says(tmp_path):
             assert invite and {(m[0], m[1]) for m in invite} == {("TCP", "127.0.0.1:5160")}, details()
             rr = headers(invite[0][3], "record-route")
             assert ":5160" in rr[0] and rr[-1] == "<sip:127.0.0.1:5260;lr>", rr
+            # tokyo's decision, by the shared primary, the service's first call
+            assert decided(alice, "127.0.0.1:5160") == (["primary"], ["1"]), details()
 
             mark_a, mark_b = alice.mark(), bob.mark()
             alice.dial("sip:bob@geo.example")
@@ -567,6 +676,27 @@ def test_geo_example_as_its_readme_says(tmp_path):
             # (paris double record-routes, TCP in and UDP out: RFC 5658; no tokyo)
             rr = headers(to_bob[0][3], "record-route")
             assert rr and all(r.startswith("<sip:127.0.0.1:5160;") for r in rr), rr
+            # paris's decision: the same primary, the same counter
+            assert decided(bob, "127.0.0.1:5160") == (["primary"], ["2"]), details()
+
+            # The primary logic server goes (kill %2): both sites fail over to the backup.
+            os.killpg(procs[logic["primary"]].pid, signal.SIGTERM)
+            procs[logic["primary"]].wait(timeout=5)
+            for caller, callee, sender, number in ((bob, alice, "127.0.0.1:5160", "3"),
+                                                   (alice, bob, "127.0.0.1:5160", "4")):
+                mark_caller, mark_callee = caller.mark(), callee.mark()
+                caller.dial(f"sip:{'alice' if callee is alice else 'bob'}@geo.example")
+                try:
+                    caller.wait_event("CALL_ESTABLISHED", timeout=10, since=mark_caller)
+                    callee.wait_event("CALL_ESTABLISHED", timeout=10, since=mark_callee)
+                except BaresipTimeout as exc:
+                    raise AssertionError(f"{exc}\n{details()}") from None
+                caller.hangup()
+                caller.wait_event("CALL_CLOSED", timeout=5, since=mark_caller)
+                callee.wait_event("CALL_CLOSED", timeout=5, since=mark_callee)
+                assert decided(callee, sender) == (["backup"], [number]), details()
+            for i in cores:
+                assert procs[i].poll() is None, details()
     finally:
         for proc in reversed(procs):
             with contextlib.suppress(ProcessLookupError):

@@ -240,3 +240,29 @@ def test_redis_restart_during_traffic(redis, tmp_path):
         ua.unregister_all("bob")
         rs.stop_all(uas)
         assert a.alive(), a.why()
+
+
+@pytest.mark.parametrize("topology", ["cluster", "sentinel"])
+def test_two_cores_share_registrations_through_a_cluster_or_sentinel(topology, tmp_path):
+    """The first test's REGISTER at A and call through B, with `--store
+    redis+cluster://...` (a 3-primary Redis Cluster) or
+    `redis+sentinel://.../SERVICE` (one primary, one replica, one Sentinel):
+    what the cores share does not depend on the topology."""
+    from tests.storage.redis_server import RawRedis
+    from tests.storage.redis_topologies import RedisClusterServers, RedisSentinelSetup
+    servers = RedisClusterServers() if topology == "cluster" else RedisSentinelSetup()
+    with servers, core("A", tmp_path, servers.url) as a, core("B", tmp_path, servers.url) as b, \
+            rs.uas(tmp_path, "uas-alice") as (uas_port, uas):
+        reg = sipp_register(a, a.workdir, "services_register_auth", "alice", PASSWORD, uas_port)
+        assert reg.successful == 1 and reg.failed == 0, a.why(reg)
+        ok, why = call_reaches(b, uas, "uac-B-to-alice")
+        assert ok, why
+        if topology == "cluster":
+            with servers.raw() as r:
+                stored = r.command("HGETALL", ALICE_AOR_KEY)
+        else:   # on the primary the Sentinel names
+            with RawRedis(servers.primary_port()) as r:
+                stored = r.command("HGETALL", ALICE_AOR_KEY)
+        assert any(f"sip:alice@{sipp.LOCALHOST}:{uas_port}" in str(x) for x in stored), stored
+        rs.stop_all(uas)
+        assert a.alive() and b.alive(), a.why() + b.why()

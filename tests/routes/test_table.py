@@ -117,6 +117,7 @@ fallback = { relay = "sip:backup@192.0.2.9" }
 
 [routes.acme]
 fallback = 480
+shared_store = true
 ''')
     main = config.settings("main")
     assert (main.runtime, main.deadline, main.pool, main.memory_mb) == ("luajit", 0.25, 4, 16)
@@ -129,6 +130,8 @@ fallback = 480
     d = config.settings("acme").fallback.decision()
     assert (d.code, d.reason, d.headers) == (480, "Temporarily Unavailable", [])
     assert config.settings("tenant") == RouteSettings()
+    assert config.settings("acme").shared_store is True
+    assert main.shared_store is False          # per-route keys unless asked
 
 
 def test_default_fallback_is_500_and_fresh_each_time():
@@ -180,6 +183,8 @@ def test_toml_syntax_error_has_line():
     ('[[match]]\nroute = "acme"\nheader_regex = { name = "X", pattern = "[" }\n', 3, "bad regex"),
     ('[[match]]\nroute = "acme"\nmethod = []\n', 3, "non-empty list"),
     ('[routes.acme]\n[routes.ACME]\n', 2, "configured twice"),
+    ('[routes.acme]\npool = 2\nshared_store = "yes"\n', 3, "shared_store must be true or false, got 'yes'"),
+    ('[routes.acme]\nshared_store = 1\n', 2, "shared_store must be true or false"),
 ])
 def test_semantic_errors_name_the_line(text, line, words):
     err = error_of(text)

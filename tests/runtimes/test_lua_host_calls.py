@@ -45,7 +45,7 @@ class GatedStore(MemoryStore):
         self.waiting = 0
 
     async def get(self, key):
-        if key.startswith("slow"):
+        if key.startswith("route:main:slow"):
             self.waiting += 1
             await self.gate.wait()
         return await super().get(key)
@@ -100,7 +100,7 @@ end
     assert (d.code, d.reason) == (200, "2 1 y true nil")
     assert d.edits == [("set_header", "X-Before", "1")]
     assert d.vars == {"n": 2}
-    assert await store.get("n") == 2
+    assert await store.get("route:main:n") == 2     # the route's prefix (shared_store = false)
     assert rt.statistics()["host_calls"] == 5
     assert rt._parked_count() == 0
 
@@ -144,7 +144,7 @@ end
 @pytest.mark.parametrize("runtime", RUNTIMES)
 async def test_a_store_error_is_a_lua_error_the_script_can_pcall(make, runtime):
     store = MemoryStore()
-    await store.set("text", "not a number")
+    await store.set("route:main:text", "not a number")
     rt = await make("""
 function on_request(req)
   local ok, err = pcall(function() local v = req.store:incr("text"); return v end)

@@ -59,7 +59,7 @@ def two_bindings():
 async def test_registrar_lookup_returns_live_bindings_best_q_first():
     store = MemoryStore()
     await registered(store, AOR, *two_bindings())
-    found = await perform(store, "registrar.lookup", [AOR])
+    found = await perform(store, "registrar.lookup", [AOR], key_prefix="")
     assert [b["contact"] for b in found] == ["sip:alice@198.51.100.1", "sip:alice@192.0.2.7:5062"]
     first = found[0]
     assert set(first) == {"contact", "expires", "q", "received", "transport", "path",
@@ -67,7 +67,7 @@ async def test_registrar_lookup_returns_live_bindings_best_q_first():
     assert (first["received"], first["transport"], first["path"]) == (
         "198.51.100.1:40000", "tcp", ["<sip:edge.example.com;lr>"])
     assert 290 <= first["expires"] <= 300
-    assert await perform(store, "registrar.lookup", ["sip:nobody@example.com"]) == []
+    assert await perform(store, "registrar.lookup", ["sip:nobody@example.com"], key_prefix="") == []
 
 
 @pytest.mark.parametrize("args, message", [
@@ -79,7 +79,7 @@ async def test_registrar_lookup_returns_live_bindings_best_q_first():
 ])
 async def test_registrar_lookup_refuses_bad_arguments(args, message):
     with pytest.raises(CallError, match=message.replace("(", r"\(")):
-        await perform(MemoryStore(), "registrar.lookup", args)
+        await perform(MemoryStore(), "registrar.lookup", args, key_prefix="")
 
 
 async def test_dialog_count_counts_a_profile_under_its_key():
@@ -87,10 +87,10 @@ async def test_dialog_count_counts_a_profile_under_its_key():
     await store.profile_add("caller", "sip:alice@example.com", "d1", 60)
     await store.profile_add("caller", "sip:alice@example.com", "d2", 60)
     await store.profile_add("caller", "", "d3", 60)
-    assert await perform(store, "dialog.count", ["caller", "sip:alice@example.com"]) == 2
-    assert await perform(store, "dialog.count", ["caller"]) == 1            # key defaults to ""
-    assert await perform(store, "dialog.count", ["caller", None]) == 1      # a trailing null too
-    assert await perform(store, "dialog.count", ["nobody", "x"]) == 0
+    assert await perform(store, "dialog.count", ["caller", "sip:alice@example.com"], key_prefix="") == 2
+    assert await perform(store, "dialog.count", ["caller"], key_prefix="") == 1            # key defaults to ""
+    assert await perform(store, "dialog.count", ["caller", None], key_prefix="") == 1      # a trailing null too
+    assert await perform(store, "dialog.count", ["nobody", "x"], key_prefix="") == 0
 
 
 @pytest.mark.parametrize("args, message", [
@@ -104,7 +104,7 @@ async def test_dialog_count_counts_a_profile_under_its_key():
 ])
 async def test_dialog_count_refuses_bad_arguments(args, message):
     with pytest.raises(CallError, match=message):
-        await perform(MemoryStore(), "dialog.count", args)
+        await perform(MemoryStore(), "dialog.count", args, key_prefix="")
 
 
 # ------------------------------------------------------------- from Lua

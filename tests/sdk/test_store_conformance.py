@@ -4,7 +4,8 @@ host's store (incr with a ttl) and answers 403 over its limit, 503 when the
 store refuses. Each language's route runs in its own runtime (Lua in-process,
 Python, Perl and Java as stdio workers) against the same MemoryStore and the
 same expectations, so a host call that works in one language and not in
-another fails here."""
+another fails here. The route's keys are under its prefix in every one
+(the host adds it: runtimes/jsonline/calls.py)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ from pathlib import Path
 import pytest
 
 from host.storage.memory import MemoryStore
-from host.routes.runtime import RuntimeSpec
+from host.routes.runtime import RuntimeSpec, script_key_prefix
 
 ROUTES = Path(__file__).resolve().parents[2] / "sdk" / "conformance" / "routes"
 FAST = (("ping_interval", 0.1), ("grace", 0.5))
+KEYS = script_key_prefix("ratelimit")   # where the host keeps the route's keys
 
 
 def _has_module(name: str) -> bool:
@@ -74,7 +76,7 @@ def event(caller: str) -> dict:
 async def test_ratelimit_counts_calls_per_caller_in_the_store(language, tmp_path):
     clock = Clock()
     store = MemoryStore(clock=clock)
-    await store.set("rate:sip:broken@example.org", "not a number")
+    await store.set(KEYS + "rate:sip:broken@example.org", "not a number")
     rt = runtime_for(language, store, tmp_path / "state")
     await rt.start()
     try:
@@ -85,10 +87,10 @@ async def test_ratelimit_counts_calls_per_caller_in_the_store(language, tmp_path
         assert [await answer("alice") for _ in range(4)] == [
             (200, "n=1"), (200, "n=2"), (200, "n=3"), (403, "Over limit")]
         assert await answer("bob") == (200, "n=1")             # per caller
-        assert await store.get("rate:sip:alice@example.org") == 4
+        assert await store.get(KEYS + "rate:sip:alice@example.org") == 4
         # The route passed its ttl: 60 s later alice's count starts again.
         clock.now += 61
-        assert await store.get("rate:sip:alice@example.org") is None
+        assert await store.get(KEYS + "rate:sip:alice@example.org") is None
         assert await answer("alice") == (200, "n=1")
         # A refused incr is an error the route catches, in every language.
         assert await answer("broken") == (503, "Store unavailable")

@@ -1,10 +1,13 @@
 """One conformance suite for every Store backend (host/storage/__init__.py).
 
 Each test runs against MemoryStore, LmdbStore (a fresh directory per test)
-and RedisStore: Redis on
-$BABELSIP_REDIS_URL when set (CI, .ci/run), else on a private redis-server
-started for the session on a free 127.0.0.1 port; the redis case is skipped
-when neither exists. Every test gets its own key prefix (so runs never
+and RedisStore twice: "redis", one server on $BABELSIP_REDIS_URL when set
+(CI, .ci/run), else a private redis-server started for the session on a free
+127.0.0.1 port; "cluster", a private 3-primary Redis Cluster started for the
+session (tests/storage/redis_topologies.py), so every operation is checked to
+be cluster-safe (one slot per atomic step, scans over every primary). A
+networked case is skipped when redis-server (and redis-cli) are absent.
+Every test gets its own key prefix (so runs never
 collide) and deletes its keys afterwards.
 
 `backend.open()` gives a second handle on the same data: for Redis another
@@ -36,7 +39,9 @@ from host.storage import StoreError, StoreUnavailable
 from host.storage.lmdb import LmdbStore
 from host.storage.memory import MemoryStore
 from host.storage.redis import RedisStore
+from host.storage.redis_url import parse_store_url
 from tests.storage.redis_server import REDIS_SERVER, RawRedis, RedisServer, free_port
+from tests.storage.redis_topologies import REDIS_CLI, ClusterRaw, RedisClusterServers
 
 TTL = 0.3          # a short real TTL
 PAST_TTL = 0.5     # sleep after which a TTL-second key has expired (with margin)
@@ -44,7 +49,7 @@ PAST_TTL = 0.5     # sleep after which a TTL-second key has expired (with margin
 
 # --------------------------------------------------------------- fixtures
 def bug_on(kind: str, reason: str):
-    """Mark a test as failing on backend `kind` ("memory" or "redis") because
+    """Mark a test as failing on backend `kind` ("memory", "redis", "cluster") because
     of a product bug: xfail(strict=True) there, a normal test elsewhere."""
     def mark(fn):
         bugs = dict(getattr(fn, "_store_bugs", {}))
@@ -75,10 +80,23 @@ def redis_url():
         server.close()
 
 
+@pytest.fixture(scope="session")
+def cluster_url():
+    if REDIS_SERVER is None or REDIS_CLI is None:
+        pytest.skip("redis-server and redis-cli are not installed")
+    cluster = RedisClusterServers()
+    try:
+        cluster.start()
+        yield cluster.url
+    finally:
+        cluster.close()
+
+
 class Backend:
     def __init__(self, kind: str, nursery, url: str | None, prefix: str, directory=None):
         self.kind, self.url, self.prefix = kind, url, prefix
         self.directory = directory
+        self.networked = kind in ("redis", "cluster")
         self._nursery = nursery
         self._memory = MemoryStore() if kind == "memory" else None
         self.stores: list = []
@@ -98,25 +116,27 @@ class Backend:
         self.stores.append(store)
         return store
 
-    def raw(self) -> RawRedis:
+    def raw(self) -> RawRedis | ClusterRaw:
+        if self.kind == "cluster":
+            return ClusterRaw([port for _, port in parse_store_url(self.url).nodes])
         return RawRedis.from_url(self.url)
 
 
-@pytest.fixture(params=["memory", "lmdb", "redis"])
+@pytest.fixture(params=["memory", "lmdb", "redis", "cluster"])
 async def backend(request, tmp_path):
     kind = request.param
     test_fn = getattr(request.module, request.node.originalname, None)   # pytest-trio wraps request.function
     reason = getattr(test_fn, "_store_bugs", {}).get(kind)
     if reason is not None:
         request.node.add_marker(pytest.mark.xfail(strict=True, reason=reason))
-    url = request.getfixturevalue("redis_url") if kind == "redis" else None
+    url = request.getfixturevalue(f"{kind}_url") if kind in ("redis", "cluster") else None
     prefix = f"babelsip-test:{uuid.uuid4().hex}:"
     async with trio.open_nursery() as nursery:
         b = Backend(kind, nursery, url, prefix, directory=tmp_path / "lmdb")
         try:
             yield b
         finally:
-            if kind == "redis":
+            if b.networked:
                 with b.raw() as r:
                     r.delete_prefix(prefix)
             if kind == "lmdb":
@@ -459,7 +479,7 @@ async def test_concurrent_update_bindings_from_two_stores(backend):
         assert sorted(b.contact for b in await s.bindings(aor)) == sorted(expected)
 
 
-@pytest.mark.parametrize("backend", ["redis"], indirect=True)
+@pytest.mark.parametrize("backend", ["redis", "cluster"], indirect=True)
 async def test_redis_watch_conflict_is_retried(backend):
     """Another core writes the AoR between this core's read and its EXEC:
     the transaction is aborted and change() runs again on the new bindings."""
@@ -487,7 +507,7 @@ async def test_aor_expires_after_its_last_binding(backend):
     await store.update_bindings(aor, replace_with([binding("sip:brief@192.0.2.1", expires_in=1.0)]))
     await store.update_bindings(kept, replace_with([binding("sip:kept@192.0.2.1", expires_in=1.0),
                                                     binding("sip:kept@192.0.2.2", expires_in=60)]))
-    if backend.kind == "redis":
+    if backend.networked:
         with backend.raw() as r:   # the key lives as long as its longest binding (plus a margin)
             assert 0 < r.command("PTTL", f"{backend.prefix}aor:{{{aor}}}") <= 2100
             assert 59_000 < r.command("PTTL", f"{backend.prefix}aor:{{{kept}}}") <= 61_100
@@ -762,3 +782,30 @@ async def test_redis_incr_during_outage_is_store_unavailable(private_redis):
                         await store.incr("c")
         finally:
             n.cancel_scope.cancel()
+
+
+@pytest.mark.skipif(REDIS_SERVER is None or REDIS_CLI is None,
+                    reason="redis-server and redis-cli are not installed")
+async def test_cluster_down_at_start_then_up():
+    """A cluster client reads the cluster's layout when it starts: with no
+    seed answering, the store still starts, calls fail fast, and it serves
+    once the cluster is up (run() retries with the breaker's backoff)."""
+    cluster = RedisClusterServers()              # ports chosen, nothing started yet
+    store = RedisStore(cluster.url, prefix=f"babelsip-test:{uuid.uuid4().hex}:")
+    try:
+        async with trio.open_nursery() as n:
+            with trio.fail_after(3):
+                await n.start(store.run)
+            for _ in range(3):
+                with trio.fail_after(1):
+                    with pytest.raises(StoreUnavailable, match="redis\\+cluster://"):
+                        await store.set("k", 1)
+            assert store.statistics()["up"] is False
+            await trio.to_thread.run_sync(cluster.start)
+            _, took = await until_up(store, "k", 12)
+            await store.set("k", 1)
+            assert await store.get("k") == 1
+            assert store.statistics()["up"] is True
+            n.cancel_scope.cancel()
+    finally:
+        await trio.to_thread.run_sync(cluster.close)

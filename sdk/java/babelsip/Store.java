@@ -3,9 +3,9 @@ package babelsip;
 import java.util.Arrays;
 
 /**
- * The host's key/value store with TTL (sdk/PROTOCOL.md §5), shared by every
- * route and worker (and, with a shared backend, by the cluster): prefix keys
- * with something route-specific. Each call is a round trip to the host; it
+ * The host's key/value store with TTL (sdk/PROTOCOL.md §5): this route's own
+ * keys (the host puts them under the route's name) unless routes.toml gives
+ * the route shared_store = true. Each call is a round trip to the host; it
  * blocks this handler only, the worker keeps answering pings meanwhile.
  * A refused call throws {@link StoreException}.
  */

@@ -316,7 +316,7 @@ class Server:
             if not found:
                 self._report_error(action)
                 return
-            host = found[0].ip
+            host, action.port = found[0].ip, found[0].port
         stream = action.transport != "udp"
         if stream and self.handoff is not None and not transport.has_connection(host, action.port):
             holder = self.handoff.holder(host, action.port)
@@ -343,7 +343,7 @@ class Server:
         if not found:
             self._report_error(action)
             return
-        transport.send(action.data, found[0].ip, action.port)
+        transport.send(action.data, found[0].ip, found[0].port)
 
     def _locate(self, action: Locate) -> None:
         """RFC 3263 for a branch: from the cache at once, else in a task."""

@@ -384,7 +384,10 @@ class RequestSide:
         seed = (req.via.branch or req.header("via")).encode("utf-8", "surrogateescape")
         branch = rules.MAGIC_COOKIE + "sl" + hashlib.blake2s(seed, digest_size=8).hexdigest()
         req.push_front("via", rules.via_value(transport, host, port, branch))
-        out.append(Transmit(req.serialize(), transport, hop.host.strip("[]"), hop.port or 5060))
+        host = hop.host.strip("[]")
+        # Port None: a name the shell locates (RFC 3263, SRV of this transport).
+        port = hop.port or (None if self.locating and not is_ip(host) else 5060)
+        out.append(Transmit(req.serialize(), transport, host, port))
 
     def _answer_overloaded_stateless(self, req: Request, source, out) -> None:
         """The server transaction table is full: a stateless 503 (§21.5.4)."""

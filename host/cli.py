@@ -18,6 +18,7 @@ from host.logs import LOG_FORMATS, configure_logging
 from host.routes.settings import ConfigError
 from host.sip.errors import BadMessage
 from host.sip.uri import parse_uri
+from host.edge_options import add_edge_flags, edge_extra
 
 log = logging.getLogger("babelsip")
 
@@ -142,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Its own lines say what failed; the loader's log would say it twice.
     check.add_argument("--log-level", default="critical",
                        choices=["debug", "info", "warning", "error", "critical"])
+    add_edge_flags(run)
     tcp = run.add_argument_group("TCP limits (defaults in host/shell/tcp.py and the README)")
     for flag, key, kind, help_text in TCP_FLAGS:
         tcp.add_argument(flag, dest=f"tcp_{key}", type=kind, metavar="N", help=help_text)
@@ -258,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         management = ManagementConfig(ctl_socket=fleet.ctl_socket, http=None)
     extra = {"tcp": tcp} if tcp else {}
     extra.update(keepalive=args.keepalive, stun=args.stun)
+    extra.update(edge_extra(args))
     config = ServerConfig(listen=listen, relay_to=args.relay_to,
                           routes_dir=str(args.routes) if args.routes else None,
                           names=tuple(args.domain), extra=extra, registrar=registrar,

@@ -23,7 +23,7 @@ from host.services.auth import DEFAULT_ALGORITHMS
 from host.services.desk import Services, cluster_secret, flow_secret, needs_services
 from host.services.dialogs import DialogMirror
 from host.services.keepalive import KeepaliveService
-from host.sip.actions import DialogChange, KeepaliveAnswer
+from host.sip.actions import DialogChange, KeepaliveAnswer, Locate
 from host.services.location import set_local_domain
 from host.sip.decision import Decision
 from host.sip.proxy import Arm, Consult, Disarm, ProxyCore, Transmit
@@ -34,13 +34,13 @@ from host.fleet.handoff import Handoff
 from host.fleet.ownership import keepalive_salt, owner_of
 
 from .limits import raise_nofile_limit
+from .resolver import Resolver
 from .tcp import TcpTransport
 from .timers import TimerService
 from .udp import UdpTransport
 
 log = logging.getLogger("babelsip")
 
-DNS_CACHE_SECONDS = 60.0
 CONNECTING_REMEMBERED = 30.0   # > the TCP connect timeout (host/shell/tcp.py)
 
 
@@ -91,7 +91,9 @@ class Server:
         self.timers = TimerService(self._on_timer)
         self.registry = None
         self._nursery: trio.Nursery | None = None
-        self._dns: dict[str, tuple[float, str]] = {}
+        self.resolver: Resolver | None = None   # RFC 3263 next hops (resolver.py)
+        self.flood = config.extra.get("flood")   # per-source limits (flood.py), or None
+        self._families = ("A",)
         self._ips: set[str] = set()   # hosts known to be IP literals
         self._consulting: dict[str, collections.deque] = {}  # call-id -> events waiting
         self._connecting: dict[tuple, list] = {}    # remote -> error keys of sends opening it
@@ -118,11 +120,11 @@ class Server:
             for transport, host, port in cfg.listen:
                 inherited = fleet.socket_for(transport, host, port) if fleet is not None else None
                 if transport == "udp":
-                    t = UdpTransport(host, port, self._on_udp if fleet is None else self._on_udp_fleet,
+                    t = UdpTransport(host, port, self._guarded(self._on_udp if fleet is None else self._on_udp_fleet, "udp"),
                                      stun=cfg.extra.get("stun", False), sock=inherited)
                     t.bind()
                 else:
-                    t = TcpTransport(host, port, self._on_tcp if fleet is None else self._on_tcp_fleet,
+                    t = TcpTransport(host, port, self._guarded(self._on_tcp if fleet is None else self._on_tcp_fleet, "tcp"),
                                      self._on_tcp_error, listener=inherited,
                                      on_connection=self._holding if fleet is not None else None,
                                      **cfg.extra.get("tcp", {}))  # limits: see tcp.py
@@ -137,8 +139,11 @@ class Server:
             # The advertised host is ours too: the other cores' Routes name it.
             advertised = self.core_id.rpartition(":")[0].strip("[]")
             names = cfg.names + ((advertised,) if advertised not in cfg.names else ())
+            self.resolver = Resolver(cfg.extra.get("dns_servers"))
+            self._families = _families(bound)
             self.core = ProxyCore(bound, relay_to=cfg.relay_to, new_id=_id_source(), names=names,
-                                  clock=trio.current_time, flow_secret=flow_secret(self.secret))
+                                  clock=trio.current_time, flow_secret=flow_secret(self.secret),
+                                  locating=True)
             set_local_domain(self.core.local.domain_of)
             if fleet is not None:
                 tcp = self.transports.get("tcp")
@@ -195,6 +200,12 @@ class Server:
             self._execute(self.core.receive(data, "tcp", src))
         except Exception:
             self._internal_error("tcp message", src, data)
+
+    def _guarded(self, on_message, transport: str):
+        """`on_message` behind the per-source flood limits, if configured."""
+        if self.flood is None:
+            return on_message
+        return self.flood.wrap(on_message, lambda data, host, port: self.transports[transport].send(data, host, port))
 
     # One worker of several: a message whose Call-ID another worker owns is
     # handed to it (host/fleet/ownership.py).
@@ -281,6 +292,8 @@ class Server:
             elif cls is KeepaliveAnswer:
                 if self.keepalive is not None:
                     self.keepalive.answered(action.branch)
+            elif cls is Locate:
+                self._locate(action)
 
     def _transmit(self, action: Transmit) -> None:
         transport = self.transports.get(action.transport)
@@ -293,11 +306,17 @@ class Server:
             action.alt = None
             host = action.host
         if host not in self._ips and not self._learn_ip(host):
-            cached = self._dns.get(host)
-            if cached is None or cached[0] < trio.current_time():
+            # A name with no transaction behind it (a stateless relay): its
+            # address records only (RFC 3263 §4.2), at the port we have.
+            found = self.resolver.locate_nowait("sip", host, action.port, action.transport,
+                                                frozenset((action.transport,)), self._families)
+            if found is None:
                 self._nursery.start_soon(self._resolve_and_send, action, transport)
                 return
-            host = cached[1]
+            if not found:
+                self._report_error(action)
+                return
+            host, action.port = found[0].ip, found[0].port
         stream = action.transport != "udp"
         if stream and self.handoff is not None and not transport.has_connection(host, action.port):
             holder = self.handoff.holder(host, action.port)
@@ -319,16 +338,32 @@ class Server:
         self._transmit(Transmit(data, transport, host, port))
 
     async def _resolve_and_send(self, action: Transmit, transport) -> None:
-        # A-record lookup only; RFC 3263 NAPTR/SRV is not done yet.
-        try:
-            infos = await trio.socket.getaddrinfo(action.host, action.port, type=trio.socket.SOCK_DGRAM)
-            ip = infos[0][4][0]
-        except OSError as exc:
-            log.info("cannot resolve %s: %s", action.host, exc)
+        found = await self.resolver.locate("sip", action.host, action.port, action.transport,
+                                           frozenset((action.transport,)), self._families)
+        if not found:
             self._report_error(action)
             return
-        self._dns[action.host] = (trio.current_time() + DNS_CACHE_SECONDS, ip)
-        transport.send(action.data, ip, action.port)
+        transport.send(action.data, found[0].ip, found[0].port)
+
+    def _locate(self, action: Locate) -> None:
+        """RFC 3263 for a branch: from the cache at once, else in a task."""
+        found = self.resolver.locate_nowait(action.scheme, action.host, action.port, action.transport,
+                                            action.supported, self._families)
+        if found is None:
+            self._nursery.start_soon(self._locate_then_send, action)
+            return
+        self._located(action, found)
+
+    async def _locate_then_send(self, action: Locate) -> None:
+        found = await self.resolver.locate(action.scheme, action.host, action.port, action.transport,
+                                           action.supported, self._families)
+        self._located(action, found)
+
+    def _located(self, action: Locate, found) -> None:
+        try:
+            self._execute(self.core.located(action.token, found))
+        except Exception:
+            self._internal_error("located next hop", (action.host, action.port))
 
     def _report_error(self, action: Transmit) -> None:
         if action.error_key is not None:
@@ -462,9 +497,20 @@ class Server:
                             **self.handoff.statistics()}
         if hasattr(self.store, "statistics"):
             out["store"] = self.store.statistics()
+        if self.resolver is not None:
+            out["dns"] = self.resolver.statistics()
+        if self.flood is not None:
+            out["flood"] = self.flood.statistics()
         if self.core is not None:
             out["dialogs"] = {"active": len(self.core.dialogs), **self.dialogs.statistics()}
         return out
+
+
+def _families(bound) -> tuple[str, ...]:
+    """The address records worth asking: the families we can send from."""
+    v6 = any(":" in host for _, host, _ in bound)
+    v4 = any(":" not in host for _, host, _ in bound)
+    return ("A",) * v4 + ("AAAA",) * v6 or ("A",)
 
 
 def _is_ip(host: str) -> bool:

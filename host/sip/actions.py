@@ -18,6 +18,22 @@ class Transmit:
         return f"Transmit({self.transport}:{self.host}:{self.port}, {self.data[:40]!r})"
 
 
+class Locate:
+    """Find where a branch's next hop is (RFC 3263: NAPTR, SRV, A/AAAA) and
+    call `ProxyCore.located(token, targets)` with the ordered list of
+    `locate.Target`s (empty: unresolvable). `scheme`, `host`, `port`,
+    `transport` are the next-hop URI's (port and transport None when not
+    given); `supported` the transports the core has listeners for."""
+    __slots__ = ("token", "scheme", "host", "port", "transport", "supported")
+
+    def __init__(self, token, scheme, host, port, transport, supported):
+        self.token, self.scheme, self.host, self.port = token, scheme, host, port
+        self.transport, self.supported = transport, supported
+
+    def __repr__(self):
+        return f"Locate({self.token}, {self.scheme}:{self.host}:{self.port};{self.transport})"
+
+
 class Arm:
     """Call `ProxyCore.timer(key)` after `delay` seconds.
 
@@ -111,7 +127,7 @@ class CoreStats:
     __slots__ = ("received", "bad_replied", "bad_dropped", "stray_responses", "consults",
                  "server_txns", "client_txns", "script_decision_errors", "overloaded",
                  "dialogs", "dialogs_untracked", "dialogs_timed_out", "dialogs_ended_by_operator",
-                 "retransmissions", "requests", "replies", "forwarded_replies", "stateless")
+                 "retransmissions", "failovers", "requests", "replies", "forwarded_replies", "stateless")
     PER_KIND = ("requests", "replies", "forwarded_replies", "stateless")
 
     def __init__(self):

@@ -40,7 +40,7 @@ class Branch:
 
     __slots__ = ("ctx", "uri", "request", "dest", "txn", "provisional", "final",
                  "cancel_wanted", "cancelled", "timer_gen", "timer_armed", "key", "data",
-                 "flow", "__weakref__")
+                 "flow", "targets", "unstamped", "deadline", "__weakref__")
 
     def __init__(self, ctx, uri: str, request: Request, dest: tuple[str, str, int]):
         self.ctx = ctx
@@ -57,6 +57,12 @@ class Branch:
         self.key = None             # the key of its client transaction
         self.data = b""             # the request as sent, serialized once
         self.flow = False           # sent to where a binding registered from (NAT, connection)
+        # RFC 3263 §4.3 (proxy_locate.py): the targets left to fail over
+        # to, the request before it was stamped for one, and when the
+        # branch's time (Timer C or the route's timeout) runs out.
+        self.targets = ()
+        self.unstamped = None
+        self.deadline = None
 
     @property
     def done(self) -> bool:

@@ -16,7 +16,9 @@ One proxy, one set of tables, read in four files along the RFC's seams:
   proxy_responses.py  the response context: §16.7 aggregation and forwarding,
                       and every way a response leaves the proxy;
   proxy_decisions.py  consulting the route and applying its decision.
-Each of the last three is a mixin of `ProxyCore` over the state set up in
+(proxy_dialogs.py tracks dialogs; proxy_locate.py takes RFC 3263 targets
+from the shell and fails over between them.)
+Each of those is a mixin of `ProxyCore` over the state set up in
 `ProxyCore.__init__`. The messages the proxy writes itself live in answers.py,
 the actions it returns in actions.py, timer keys and consult records in
 records.py.
@@ -35,6 +37,7 @@ from .decision import Decision
 from .dialogs import DialogTable
 from .proxy_decisions import DecisionSide
 from .proxy_dialogs import DialogSide
+from .proxy_locate import LocateSide
 from .proxy_requests import REPLY_MARGIN, RequestSide
 from .proxy_responses import ResponseSide
 from .proxy_rules import Local
@@ -72,14 +75,15 @@ class SentAnswer(NamedTuple):
     alt: tuple | None
 
 
-class ProxyCore(RequestSide, ResponseSide, DecisionSide, DialogSide):
+class ProxyCore(RequestSide, ResponseSide, DecisionSide, DialogSide, LocateSide):
     """One proxy: its entry points (`receive`, `timer`, `transport_error`,
     `decided`) return the actions for the shell to run."""
 
     def __init__(self, listen: list[tuple[str, str, int]], *, relay_to: str | None = None,
                  timers: TimerConfig = DEFAULT_TIMERS, new_id: Callable[[], str],
                  names: tuple[str, ...] = (), max_server_transactions: int = MAX_SERVER_TRANSACTIONS,
-                 clock: Callable[[], float] = lambda: 0.0, flow_secret: bytes | None = None):
+                 clock: Callable[[], float] = lambda: 0.0, flow_secret: bytes | None = None,
+                 locating: bool = False):
         self.local = Local(listen, names)
         self.listen = {t: (h, p) for t, h, p in listen}   # first listener per transport
         self.timers = timers
@@ -94,6 +98,13 @@ class ProxyCore(RequestSide, ResponseSide, DecisionSide, DialogSide):
         self.stats = CoreStats()
         # Dialog durations and limits need a clock; the shell gives one.
         self.dialogs = DialogTable(clock)
+        self.clock = clock
+        # Next hops that are names go to the shell to resolve (RFC 3263,
+        # proxy_locate.py); False: the shell resolves them at send time.
+        self.locating = locating
+        self.supported = frozenset(self.listen)
+        self._locating: dict[int, object] = {}   # token -> the branch waiting for its targets
+        self._locate_token = 0
         # Every Record-Route value we may write: how a tracked dialog finds us in its route set.
         self.our_record_routes = tuple(rules.record_route_value(t, h, p)
                                        for t, (h, p) in self.listen.items())

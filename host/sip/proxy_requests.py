@@ -20,6 +20,7 @@ from .actions import Arm, Disarm, Transmit
 from .context import Branch, ResponseContext
 from .decision import ON_REQUEST, Target
 from .errors import BadMessage
+from .locate import is_ip
 from .message import Request, make_response, reason_for
 from .records import AckConsult, BranchTimer, RequestConsult, new_key
 from .nat import fix_contacts
@@ -204,6 +205,12 @@ class RequestSide:
         try:
             req.uri = target
             hop = ctx.next_hop if ctx.next_hop is not None else rules.next_hop(req)
+            if forced is None and self.locating and not is_ip(hop.host):
+                # RFC 3263: the shell finds the transport, address and port
+                # (and the alternatives to fail over to); see proxy_locate.py.
+                rules.decrement_max_forwards(req)
+                self._locate_branch(ctx, target, req, hop, out)
+                return
             transport = hop.transport if forced is None else forced[0]
             if transport not in self.listen:
                 raise BadMessage(f"no {transport} transport to reach {hop}", 503)
@@ -215,6 +222,18 @@ class RequestSide:
             ctx.responses.append(branch.final)
             return
         rules.decrement_max_forwards(req)
+        branch = Branch(ctx, target, req, dest)
+        branch.flow = forced is not None
+        ctx.branches.append(branch)
+        self._send_branch(branch, req, out)
+
+    def _send_branch(self, branch: Branch, req: Request, out, timeout: float | None = None) -> None:
+        """Stamp the branch's copy of the request for its transport (Record-
+        Route, our Via with a new branch id) and send it on a new client
+        transaction. `timeout`: what is left of the branch's time (a failover
+        attempt, proxy_locate.py); None: the whole of it."""
+        ctx = branch.ctx
+        transport = branch.dest[0]
         in_transport = ctx.source[0]
         if ctx.record_route:
             # RFC 5658: when the transport changes, record both sides.
@@ -226,9 +245,7 @@ class RequestSide:
         host, port = self.listen[transport]
         branch_id = f"{rules.MAGIC_COOKIE}{rules.loop_hash(req, ctx.request.header('via'), ctx.received_uri)}.{self.new_id()}"
         req.push_front("via", rules.via_value(transport, host, port, branch_id))
-        branch = Branch(ctx, target, req, dest)
-        branch.flow = forced is not None
-        ctx.branches.append(branch)
+        branch.request = req
         txn = tx.ClientTransaction(req, invite=ctx.is_invite, reliable=transport != "udp",
                                    config=self.timers, key=tx.client_key(branch_id, req.method),
                                    context=branch)
@@ -239,7 +256,8 @@ class RequestSide:
         self.stats.client_txns += 1
         ctx.live += 1
         self._run(txn, txn.start(), out)
-        timeout = ctx.timeout or (self.timers.c if ctx.is_invite else None)
+        if timeout is None:
+            timeout = ctx.timeout or (self.timers.c if ctx.is_invite else None)
         if timeout:
             self._arm_branch(branch, timeout, out)
 
@@ -366,7 +384,10 @@ class RequestSide:
         seed = (req.via.branch or req.header("via")).encode("utf-8", "surrogateescape")
         branch = rules.MAGIC_COOKIE + "sl" + hashlib.blake2s(seed, digest_size=8).hexdigest()
         req.push_front("via", rules.via_value(transport, host, port, branch))
-        out.append(Transmit(req.serialize(), transport, hop.host.strip("[]"), hop.port or 5060))
+        host = hop.host.strip("[]")
+        # Port None: a name the shell locates (RFC 3263, SRV of this transport).
+        port = hop.port or (None if self.locating and not is_ip(host) else 5060)
+        out.append(Transmit(req.serialize(), transport, host, port))
 
     def _answer_overloaded_stateless(self, req: Request, source, out) -> None:
         """The server transaction table is full: a stateless 503 (§21.5.4)."""

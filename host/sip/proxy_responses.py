@@ -93,6 +93,8 @@ class ResponseSide:
         self._branch_final(branch, resp, out)
 
     def _branch_final(self, branch: Branch, resp: Response, out) -> None:
+        if branch.targets and self._fail_over(branch, resp, out):
+            return   # RFC 3263 §4.3: the next target is tried (proxy_locate.py)
         ctx = branch.ctx
         branch.final = resp
         self._disarm_branch(branch, out)

@@ -111,13 +111,13 @@ def redis(tmp_path) -> Iterator[Redis]:
 
 
 @contextlib.contextmanager
-def core(name: str, workdir: Path, store_url: str) -> Iterator[rs.RoutesServer]:
+def core(name: str, workdir: Path, store_url: str, port: int | None = None) -> Iterator[rs.RoutesServer]:
     """A babelsip serving a copy of the quickstart routes, with `--store`;
     like rs.routes_server, which has no way to pass --store."""
     here = workdir / name
     routes = here / "routes"
-    shutil.copytree(QUICKSTART, routes)
-    port = sipp.free_port()
+    shutil.copytree(QUICKSTART, routes, dirs_exist_ok=True)
+    port = port or sipp.free_port()
     args = ["run", "--listen", f"udp:{sipp.LOCALHOST}:{port}", "--routes", str(routes),
             "--store", store_url]
     with sipp.start_babelsip(args, ready_timeout=30.0) as proxy:
@@ -140,11 +140,12 @@ def raw_ua(server: rs.RoutesServer) -> Iterator[RawUA]:
         ua.close()
 
 
-def call_reaches(server: rs.RoutesServer, uas: sipp.SippProcess, name: str) -> tuple[bool, str]:
-    """One call to alice through `server`; True when it completed at the uac
+def call_reaches(server: rs.RoutesServer, uas: sipp.SippProcess, name: str,
+                 user: str = "alice") -> tuple[bool, str]:
+    """One call to `user` through `server`; True when it completed at the uac
     and the uas (still running) answered one more call than before."""
     before = uas.snapshot().successful
-    call = rs.run_uac(server, name=name, service="alice", calls=1, rate=1, timeout=SIPP_RUN_TIMEOUT)
+    call = rs.run_uac(server, name=name, service=user, calls=1, rate=1, timeout=SIPP_RUN_TIMEOUT)
     # The uas counts the call once its 1 s timewait is over; it dumps every second.
     done = rs.wait_until(lambda: uas.snapshot().successful > before, 4.0, interval=0.2)
     ok = call.successful == 1 and call.failed == 0 and bool(done)
@@ -266,3 +267,34 @@ def test_two_cores_share_registrations_through_a_cluster_or_sentinel(topology, t
         assert any(f"sip:alice@{sipp.LOCALHOST}:{uas_port}" in str(x) for x in stored), stored
         rs.stop_all(uas)
         assert a.alive() and b.alive(), a.why() + b.why()
+
+
+def test_a_core_killed_and_back_while_the_other_serves(redis, tmp_path):
+    """alice's phone (plain UDP, no NAT: no flow to own) registered at A, bob's
+    at B. With A killed, B serves bob and calls alice directly, as the
+    federation model says for a binding without a flow (README, "Several
+    cores, one store"); A restarted on its port serves again, from Redis."""
+    with rs.uas(tmp_path, "uas-alice") as (alice_port, alice), \
+            rs.uas(tmp_path, "uas-bob") as (bob_port, bob), \
+            core("B", tmp_path, redis.url) as b:
+        with core("A", tmp_path, redis.url) as a:
+            a_port = a.port
+            reg = sipp_register(a, a.workdir, "services_register_auth", "alice", PASSWORD, alice_port)
+            assert reg.successful == 1, a.why(reg)
+            reg = sipp_register(b, b.workdir, "services_register_auth", "bob", PASSWORD, bob_port)
+            assert reg.successful == 1, b.why(reg)
+            ok, why = call_reaches(b, alice, "uac-b-alice-before")
+            assert ok, why
+            a.proxy.proc.kill()                  # SIGKILL: no drain, no goodbye
+            a.proxy.proc.wait(timeout=5)
+        ok, why = call_reaches(b, bob, "uac-b-bob-a-down", user="bob")
+        assert ok, why
+        ok, why = call_reaches(b, alice, "uac-b-alice-a-down")
+        assert ok, why
+        with core("A", tmp_path, redis.url, port=a_port) as a:
+            ok, why = call_reaches(a, alice, "uac-a-alice-back")
+            assert ok, why
+            ok, why = call_reaches(a, bob, "uac-a-bob-back", user="bob")
+            assert ok, why
+        rs.stop_all(alice, bob)
+        assert b.alive(), b.why()

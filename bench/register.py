@@ -96,9 +96,16 @@ def babelsip_argv(port: int, routes: Path | str, log_level: str | None = None) -
             "--log-level", log_level or os.environ.get("BENCH_LOG_LEVEL", "warning")]
 
 
-def start_babelsip(routes: Path | str, log_level: str | None = None) -> Callable[[Slot], sipp.ProxyProcess]:
+def start_babelsip(routes: Path | str, log_level: str | None = None,
+                   workers: int = 1) -> Callable[[Slot], sipp.ProxyProcess]:
     def start(slot: Slot) -> sipp.ProxyProcess:
-        return sipp.start_babelsip(babelsip_argv(slot.port, routes, log_level), cwd=REPO)
+        more = ["--workers", str(workers), "--log-level", "info"] if workers > 1 else []
+        proxy = sipp.start_babelsip(babelsip_argv(slot.port, routes, log_level) + more, cwd=REPO)
+        deadline = time.monotonic() + 30   # the parent says when every worker serves
+        while workers > 1 and time.monotonic() < deadline and \
+                f"{workers} worker processes serving" not in proxy.log():
+            time.sleep(0.1)
+        return proxy
     return start
 
 
@@ -271,7 +278,7 @@ def report(steps: list[Step], systems: list[str], reference: str, unit: str,
 
 
 def common_args(ap: argparse.ArgumentParser, *, rates: str, systems: str = "babelsip,kamailio") -> None:
-    ap.add_argument("--systems", default=systems, help="comma-separated, from: babelsip, kamailio")
+    ap.add_argument("--systems", default=systems, help="comma-separated, from: babelsip, babelsip-redis, babelsip-w2, kamailio")
     ap.add_argument("--routes", type=Path, default=DEFAULT_ROUTES,
                     help="babelsip's routes folder (default bench/register/routes; "
                     "examples/quickstart means examples/quickstart/routes)")
@@ -300,11 +307,13 @@ def chosen_starters(ap: argparse.ArgumentParser, args, *, no_auth: bool = False)
     args.routes = routes_folder(args.routes)
     table = {"babelsip": start_babelsip(args.routes),
              "babelsip-redis": start_babelsip_redis(args.routes),
+             "babelsip-w2": start_babelsip(args.routes, workers=2),
              "kamailio": start_kamailio(no_auth=no_auth)}
     about = {"babelsip": "babelsip " + " ".join(babelsip_argv(0, args.routes)).replace(
                  f"{sipp.LOCALHOST}:0", f"{sipp.LOCALHOST}:PORT"),
              "babelsip-redis": "the same with --store redis://127.0.0.1:PORT/0 (its own "
                                "redis-server, counted in its CPU)",
+             "babelsip-w2": "the same with --workers 2 (the workers share an LMDB store)",
              "kamailio": kamailio_argv_note(no_auth)}
     chosen = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = [s for s in chosen if s not in table]

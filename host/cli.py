@@ -308,6 +308,12 @@ def check_command(args) -> int:
                 args.routes == args.config_values["routes"] and not args.routes.is_dir():
             print(f"{where_set(args.config, 'routes')}: {args.routes}: not a directory")
             return 1
+        expires = {key: args.config_values.get(key, default) for _, key, default, _ in REGISTRAR_FLAGS}
+        if not expires["min_expires"] <= expires["default_expires"] <= expires["max_expires"]:
+            key = next((k for k in ("min_expires", "default_expires", "max_expires")
+                        if k in args.config_values), "min_expires")
+            print(f"{where_set(args.config, key)}: need min_expires <= default_expires <= max_expires")
+            return 1
         print(f"{args.config}: ok")
     if args.routes is None:
         if args.config_values.get("relay_to"):

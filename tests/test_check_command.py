@@ -114,3 +114,13 @@ def test_the_example_config_passes(state):
     passed = check("--config", "examples/babelsip.toml", state=state)
     assert passed.returncode == 0, passed.stdout + passed.stderr
     assert passed.stdout.splitlines() == ["examples/babelsip.toml: ok", "main: ok (lua54)"]
+
+
+def test_registration_times_that_contradict_each_other_are_a_problem(tmp_path, state):
+    config = tmp_path / "babelsip.toml"
+    config.write_text('[server]\nrelay_to = "sip:127.0.0.1:5090"\n\n'
+                      '[registrar]\nmin_expires = 600\nmax_expires = 300\n')
+    failed = check("--config", config, state=state)
+    assert failed.returncode == 1
+    assert failed.stdout.strip() == (f"{config}:4: registrar.min_expires: "
+                                     "need min_expires <= default_expires <= max_expires")

@@ -122,5 +122,5 @@ def test_registration_times_that_contradict_each_other_are_a_problem(tmp_path, s
                       '[registrar]\nmin_expires = 600\nmax_expires = 300\n')
     failed = check("--config", config, state=state)
     assert failed.returncode == 1
-    assert failed.stdout.strip() == (f"{config}:4: registrar.min_expires: "
+    assert failed.stdout.strip() == (f"{config}:5: registrar.min_expires: "
                                      "need min_expires <= default_expires <= max_expires")

@@ -34,9 +34,8 @@ from host.fleet.handoff import Handoff
 from host.fleet.ownership import keepalive_salt, owner_of
 
 from .limits import raise_nofile_limit
-from .tcp import TcpTransport
 from .timers import TimerService
-from .udp import UdpTransport
+from .transports import make_transport, tls_layers
 
 log = logging.getLogger("babelsip")
 
@@ -115,17 +114,13 @@ class Server:
             if hasattr(self.store, "run"):   # a networked store holds its client open here
                 await nursery.start(self.store.run)
             fleet = cfg.fleet
+            layers = tls_layers(cfg.listen, cfg.extra.get("tls"))
             for transport, host, port in cfg.listen:
-                inherited = fleet.socket_for(transport, host, port) if fleet is not None else None
-                if transport == "udp":
-                    t = UdpTransport(host, port, self._on_udp if fleet is None else self._on_udp_fleet,
-                                     stun=cfg.extra.get("stun", False), sock=inherited)
-                    t.bind()
-                else:
-                    t = TcpTransport(host, port, self._on_tcp if fleet is None else self._on_tcp_fleet,
-                                     self._on_tcp_error, listener=inherited,
-                                     on_connection=self._holding if fleet is not None else None,
-                                     **cfg.extra.get("tcp", {}))  # limits: see tcp.py
+                t = make_transport(transport, host, port, on_message=self._input_for(transport),
+                                   on_error=self._on_tcp_error, extra=cfg.extra, layers=layers,
+                                   inherited=fleet.socket_for(transport, host, port) if fleet is not None else None,
+                                   on_connection=self._holding if fleet is not None else None)
+                if transport != "udp":
                     await t.bind()
                 self.transports.setdefault(transport, t)
                 bound.append((transport, host, t.port))
@@ -195,6 +190,21 @@ class Server:
             self._execute(self.core.receive(data, "tcp", src))
         except Exception:
             self._internal_error("tcp message", src, data)
+
+    def _input_for(self, transport: str):
+        """What a transport calls with each message it receives."""
+        fleet = self.config.fleet is not None
+        if transport == "udp":
+            return self._on_udp_fleet if fleet else self._on_udp
+        if transport == "tcp":
+            return self._on_tcp_fleet if fleet else self._on_tcp
+
+        def on_stream(data: bytes, src) -> None:   # tls, ws, wss: one process only (cli.py)
+            try:
+                self._execute(self.core.receive(data, transport, src))
+            except Exception:
+                self._internal_error(f"{transport} message", src, data)
+        return on_stream
 
     # One worker of several: a message whose Call-ID another worker owns is
     # handed to it (host/fleet/ownership.py).
@@ -305,7 +315,9 @@ class Server:
                 self.handoff.send_via(holder, action.data, host, action.port)
                 return
         opening = stream and action.error_key is not None and not transport.has_connection(host, action.port)
-        if not transport.send(action.data, host, action.port):
+        sent = (transport.send(action.data, host, action.port, action.host) if stream
+                else transport.send(action.data, host, action.port))
+        if not sent:
             if stream:
                 self._report_error(action)
         elif opening:
@@ -328,7 +340,10 @@ class Server:
             self._report_error(action)
             return
         self._dns[action.host] = (trio.current_time() + DNS_CACHE_SECONDS, ip)
-        transport.send(action.data, ip, action.port)
+        if action.transport == "udp":
+            transport.send(action.data, ip, action.port)
+        elif not transport.send(action.data, ip, action.port, action.host):
+            self._report_error(action)
 
     def _report_error(self, action: Transmit) -> None:
         if action.error_key is not None:

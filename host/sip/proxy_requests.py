@@ -204,10 +204,11 @@ class RequestSide:
         try:
             req.uri = target
             hop = ctx.next_hop if ctx.next_hop is not None else rules.next_hop(req)
-            transport = hop.transport if forced is None else forced[0]
+            sips = req.parsed_uri.scheme == "sips"
+            transport = rules.hop_transport(hop, sips, forced[0] if forced is not None else None)
             if transport not in self.listen:
                 raise BadMessage(f"no {transport} transport to reach {hop}", 503)
-            dest = forced or (transport, hop.host.strip("[]"), hop.port or 5060)
+            dest = forced or (transport, hop.host.strip("[]"), rules.hop_port(hop, transport))
         except BadMessage as exc:
             branch = Branch(ctx, target, req, ("", "", 0))
             ctx.branches.append(branch)
@@ -220,9 +221,9 @@ class RequestSide:
             # RFC 5658: when the transport changes, record both sides.
             if in_transport != transport and in_transport in self.listen:
                 host, port = self.listen[in_transport]
-                req.push_front("record-route", rules.record_route_value(in_transport, host, port))
+                req.push_front("record-route", rules.record_route_value(in_transport, host, port, sips))
             host, port = self.listen[transport]
-            req.push_front("record-route", rules.record_route_value(transport, host, port))
+            req.push_front("record-route", rules.record_route_value(transport, host, port, sips))
         host, port = self.listen[transport]
         branch_id = f"{rules.MAGIC_COOKIE}{rules.loop_hash(req, ctx.request.header('via'), ctx.received_uri)}.{self.new_id()}"
         req.push_front("via", rules.via_value(transport, host, port, branch_id))
@@ -357,7 +358,10 @@ class RequestSide:
 
     def _relay_stateless(self, req: Request, next_hop: URI | None, out) -> None:
         hop = next_hop if next_hop is not None else rules.next_hop(req)
-        transport = hop.transport
+        try:
+            transport = rules.hop_transport(hop, req.parsed_uri.scheme == "sips")
+        except BadMessage:
+            return
         if transport not in self.listen:
             return
         rules.decrement_max_forwards(req)
@@ -366,7 +370,7 @@ class RequestSide:
         seed = (req.via.branch or req.header("via")).encode("utf-8", "surrogateescape")
         branch = rules.MAGIC_COOKIE + "sl" + hashlib.blake2s(seed, digest_size=8).hexdigest()
         req.push_front("via", rules.via_value(transport, host, port, branch))
-        out.append(Transmit(req.serialize(), transport, hop.host.strip("[]"), hop.port or 5060))
+        out.append(Transmit(req.serialize(), transport, hop.host.strip("[]"), rules.hop_port(hop, transport)))
 
     def _answer_overloaded_stateless(self, req: Request, source, out) -> None:
         """The server transaction table is full: a stateless 503 (§21.5.4)."""

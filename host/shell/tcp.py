@@ -496,9 +496,9 @@ class TcpTransport:
         remote = (host, port)
         conn = self._conns.get(remote)
         if conn is not None and conn.ws is not None:
-            if not conn.ws.open:      # no SIP before the upgrade is done
-                return False
             data = conn.ws.frame(data)
+            if data is None:          # no SIP before the upgrade, nor after a close
+                return False
         if conn is None:
             if self._nursery is None or self.websocket:
                 return False
@@ -677,7 +677,8 @@ class TcpTransport:
                 conn.last_used = now
             if feed.pings:
                 self.pings += feed.pings
-                if now >= conn.next_pong and self._enqueue(conn, session.frame(PONG)):
+                pong = session.frame(PONG) if now >= conn.next_pong else None
+                if pong is not None and self._enqueue(conn, pong):
                     conn.next_pong = now + self.pong_interval
                     self.pongs += 1
             # The header timeout runs while the upgrade or a message is in

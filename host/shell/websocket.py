@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
-from wsproto.events import (AcceptConnection, BytesMessage, CloseConnection, Message, Ping, Pong,
+from wsproto.events import (AcceptConnection, BytesMessage, CloseConnection, Ping, Pong,
                             RejectConnection, RejectData, Request, TextMessage)
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
@@ -66,9 +66,12 @@ class WsSession:
         """A message is being received (some of its frames are in)."""
         return bool(self._parts) or not self.open
 
-    def frame(self, message: bytes) -> bytes:
+    def frame(self, message: bytes) -> bytes | None:
         """One SIP message as one WebSocket message: text when it is UTF-8
-        (what browsers' clients expect), else binary (a binary body)."""
+        (what browsers' clients expect), else binary (a binary body). None
+        once the connection is closing: nothing may be sent after a close."""
+        if not self.open or self._ws.state is not ConnectionState.OPEN:
+            return None
         try:
             event = TextMessage(message.decode("utf-8"))
         except UnicodeDecodeError:

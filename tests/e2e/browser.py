@@ -184,11 +184,14 @@ class Chromium:
     """Headless Chromium showing one URL, in its own process group and
     profile directory; stopped (TERM, then KILL of the group) on exit."""
 
-    def __init__(self, url: str, profile: Path):
+    def __init__(self, url: str, profile: Path, *, trust_any_certificate: bool = False):
         profile.mkdir(parents=True, exist_ok=True)
         self.log_path = profile / "chromium.log"
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([chromium_binary(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", url],
+        # wss: to a certificate the test made: a browser has no flag to add
+        # one CA, so certificate errors are ignored for that profile.
+        extra = ["--ignore-certificate-errors"] if trust_any_certificate else []
+        self.proc = subprocess.Popen([chromium_binary(), *CHROMIUM_FLAGS, *extra, f"--user-data-dir={profile}", url],
                                      stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
 

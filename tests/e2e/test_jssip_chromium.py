@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e import browser, sipp
+from tests.shell.tls_certs import make_pki, openssl_available
 
 pytestmark = [
     pytest.mark.e2e,
@@ -84,14 +85,22 @@ def bundle():
 
 
 @pytest.fixture
-def server(tmp_path):
+def server(request, tmp_path):
+    """babelsip on UDP and ws: (or, parametrized, wss: with a certificate the test makes)."""
+    scheme = getattr(request, "param", "ws")
+    tls = []
+    if scheme == "wss":
+        if not openssl_available():
+            pytest.skip("the openssl command is not installed")
+        pki = make_pki(tmp_path / "pki")
+        tls = ["--tls-cert", str(pki.cert), "--tls-key", str(pki.key)]
     routes = tmp_path / "routes"
     shutil.copytree(QUICKSTART, routes)
     udp, ws = sipp.free_port(), sipp.free_port()
-    proxy = sipp.start_babelsip(["run", "--listen", f"udp:127.0.0.1:{udp}", "--listen", f"ws:127.0.0.1:{ws}",
-                                 "--routes", str(routes), "--ctl-socket", "none", "--log-level", "debug"])
+    proxy = sipp.start_babelsip(["run", "--listen", f"udp:127.0.0.1:{udp}", "--listen", f"{scheme}:127.0.0.1:{ws}",
+                                 "--routes", str(routes), "--ctl-socket", "none", *tls])
     with proxy:
-        yield proxy, udp, ws
+        yield proxy, udp, ws, scheme
     (tmp_path / "babelsip.log").write_text(proxy.log())
 
 
@@ -100,16 +109,18 @@ def page(bundle, **settings):
             "/jssip.js": ("application/javascript", bundle)}
 
 
+@pytest.mark.parametrize("server", ["ws", "wss"], indirect=True)
 def test_jssip_registers_over_websocket_and_calls_a_udp_uas(tmp_path, bundle, server):
-    proxy, udp, ws = server
+    proxy, udp, ws, scheme = server
     uas_port = sipp.free_port()
     trace = tmp_path / "uas_messages.log"
     with sipp.start_sipp_server("uas_webrtc", tmp_path, port=uas_port, timeout=40,
                                 extra=["-trace_msg", "-message_file", str(trace)]) as uas:
-        settings = dict(ws=f"ws://127.0.0.1:{ws}", uri="sip:alice@127.0.0.1", password="secret",
+        settings = dict(ws=f"{scheme}://127.0.0.1:{ws}", uri="sip:alice@127.0.0.1", password="secret",
                         call=f"sip:service@127.0.0.1:{uas_port}")
         with browser.PageServer(page(bundle, **settings)) as pages, \
-                browser.Chromium(f"http://127.0.0.1:{pages.port}/", tmp_path / "profile") as chromium:
+                browser.Chromium(f"http://127.0.0.1:{pages.port}/", tmp_path / "profile",
+                                 trust_any_certificate=scheme == "wss") as chromium:
             try:
                 seen = pages.wait_for("registered", 30)
                 assert "registrationFailed" not in [r["event"] for r in seen]
@@ -130,13 +141,14 @@ def test_jssip_registers_over_websocket_and_calls_a_udp_uas(tmp_path, bundle, se
     invite = messages[messages.index("INVITE sip:service@"):]
     invite = invite[:invite.index("\n\n")]
     assert f"Record-Route: <sip:127.0.0.1:{udp};lr>" in invite
-    assert f"Record-Route: <sip:127.0.0.1:{ws};transport=ws;lr>" in invite
-    assert re.search(r"Via: SIP/2\.0/WS [0-9a-z]+\.invalid;branch=[^\n]*received=127\.0\.0\.1", invite), invite
+    ws_rr = f"<sip:127.0.0.1:{ws};transport=ws;lr>" if scheme == "ws" else f"<sips:127.0.0.1:{ws};transport=ws;lr>"
+    assert f"Record-Route: {ws_rr}" in invite
+    assert re.search(rf"Via: SIP/2\.0/{scheme.upper()} [0-9a-z]+\.invalid;branch=[^\n]*received=127\.0\.0\.1", invite), invite
     assert "ACK sip:" in messages and "BYE sip:" in messages
 
 
 def test_jssip_with_a_wrong_password_is_refused(tmp_path, bundle, server):
-    proxy, udp, ws = server
+    proxy, udp, ws, scheme = server
     settings = dict(ws=f"ws://127.0.0.1:{ws}", uri="sip:alice@127.0.0.1", password="wrong", call=None)
     with browser.PageServer(page(bundle, **settings)) as pages, \
             browser.Chromium(f"http://127.0.0.1:{pages.port}/", tmp_path / "profile"):

@@ -1,5 +1,5 @@
 """A real WebRTC client: JsSIP (npm) in headless Chromium registers over
-ws: to babelsip with digest (the quickstart routes: alice/secret, realm
+ws: (and wss:) to babelsip with digest (the quickstart routes: alice/secret, realm
 babelsip) and calls a sipp uas on UDP.
 
 The page (served by the test on 127.0.0.1) reports each step back to the

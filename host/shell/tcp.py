@@ -51,6 +51,8 @@ host/shell/websocket.py instead of StreamFramer (one SIP message per
 WebSocket message; WebSocket pings and CRLF-only messages are the
 keep-alives). WebSocket connections are only ever accepted: a browser
 cannot be connected to, so a send to a remote without a connection fails.
+(One class for four transports is why this module is longer than most: the
+TLS contexts and the WebSocket codec live in their own modules.)
 """
 
 from __future__ import annotations

@@ -67,7 +67,7 @@ def test_calls_cross_a_tls_hop_between_two_babelsip(tmp_path, pki):
     assert "handshake" not in a.log() + b.log()
 
 
-def test_untrusted_tls_next_hop_fails_the_calls_and_never_falls_back(tmp_path, pki):
+def test_untrusted_tls_next_hop_fails_the_request_at_once_and_never_falls_back(tmp_path, pki):
     other = make_pki(tmp_path / "other", name="not trusted by A")
     uas = sipp.free_port()
     a_udp, a_tls, b_udp, b_tls = (sipp.free_port() for _ in range(4))

@@ -18,7 +18,7 @@ BENCH_ARGS ?=
 
 # Debian packages the tests use, each with the check that says it is there.
 TEST_DEBS := sip-tester perl libcpanel-json-xs-perl default-jdk-headless redis-server \
-             baresip-core nftables conntrack iproute2 chromium
+             baresip-core nftables conntrack iproute2 chromium npm openssl
 have_sip-tester := command -v sipp
 have_perl := command -v perl
 have_libcpanel-json-xs-perl := perl -MCpanel::JSON::XS -e 1
@@ -42,6 +42,8 @@ define apt_ensure
 	    conntrack) check='command -v conntrack';; \
 	    iproute2) check='command -v ip';; \
 	    chromium) check='command -v chromium';; \
+	    npm) check='command -v npm';; \
+	    openssl) check='command -v openssl';; \
 	    kamailio) check='$(have_kamailio)';; \
 	    python3-venv) check='$(have_python3-venv)';; \
 	    *) check=false;; \
@@ -80,8 +82,20 @@ $(STAMP): $(PACKAGING) | $(PY)
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
+# The browser SIP client of tests/e2e/test_jssip_chromium.py: JsSIP from npm,
+# at the version pinned in tests/e2e/web/package-lock.json (node_modules is
+# not committed). Without npm or the registry the test skips and says why.
+WEB_DEPS := tests/e2e/web/node_modules/jssip/package.json
+
 test-deps:
 	$(call apt_ensure,$(TEST_DEBS))
+	@if [ -f $(WEB_DEPS) ]; then exit 0; fi; \
+	if command -v npm >/dev/null 2>&1; then \
+	  npm ci --prefix tests/e2e/web --no-audit --no-fund --loglevel=error \
+	    || echo "warning: npm ci failed: the JsSIP browser test will skip"; \
+	else \
+	  echo "warning: npm missing: the JsSIP browser test will skip"; \
+	fi
 
 bench-deps:
 	$(call apt_ensure,sip-tester kamailio)

@@ -25,18 +25,22 @@ log = logging.getLogger("babelsip")
 DRAIN_SECONDS = 5.0   # how long a stop waits for calls in progress to get their answer
 
 
+LISTEN_TRANSPORTS = ("udp", "tcp", "tls", "ws", "wss")   # host/shell/transports.py
+
+
 def parse_listen(text: str) -> tuple[str, str, int]:
-    """'udp:127.0.0.1:5060' or 'tcp:[::1]:5060' -> (transport, host, port)."""
+    """'udp:127.0.0.1:5060' or 'tls:[::1]:5061' -> (transport, host, port)."""
     transport, sep, rest = text.partition(":")
     transport = transport.lower()
-    if not sep or transport not in ("udp", "tcp"):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected udp:HOST:PORT or tcp:HOST:PORT")
+    expected = f"expected TRANSPORT:HOST:PORT, TRANSPORT one of {', '.join(LISTEN_TRANSPORTS)}"
+    if not sep or transport not in LISTEN_TRANSPORTS:
+        raise argparse.ArgumentTypeError(f"{text!r}: {expected}")
     if rest.startswith("["):
         host, _, port = rest[1:].partition("]:")
     else:
         host, _, port = rest.rpartition(":")
     if not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected udp:HOST:PORT or tcp:HOST:PORT")
+        raise argparse.ArgumentTypeError(f"{text!r}: {expected}")
     return transport, host, int(port)
 
 
@@ -147,7 +151,49 @@ def build_parser() -> argparse.ArgumentParser:
     tcp = run.add_argument_group("TCP limits (defaults in host/shell/tcp.py and the README)")
     for flag, key, kind, help_text in TCP_FLAGS:
         tcp.add_argument(flag, dest=f"tcp_{key}", type=kind, metavar="N", help=help_text)
+    _add_tls_flags(run)
     return parser
+
+
+def _add_tls_flags(run) -> None:
+    tls = run.add_argument_group("TLS, for tls: and wss: listeners and TLS next hops "
+                                 "(host/shell/tls.py, README Transports)")
+    tls.add_argument("--tls-cert", metavar="FILE", help="our certificate chain (PEM)")
+    tls.add_argument("--tls-key", metavar="FILE", help="its private key (PEM)")
+    tls.add_argument("--tls-ca", metavar="FILE",
+                     help="CA bundle the certificates of next hops (and of clients, with "
+                          "--tls-require-client-cert) are checked against; default: the system's")
+    tls.add_argument("--tls-verify", choices=("none", "peer"), default="peer",
+                     help="check next hops' certificates and names (peer, the default) or not (none)")
+    tls.add_argument("--tls-client-cert", metavar="FILE",
+                     help="certificate offered to next hops that ask for one (mutual TLS)")
+    tls.add_argument("--tls-client-key", metavar="FILE", help="its private key")
+    tls.add_argument("--tls-require-client-cert", action="store_true",
+                     help="listeners accept only clients with a certificate signed by --tls-ca")
+    tls.add_argument("--tls-handshake-timeout", type=_positive(float), default=None, metavar="SECONDS",
+                     help="seconds a TLS handshake may take (10)")
+
+
+def _tls_settings(args, listen):
+    """The TLS settings from the flags, checked now (files readable, the
+    pieces a listener needs), or an error message."""
+    from host.shell.tls import TlsConfigError, TlsSettings
+    from host.shell.transports import tls_layers
+    paths = {key: os.path.abspath(getattr(args, key)) if getattr(args, key) else None
+             for key in ("tls_cert", "tls_key", "tls_ca", "tls_client_cert", "tls_client_key")}
+    settings = TlsSettings(cert=paths["tls_cert"], key=paths["tls_key"], ca=paths["tls_ca"],
+                           verify=args.tls_verify, client_cert=paths["tls_client_cert"],
+                           client_key=paths["tls_client_key"],
+                           require_client_cert=args.tls_require_client_cert,
+                           **({"handshake_timeout": args.tls_handshake_timeout}
+                              if args.tls_handshake_timeout is not None else {}))
+    try:
+        tls_layers(listen, settings)
+    except TlsConfigError as exc:
+        return str(exc)
+    if args.workers > 1 and any(t not in ("udp", "tcp") for t, _, _ in listen):
+        return "--workers N serves udp: and tcp: listeners only; run tls:, ws: and wss: with one worker"
+    return settings
 
 
 def _positive(kind):
@@ -247,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
         from host.storage import set_shared_store
         from host.storage.lmdb import LmdbStore
         set_shared_store(LmdbStore(fleet.store))
+    tls = _tls_settings(args, listen)
+    if isinstance(tls, str):
+        print(f"babelsip: error: {tls}", file=sys.stderr)
+        return 2
     management = _management_config(args)
     if isinstance(management, str):
         print(f"babelsip: error: {management}", file=sys.stderr)
@@ -259,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         from host.management.service import ManagementConfig
         management = ManagementConfig(ctl_socket=fleet.ctl_socket, http=None)
     extra = {"tcp": tcp} if tcp else {}
-    extra.update(keepalive=args.keepalive, stun=args.stun)
+    extra.update(keepalive=args.keepalive, stun=args.stun, tls=tls)
     extra.update(edge_extra(args))
     config = ServerConfig(listen=listen, relay_to=args.relay_to,
                           routes_dir=str(args.routes) if args.routes else None,

@@ -28,8 +28,8 @@ def test_parse_listen(text, expected):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["run", "--listen", "sctp:127.0.0.1:5060", "--relay-to", "sip:a@b"], "expected udp:HOST:PORT"),
-    (["run", "--listen", "udp:127.0.0.1:99999", "--relay-to", "sip:a@b"], "expected udp:HOST:PORT"),
+    (["run", "--listen", "sctp:127.0.0.1:5060", "--relay-to", "sip:a@b"], "expected TRANSPORT:HOST:PORT"),
+    (["run", "--listen", "udp:127.0.0.1:99999", "--relay-to", "sip:a@b"], "expected TRANSPORT:HOST:PORT"),
     (["run", "--relay-to", "http://example.com"], "unsupported URI scheme"),
     (["run", "--routes", "/nonexistent/dir"], "not a directory"),
     (["run", "--relay-to", "sip:a@b", "--routes", "."], "not allowed with"),

@@ -35,9 +35,8 @@ from host.fleet.ownership import keepalive_salt, owner_of
 
 from .limits import raise_nofile_limit
 from .resolver import Resolver
-from .tcp import TcpTransport
 from .timers import TimerService
-from .udp import UdpTransport
+from .transports import make_transport, tls_layers
 
 log = logging.getLogger("babelsip")
 
@@ -117,17 +116,14 @@ class Server:
             if hasattr(self.store, "run"):   # a networked store holds its client open here
                 await nursery.start(self.store.run)
             fleet = cfg.fleet
+            layers = tls_layers(cfg.listen, cfg.extra.get("tls"))
             for transport, host, port in cfg.listen:
-                inherited = fleet.socket_for(transport, host, port) if fleet is not None else None
-                if transport == "udp":
-                    t = UdpTransport(host, port, self._guarded(self._on_udp if fleet is None else self._on_udp_fleet, "udp"),
-                                     stun=cfg.extra.get("stun", False), sock=inherited)
-                    t.bind()
-                else:
-                    t = TcpTransport(host, port, self._guarded(self._on_tcp if fleet is None else self._on_tcp_fleet, "tcp"),
-                                     self._on_tcp_error, listener=inherited,
-                                     on_connection=self._holding if fleet is not None else None,
-                                     **cfg.extra.get("tcp", {}))  # limits: see tcp.py
+                t = make_transport(transport, host, port,
+                                   on_message=self._guarded(self._input_for(transport), transport),
+                                   on_error=self._on_tcp_error, extra=cfg.extra, layers=layers,
+                                   inherited=fleet.socket_for(transport, host, port) if fleet is not None else None,
+                                   on_connection=self._holding if fleet is not None else None)
+                if transport != "udp":
                     await t.bind()
                 self.transports.setdefault(transport, t)
                 bound.append((transport, host, t.port))
@@ -206,6 +202,21 @@ class Server:
         if self.flood is None:
             return on_message
         return self.flood.wrap(on_message, lambda data, host, port: self.transports[transport].send(data, host, port))
+
+    def _input_for(self, transport: str):
+        """What a transport calls with each message it receives."""
+        fleet = self.config.fleet is not None
+        if transport == "udp":
+            return self._on_udp_fleet if fleet else self._on_udp
+        if transport == "tcp":
+            return self._on_tcp_fleet if fleet else self._on_tcp
+
+        def on_stream(data: bytes, src) -> None:   # tls, ws, wss: one process only (cli.py)
+            try:
+                self._execute(self.core.receive(data, transport, src))
+            except Exception:
+                self._internal_error(f"{transport} message", src, data)
+        return on_stream
 
     # One worker of several: a message whose Call-ID another worker owns is
     # handed to it (host/fleet/ownership.py).
@@ -324,7 +335,9 @@ class Server:
                 self.handoff.send_via(holder, action.data, host, action.port)
                 return
         opening = stream and action.error_key is not None and not transport.has_connection(host, action.port)
-        if not transport.send(action.data, host, action.port):
+        sent = (transport.send(action.data, host, action.port, action.host) if stream
+                else transport.send(action.data, host, action.port))
+        if not sent:
             if stream:
                 self._report_error(action)
         elif opening:
@@ -343,7 +356,10 @@ class Server:
         if not found:
             self._report_error(action)
             return
-        transport.send(action.data, found[0].ip, found[0].port)
+        if action.transport == "udp":
+            transport.send(action.data, found[0].ip, found[0].port)
+        elif not transport.send(action.data, found[0].ip, found[0].port, action.host):
+            self._report_error(action)
 
     def _locate(self, action: Locate) -> None:
         """RFC 3263 for a branch: from the cache at once, else in a task."""

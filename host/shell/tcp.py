@@ -42,6 +42,17 @@ closes a connection that only ever pings.
 
 The policy parts (admission, deadlines, log rate limiting) are small pure
 functions and classes below, so tests can check them without sockets.
+
+The same class serves TLS and WebSocket (and WSS) connections, with the same
+limits: a `layer` says how a connection's stream is made (`PLAIN`, or
+host/shell/tls.py's `TlsLayer`, whose handshake must end within its
+`handshake_timeout`), and `websocket=True` frames messages with
+host/shell/websocket.py instead of StreamFramer (one SIP message per
+WebSocket message; WebSocket pings and CRLF-only messages are the
+keep-alives). WebSocket connections are only ever accepted: a browser
+cannot be connected to, so a send to a remote without a connection fails.
+(One class for four transports is why this module is longer than most: the
+TLS contexts and the WebSocket codec live in their own modules.)
 """
 
 from __future__ import annotations
@@ -59,6 +70,7 @@ from host.sip.errors import BadMessage
 from host.sip.parser import MAX_MESSAGE, StreamFramer
 
 from .limits import nofile_limit
+from .websocket import WsSession
 
 log = logging.getLogger("babelsip.transport")
 
@@ -253,13 +265,16 @@ class RateLimit:
 
 # ------------------------------------------------------------- connections
 class _Connection:
-    __slots__ = ("remote", "source", "stream", "out", "queued", "wake", "last_used",
-                 "started", "scope", "closing", "abort", "ping_begun", "next_pong")
+    __slots__ = ("remote", "source", "stream", "raw", "ws", "server_name", "out", "queued", "wake",
+                 "last_used", "started", "scope", "closing", "abort", "ping_begun", "next_pong")
 
     def __init__(self, remote, source: str | None, now: float):
         self.remote = remote
         self.source = source          # the peer's IP for inbound connections, else None
-        self.stream: trio.SocketStream | None = None
+        self.raw: trio.SocketStream | None = None      # the TCP stream
+        self.stream = None            # what messages flow on: `raw`, or TLS over it
+        self.ws: WsSession | None = None               # WebSocket framing, when the transport has it
+        self.server_name: str | None = None            # the name a TLS next hop is checked against
         self.out: collections.deque[bytes] = collections.deque()
         self.queued = 0               # bytes in `out` plus the batch being written
         self.wake: trio.Event | None = None
@@ -291,6 +306,26 @@ def open_tcp_listener(host: str, port: int) -> socket.socket:
     return sock
 
 
+class PlainLayer:
+    """Connections' streams as TCP gives them (tls.TlsLayer is the other)."""
+
+    secure = False
+    handshake_timeout = 0.0
+
+    async def wrap(self, stream, *, inbound: bool, server_name: str | None):
+        return stream
+
+
+PLAIN = PlainLayer()
+
+
+def transport_name(secure: bool, websocket: bool) -> str:
+    """The transport's name in the core, Via and URIs (RFC 3261, RFC 7118)."""
+    if websocket:
+        return "wss" if secure else "ws"
+    return "tls" if secure else "tcp"
+
+
 class TcpTransport:
     name = "tcp"
 
@@ -306,8 +341,11 @@ class TcpTransport:
                  connect_timeout: float = CONNECT_TIMEOUT,
                  pong_interval: float = PONG_INTERVAL,
                  listener: socket.socket | None = None,
-                 on_connection: Callable[[tuple[str, int], bool], None] | None = None):
+                 on_connection: Callable[[tuple[str, int], bool], None] | None = None,
+                 layer=PLAIN, websocket: bool = False):
         self.host, self.port = host, port
+        self.layer, self.websocket = layer, websocket
+        self.name = transport_name(layer.secure, websocket)
         self._listener = listener            # bound already (by the parent of --workers N)
         self._on_connection = on_connection  # (remote, held): a connection opened / ended
         self._on_message = on_message
@@ -328,6 +366,7 @@ class TcpTransport:
         self.accept_errors = self.out_of_descriptors = 0
         self.framing_errors = self.callback_errors = self.internal_errors = 0
         self.pings = self.pongs = 0
+        self.handshake_failures = self.upgrades_refused = 0
 
     async def bind(self) -> tuple[str, int]:
         if self._listener is not None:
@@ -389,7 +428,9 @@ class TcpTransport:
             raw.close()
             return
         conn = _Connection(remote, remote[0], trio.current_time())
-        conn.stream = trio.SocketStream(raw)
+        conn.raw = trio.SocketStream(raw)
+        if self.websocket:
+            conn.ws = WsSession(MAX_MESSAGE)
         self.accepted += 1
         self._register(conn)
 
@@ -450,13 +491,18 @@ class TcpTransport:
     def connections(self) -> list[tuple[str, int]]:
         return [remote for remote, conn in self._conns.items() if not conn.closing]
 
-    def send(self, data: bytes, host: str, port: int) -> bool:
+    def send(self, data: bytes, host: str, port: int, server_name: str | None = None) -> bool:
         """Queue `data` for (host, port), opening a connection if there is
-        none. Never waits; False when it cannot be sent."""
+        none (`server_name`: what a TLS next hop's certificate must name,
+        default `host`). Never waits; False when it cannot be sent."""
         remote = (host, port)
         conn = self._conns.get(remote)
+        if conn is not None and conn.ws is not None:
+            data = conn.ws.frame(data)
+            if data is None:          # no SIP before the upgrade, nor after a close
+                return False
         if conn is None:
-            if self._nursery is None:
+            if self._nursery is None or self.websocket:
                 return False
             reason = self._admission.refuse(None)
             if reason is not None:
@@ -464,6 +510,7 @@ class TcpTransport:
                 self._warn("refused", "tcp: not connecting to %s:%s: %s", host, port, reason)
                 return False
             conn = _Connection(remote, None, trio.current_time())
+            conn.server_name = server_name or host
             self._register(conn)
         return self._enqueue(conn, data)
 
@@ -491,12 +538,18 @@ class TcpTransport:
         at debug level, anything else is a bug that is logged and counted."""
         try:
             with conn.scope:
-                if conn.stream is None:
+                if conn.raw is None:
                     with trio.fail_after(self.connect_timeout):
-                        conn.stream = await trio.open_tcp_stream(*conn.remote)
+                        conn.raw = await trio.open_tcp_stream(*conn.remote)
+                conn.stream = conn.raw
+                if self.layer.secure and not await self._handshake(conn):
+                    return
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._write, conn)
-                    await self._read(conn)
+                    if conn.ws is not None:
+                        await self._read_ws(conn)
+                    else:
+                        await self._read(conn)
                     nursery.cancel_scope.cancel()
         except* _CONNECTION_ENDED as group:
             log.debug("tcp connection %s:%s ended: %r", *conn.remote, group.exceptions[0])
@@ -508,7 +561,7 @@ class TcpTransport:
             unsent = bool(conn.queued) and not conn.closing
             conn.closing = True
             self._forget(conn)
-            if conn.stream is not None:
+            if conn.raw is not None:
                 await self._aclose(conn)
             if unsent and self._on_error is not None:
                 try:
@@ -517,14 +570,36 @@ class TcpTransport:
                     self.internal_errors += 1
                     log.exception("tcp error callback for %s:%s", *conn.remote)
 
+    async def _handshake(self, conn: _Connection) -> bool:
+        """The layer's handshake (TLS), within its timeout; False (counted,
+        logged at most once per LOG_INTERVAL) when it fails: that ends the
+        connection, and a send waiting on it is reported by _run."""
+        try:
+            with trio.fail_after(self.layer.handshake_timeout):
+                conn.stream = await self.layer.wrap(conn.raw, inbound=conn.source is not None,
+                                                    server_name=conn.server_name)
+            return True
+        except (trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
+            self.handshake_failures += 1
+            cause = exc.__cause__ or exc
+            self._warn("handshake", "%s handshake with %s:%s failed: %s", self.name, *conn.remote,
+                       "timed out" if isinstance(exc, trio.TooSlowError) else cause, level=logging.INFO)
+            conn.abort = True
+            return False
+
     async def _aclose(self, conn: _Connection) -> None:
         with trio.CancelScope(shield=True):
             try:
                 if conn.abort:
-                    conn.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-                await conn.stream.aclose()
+                    conn.raw.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+                elif conn.stream is not conn.raw:
+                    # TLS says goodbye (close_notify) unless the peer stopped
+                    # reading; the TCP stream is closed below either way.
+                    with trio.move_on_after(1.0):
+                        await conn.stream.aclose()
+                await conn.raw.aclose()
             except Exception as exc:  # closing a reset socket: nothing left to do
-                log.debug("tcp close %s:%s: %r", *conn.remote, exc)
+                log.debug("%s close %s:%s: %r", self.name, *conn.remote, exc)
 
     async def _read(self, conn: _Connection) -> None:
         stream = conn.stream
@@ -537,15 +612,7 @@ class TcpTransport:
                 data = await stream.receive_some(RECV_SIZE)
             now = trio.current_time()
             if data is None:
-                if conn.started is not None and now >= conn.started + self.header_timeout:
-                    self.header_timeouts += 1
-                    self._warn("late", "closing tcp %s:%s: message not complete within %g s",
-                               *conn.remote, self.header_timeout, level=logging.INFO)
-                    conn.abort = True
-                    return
-                if now >= conn.last_used + self.idle_timeout:
-                    self.idle_closed += 1
-                    log.debug("closing idle tcp %s:%s", *conn.remote)
+                if self._timed_out(conn, now):
                     return
                 continue  # our own writes moved the idle deadline
             if not data:
@@ -575,6 +642,73 @@ class TcpTransport:
                     # here costs this message, not the connection.
                     self.callback_errors += 1
                     log.exception("tcp message from %s:%s", *conn.remote)
+
+    def _timed_out(self, conn: _Connection, now: float) -> bool:
+        """Whether the read deadline that passed ends the connection."""
+        if conn.started is not None and now >= conn.started + self.header_timeout:
+            self.header_timeouts += 1
+            self._warn("late", "closing %s %s:%s: message not complete within %g s", self.name,
+                       *conn.remote, self.header_timeout, level=logging.INFO)
+            conn.abort = True
+            return True
+        if now >= conn.last_used + self.idle_timeout:
+            self.idle_closed += 1
+            log.debug("closing idle %s %s:%s", self.name, *conn.remote)
+            return True
+        return False
+
+    async def _read_ws(self, conn: _Connection) -> None:
+        """_read for WebSocket connections: the upgrade, then one SIP
+        message per WebSocket message (host/shell/websocket.py)."""
+        stream, session = conn.stream, conn.ws
+        deliver = self._on_message
+        while True:
+            data = None
+            with trio.move_on_at(read_deadline(conn.started, conn.last_used,
+                                               self.header_timeout, self.idle_timeout)):
+                data = await stream.receive_some(RECV_SIZE)
+            now = trio.current_time()
+            if data is None:
+                if self._timed_out(conn, now):
+                    return
+                continue
+            feed = session.feed_untrusted(data)
+            if feed.send:
+                self._enqueue(conn, feed.send)
+            if feed.traffic:
+                conn.last_used = now
+            if feed.pings:
+                self.pings += feed.pings
+                pong = session.frame(PONG) if now >= conn.next_pong else None
+                if pong is not None and self._enqueue(conn, pong):
+                    conn.next_pong = now + self.pong_interval
+                    self.pongs += 1
+            # The header timeout runs while the upgrade or a message is in
+            # progress; an open, quiet connection only has the idle one.
+            if session.partial():
+                conn.started = conn.started or now
+            else:
+                conn.started = None
+            for raw in feed.messages:
+                try:
+                    deliver(raw, conn.remote)
+                except Exception:
+                    self.callback_errors += 1
+                    log.exception("%s message from %s:%s", self.name, *conn.remote)
+            if feed.ended:
+                if feed.refused is not None:
+                    self.upgrades_refused += 1
+                    self._warn("upgrade", "%s %s:%s: upgrade refused with %d", self.name,
+                               *conn.remote, feed.refused, level=logging.INFO)
+                await self._flush(conn)
+                return
+
+    async def _flush(self, conn: _Connection, timeout: float = 1.0) -> None:
+        """Let the writer send what is queued (a last answer before we
+        close), for at most `timeout` seconds."""
+        with trio.move_on_after(timeout):
+            while conn.queued:
+                await trio.sleep(0.01)
 
     def _keepalive(self, conn: _Connection, data: bytes, before: int,
                    messages: list[bytes], after: int, now: float) -> bool:
@@ -621,4 +755,6 @@ class TcpTransport:
                 "out_of_descriptors": self.out_of_descriptors,
                 "framing_errors": self.framing_errors, "callback_errors": self.callback_errors,
                 "pings": self.pings, "pongs": self.pongs,
+                "handshake_failures": self.handshake_failures,
+                "upgrades_refused": self.upgrades_refused,
                 "internal_errors": self.internal_errors}

@@ -106,8 +106,9 @@ class ProxyCore(RequestSide, ResponseSide, DecisionSide, DialogSide, LocateSide)
         self._locating: dict[int, object] = {}   # token -> the branch waiting for its targets
         self._locate_token = 0
         # Every Record-Route value we may write: how a tracked dialog finds us in its route set.
-        self.our_record_routes = tuple(rules.record_route_value(t, h, p)
-                                       for t, (h, p) in self.listen.items())
+        self.our_record_routes = tuple(rules.record_route_value(t, h, p, sips)
+                                       for t, (h, p) in self.listen.items()
+                                       for sips in ((False, True) if t == "tls" else (False,)))
         self._own_dests: dict = {}   # client txn key -> where a request we originate goes
         # The cluster's secret for flow tokens (flows.py); None: no other core.
         self.flow_secret = flow_secret
@@ -322,7 +323,7 @@ class ProxyCore(RequestSide, ResponseSide, DecisionSide, DialogSide, LocateSide)
         if inv is not None and inv.context is not None:
             return inv.context.dest
         hop = rules.next_hop(txn.request.copy())
-        return hop.transport, hop.host.strip("[]"), hop.port or 5060
+        return hop.transport, hop.host.strip("[]"), rules.hop_port(hop, hop.transport)
 
     def _tag(self, req: Request) -> str:
         """A To tag for our own answers, the same for retransmissions."""

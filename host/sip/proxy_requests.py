@@ -211,10 +211,11 @@ class RequestSide:
                 rules.decrement_max_forwards(req)
                 self._locate_branch(ctx, target, req, hop, out)
                 return
-            transport = hop.transport if forced is None else forced[0]
+            sips = req.parsed_uri.scheme == "sips"
+            transport = rules.hop_transport(hop, sips, forced[0] if forced is not None else None)
             if transport not in self.listen:
                 raise BadMessage(f"no {transport} transport to reach {hop}", 503)
-            dest = forced or (transport, hop.host.strip("[]"), hop.port or 5060)
+            dest = forced or (transport, hop.host.strip("[]"), rules.hop_port(hop, transport))
         except BadMessage as exc:
             branch = Branch(ctx, target, req, ("", "", 0))
             ctx.branches.append(branch)
@@ -235,13 +236,14 @@ class RequestSide:
         ctx = branch.ctx
         transport = branch.dest[0]
         in_transport = ctx.source[0]
+        sips = req.parsed_uri.scheme == "sips"
         if ctx.record_route:
             # RFC 5658: when the transport changes, record both sides.
             if in_transport != transport and in_transport in self.listen:
                 host, port = self.listen[in_transport]
-                req.push_front("record-route", rules.record_route_value(in_transport, host, port))
+                req.push_front("record-route", rules.record_route_value(in_transport, host, port, sips))
             host, port = self.listen[transport]
-            req.push_front("record-route", rules.record_route_value(transport, host, port))
+            req.push_front("record-route", rules.record_route_value(transport, host, port, sips))
         host, port = self.listen[transport]
         branch_id = f"{rules.MAGIC_COOKIE}{rules.loop_hash(req, ctx.request.header('via'), ctx.received_uri)}.{self.new_id()}"
         req.push_front("via", rules.via_value(transport, host, port, branch_id))
@@ -375,7 +377,10 @@ class RequestSide:
 
     def _relay_stateless(self, req: Request, next_hop: URI | None, out) -> None:
         hop = next_hop if next_hop is not None else rules.next_hop(req)
-        transport = hop.transport
+        try:
+            transport = rules.hop_transport(hop, req.parsed_uri.scheme == "sips")
+        except BadMessage:
+            return
         if transport not in self.listen:
             return
         rules.decrement_max_forwards(req)
@@ -386,8 +391,9 @@ class RequestSide:
         req.push_front("via", rules.via_value(transport, host, port, branch))
         host = hop.host.strip("[]")
         # Port None: a name the shell locates (RFC 3263, SRV of this transport).
-        port = hop.port or (None if self.locating and not is_ip(host) else 5060)
-        out.append(Transmit(req.serialize(), transport, host, port))
+        located = not hop.port and self.locating and not is_ip(host)
+        out.append(Transmit(req.serialize(), transport, host,
+                            None if located else rules.hop_port(hop, transport)))
 
     def _answer_overloaded_stateless(self, req: Request, source, out) -> None:
         """The server transaction table is full: a stateless 503 (§21.5.4)."""

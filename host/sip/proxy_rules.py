@@ -187,12 +187,40 @@ def next_hop(req: Request) -> URI:
     return req.parsed_uri
 
 
-def record_route_value(transport: str, host: str, port: int) -> str:
-    """§16.6 step 4: a URI that routes back to this proxy, with lr."""
+def record_route_value(transport: str, host: str, port: int, sips: bool = False) -> str:
+    """§16.6 step 4: a URI that routes back to this proxy, with lr. A sips
+    request is record-routed with a sips URI (§16.6 step 4, RFC 5630 §3.1.3)
+    on its TLS side; WSS is "sips:...;transport=ws" (RFC 7118 §5.2)."""
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
+    if transport == "wss":
+        return f"<sips:{host}:{port};transport=ws;lr>"
+    if transport == "tls" and sips:
+        return f"<sips:{host}:{port};lr>"
     tp = "" if transport == "udp" else f";transport={transport}"
     return f"<sip:{host}:{port}{tp};lr>"
+
+
+SECURE_TRANSPORTS = frozenset({"tls", "wss"})
+
+
+def hop_transport(hop: URI, sips: bool, forced: str | None = None) -> str:
+    """The transport a request goes to its next hop `hop` on (`forced`: the
+    flow of a registered binding). A sips request (`sips`: its Request-URI
+    is one) never leaves over an insecure transport (RFC 5630 §3.1.3): a
+    hop that names no transport is reached over TLS, one that names an
+    insecure one is refused (503), never downgraded."""
+    transport = forced or hop.transport
+    if not sips or transport in SECURE_TRANSPORTS:
+        return transport
+    if forced is None and "transport" not in hop.params:
+        return "tls"
+    raise BadMessage(f"a sips request is not sent over {transport}", 503)
+
+
+def hop_port(hop: URI, transport: str) -> int:
+    """The port of a next hop: its own, else its transport's default."""
+    return hop.port or TRANSPORT_PORTS.get(transport, 5060)
 
 
 def via_value(transport: str, host: str, port: int, branch: str) -> str:

@@ -70,11 +70,19 @@ class URI:
 
     @property
     def transport(self) -> str:
-        """Transport asked for by the URI; sips implies TLS (RFC 3261 §26.2.2)."""
+        """Transport asked for by the URI. sips is never sent in the clear
+        (RFC 3261 §26.2.2, RFC 5630 §3.1.3): TLS whatever else it names
+        (";transport=tcp" is TLS over TCP), or secure WebSocket. RFC 7118
+        §5.2 names both WebSocket transports "ws" in URIs, the scheme tells
+        them apart; "wss" is accepted too."""
         t = self.params.get("transport")
+        secure = self.scheme == "sips"
         if t:
-            return t.lower()
-        return "tls" if self.scheme == "sips" else "udp"
+            t = t.lower()
+            if t in ("ws", "wss"):
+                return "wss" if secure or t == "wss" else "ws"
+            return "tls" if secure else t
+        return "tls" if secure else "udp"
 
     @property
     def user_unescaped(self) -> str | None:

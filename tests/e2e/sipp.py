@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[2]
 KAMAILIO_CFG = REPO / "bench" / "kamailio" / "proxy.cfg"
 BUILTIN_SCENARIOS = frozenset({"uac", "uas"})
 # sipp's -t values: one socket for all calls (u1, t1), like a trunk.
-SIPP_TRANSPORTS = {"udp": "u1", "tcp": "t1"}
+SIPP_TRANSPORTS = {"udp": "u1", "tcp": "t1", "tls": "l1"}
 
 
 def sipp_binary() -> str | None:

@@ -15,7 +15,7 @@ def test_full_sip_uri():
     assert (u.scheme, u.user, u.password, u.host, u.port) == ("sips", "alice", "secret", "[2001:db8::1]", 5061)
     assert u.params == {"transport": "TCP", "lr": None, "maddr": "[::1]"}
     assert u.headers == "subject=a%20b&x=y"
-    assert u.transport == "tcp"
+    assert u.transport == "tls"   # sips over TCP is TLS (RFC 5630 §3.1.3), never plain TCP
 
 
 def test_defaults_and_transport():

@@ -33,26 +33,29 @@ def parse_listen(text: str) -> tuple[str, str, int]:
     transport, sep, rest = text.partition(":")
     transport = transport.lower()
     expected = f"expected TRANSPORT:HOST:PORT, TRANSPORT one of {', '.join(LISTEN_TRANSPORTS)}"
-    if not sep or transport not in LISTEN_TRANSPORTS:
+    address = split_host_port(rest) if sep and transport in LISTEN_TRANSPORTS else None
+    if address is None:
         raise argparse.ArgumentTypeError(f"{text!r}: {expected}")
-    if rest.startswith("["):
-        host, _, port = rest[1:].partition("]:")
-    else:
-        host, _, port = rest.rpartition(":")
-    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"{text!r}: {expected}")
-    return transport, host, int(port)
+    return (transport, *address)
 
 
-def parse_host_port(text: str) -> tuple[str, int]:
-    """'127.0.0.1:8080' or '[::1]:8080' -> (host, port)."""
+def split_host_port(text: str) -> tuple[str, int] | None:
+    """'127.0.0.1:8080' or '[::1]:8080' -> (host, port); None if it is neither."""
     if text.startswith("["):
         host, _, port = text[1:].partition("]:")
     else:
         host, _, port = text.rpartition(":")
     if not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
+        return None
     return host, int(port)
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    """'127.0.0.1:8080' or '[::1]:8080' -> (host, port)."""
+    address = split_host_port(text)
+    if address is None:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
+    return address
 
 
 def _management_config(args):

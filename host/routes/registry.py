@@ -267,7 +267,7 @@ class RouteRegistry:
             spec = RuntimeSpec(route=name, path=path, runtime=settings.runtime or runtime_of_file(path) or "exec",
                                deadline=settings.deadline, pool=settings.pool,
                                memory_mb=settings.memory_mb, options=settings.options,
-                               shared_store=settings.shared_store)
+                               shared_store=settings.shared_store, confine=settings.confine)
             cur = route.current
             if not force and cur is not None and cur.usable and cur.digest == digest and cur.spec == spec:
                 return   # same content and settings: nothing to do (touch, duplicate event)
@@ -284,6 +284,12 @@ class RouteRegistry:
 
     async def _start_runtime(self, spec: RuntimeSpec) -> Runtime:
         """A started runtime, or LoadError. Never leaves a half-started one open."""
+        if spec.confine is not None:   # by its file's extension: routes.toml could not tell
+            from host.privileges.confinement import ConfinementError, check_runtime
+            try:
+                check_runtime(spec.runtime)
+            except ConfinementError as exc:
+                raise LoadError(spec.path, None, str(exc)) from None
         try:
             runtime = self._factory(spec)
         except LoadError:

@@ -56,6 +56,7 @@ class RuntimeSpec:
     memory_mb: int = 64        # Lua state memory cap / worker address space
     options: tuple = ()        # runtime-specific (key, value) pairs from routes.toml
     shared_store: bool = False  # routes.toml shared_store: script keys unprefixed
+    confine: object = None     # routes.toml confine: a host.privileges Confinement, or None
 
     @property
     def store_prefix(self) -> str:

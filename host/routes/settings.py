@@ -35,6 +35,9 @@ are case-insensitive too.
     pool = 2                    # workers (external runtimes, default 2)
     memory_mb = 64              # Lua memory cap / worker address space (default 64)
     options = { }               # runtime-specific settings, passed through
+    confine = { write = ["/var/spool/x"], network = false }
+                                # worker runtimes only: Landlock and no-network
+                                # jail (host/privileges/confinement.py)
     shared_store = false        # true: this route's store keys are the shared
                                 # namespace, seen by every route with the option;
                                 # false (default): under the prefix "route:NAME:",
@@ -55,6 +58,7 @@ from pathlib import Path
 
 from host.routes.table import DEFAULT_ROUTE, Match, RouteTable
 from host.routes.verbs import Decision
+from host.privileges.confinement import Confinement, ConfinementError, check_runtime, parse_confine
 from host.supervision.policy import RestartPolicy
 
 CONFIG_NAME = "routes.toml"
@@ -107,12 +111,13 @@ class RouteSettings:
     memory_mb: int = 64
     options: tuple = ()                     # sorted (key, value) pairs
     shared_store: bool = False              # kv keys unprefixed (RuntimeSpec.store_prefix)
+    confine: Confinement | None = None      # worker jail (host/privileges/confinement.py)
 
     def runtime_fields(self) -> tuple:
         """The settings a running runtime was built with: changing any of them
         needs a new generation; the others apply to the next event."""
         return (self.runtime, self.deadline, self.pool, self.memory_mb, self.options,
-                self.shared_store)
+                self.shared_store, self.confine)
 
 
 @dataclass(frozen=True)
@@ -160,7 +165,7 @@ def parse_config(text: str, file: str | Path, *, known_routes: set[str] | None =
 _TOP_KEYS = {"default", "match", "routes"}
 _MATCH_KEYS = {"route", "method", "ruri_user", "ruri_host", "source", "header", "header_regex"}
 _ROUTE_KEYS = {"runtime", "deadline", "fallback", "restart", "pool", "memory_mb", "options",
-               "shared_store"}
+               "shared_store", "confine"}
 _FALLBACK_KEYS = {"code", "reason", "retry_after", "relay"}
 _RESTART_KEYS = {"intensity", "period", "retry_every"}
 
@@ -296,9 +301,17 @@ class _Parser:
             options = tuple(sorted((k, _freeze(v)) for k, v in options.items()))
         else:
             self.fail(sec, "options", "options must be a table")
+        confine = d.confine
+        if "confine" in table:
+            try:
+                confine = parse_confine(table["confine"])
+                if runtime is not None:
+                    check_runtime(runtime)
+            except ConfinementError as exc:
+                self.fail(sec, "confine", str(exc))
         return RouteSettings(
             runtime=runtime, deadline=float(deadline), pool=pool, memory_mb=memory, options=options,
-            shared_store=shared,
+            shared_store=shared, confine=confine,
             fallback=self.fallback(table["fallback"], sec) if "fallback" in table else d.fallback,
             restart=self.restart(table["restart"], sec) if "restart" in table else d.restart,
         )

@@ -18,6 +18,9 @@ this (see `_rlimits`).
 
 Options (routes.toml, all optional): max_in_flight, ping_interval,
 start_timeout, grace, max_line, cpu_seconds, nofile, state_dir, env.
+
+Every worker starts jailed (host/privileges/jail.py): never as root, with
+PR_SET_NO_NEW_PRIVS, and confined as the route's `confine` says.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from pathlib import Path
 
 import trio
 
+from host.privileges.jail import Jail, JailError, check_supported, give_workdir
 from host.storage import Store
 from host.routes.runtime import LoadError, RuntimeSpec
 from runtimes.jsonline.languages import Language, language_for
@@ -289,6 +293,12 @@ class StdioRuntime(PooledRuntime):
         if not Path(self.spec.path).is_file():
             raise LoadError(self.spec.path, None, "route file not found")
         self.workdir.mkdir(parents=True, exist_ok=True)
+        give_workdir(self.workdir, self.state)   # a server running as root: its workers do not
+        if self.spec.confine is not None:
+            try:
+                check_supported(self.spec.confine)
+            except JailError as exc:
+                raise LoadError(self.spec.path, None, str(exc)) from None
         self.argv = await self.language.prepare(self.spec, self.state)
         self.pids = [None] * self.slot_count()
 
@@ -311,10 +321,24 @@ class StdioRuntime(PooledRuntime):
         memory = max(self.spec.memory_mb, self.language.min_memory_mb)
         limits = _rlimits(memory, int(self.options.get("cpu_seconds", CPU_SECONDS)),
                           int(self.options.get("nofile", NOFILE)))
-        proc = await trio.lowlevel.open_process(
-            self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            cwd=str(self.workdir), env=self.environment(), preexec_fn=limits,
-            start_new_session=True, pass_fds=(lifeline_fd(),))
+        try:
+            jail = Jail(self.spec.confine, self.workdir)   # never root, no new privileges
+        except JailError as exc:
+            raise LoadError(self.spec.path, None, str(exc)) from None
+        try:
+            proc = await trio.lowlevel.open_process(
+                self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                cwd=str(self.workdir), env=self.environment(), preexec_fn=jail.preexec(limits),
+                start_new_session=True, pass_fds=(lifeline_fd(),), **jail.popen_options())
+        except subprocess.SubprocessError as exc:   # the jail could not be entered
+            raise LoadError(self.spec.path, None, f"worker not started: {exc}") from None
+        except PermissionError as exc:
+            if jail.identity is None:
+                raise
+            raise LoadError(self.spec.path, None, f"the worker user {jail.identity.name} may not run "
+                            f"{exc.filename or self.argv[0]} (--worker-user, README Privileges)") from None
+        finally:
+            jail.close()
         self.pids[index] = proc.pid
         link = ProcessLink(proc, f"{self.spec.route}[{index}] pid {proc.pid}")
         # The adapter gives each line the route and generation (host/logs.py).

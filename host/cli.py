@@ -15,10 +15,12 @@ import trio
 
 from host.config import parse_command_line, where_set
 from host.logs import LOG_FORMATS, configure_logging
+from host.privileges.identity import PrivilegeError
 from host.routes.settings import ConfigError
 from host.sip.errors import BadMessage
 from host.sip.uri import parse_uri
 from host.edge_options import add_edge_flags, edge_extra
+from host.privileges.handover import add_privilege_flags
 
 log = logging.getLogger("babelsip")
 
@@ -151,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--log-level", default="critical",
                        choices=["debug", "info", "warning", "error", "critical"])
     add_edge_flags(run)
+    add_privilege_flags(run)
     tcp = run.add_argument_group("TCP limits (defaults in host/shell/tcp.py and the README)")
     for flag, key, kind, help_text in TCP_FLAGS:
         tcp.add_argument(flag, dest=f"tcp_{key}", type=kind, metavar="N", help=help_text)
@@ -304,8 +307,19 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(management, str):
         print(f"babelsip: error: {management}", file=sys.stderr)
         return 2
+    user = _privileges(args, fleet)
+    if isinstance(user, str):
+        print(f"babelsip: error: {user}", file=sys.stderr)
+        return 2
+    if user is not None and fleet is None:
+        from host.privileges.handover import prepare_paths
+        try:
+            management = prepare_paths(user, management)
+        except OSError as exc:
+            print(f"babelsip: error: preparing the directories for --user: {exc}", file=sys.stderr)
+            return 1
     if args.workers > 1 and fleet is None:
-        return _run_parent(argv, listen, args, management)
+        return _run_parent(argv, listen, args, management, user)
     if fleet is not None:
         # The parent serves the operator (socket and HTTP) and asks every
         # worker on its private socket (host/management/fanout.py).
@@ -318,17 +332,18 @@ def main(argv: list[str] | None = None) -> int:
                           routes_dir=str(args.routes) if args.routes else None,
                           names=tuple(args.domain), extra=extra, registrar=registrar,
                           core_id=args.advertise, management=management,
-                          auth_algorithms=args.auth_algorithms, fleet=fleet)
+                          auth_algorithms=args.auth_algorithms, fleet=fleet,
+                          drop_privileges=_dropper(user))
     try:
         try:
             trio.run(_serve, config)
         except BaseExceptionGroup as group:
             # Surface a bind or configuration error as itself for a clear message.
-            leaf = _first_leaf(group, (OSError, ConfigError))
+            leaf = _first_leaf(group, (OSError, ConfigError, PrivilegeError))
             if leaf is None:
                 raise
             raise leaf from None
-    except ConfigError as exc:
+    except (ConfigError, PrivilegeError) as exc:
         print(f"babelsip: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
@@ -340,6 +355,26 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _privileges(args, fleet):
+    """Whom the server becomes after binding (None: nobody else), or an error."""
+    from host.privileges.handover import plan, warn_root
+    try:
+        decided = plan(args.user, args.group, args.worker_user, fleet_worker=fleet is not None)
+    except PrivilegeError as exc:
+        return str(exc)
+    if decided.warn_root:
+        warn_root()
+    return decided.user
+
+
+def _dropper(user):
+    if user is None:
+        return None
+    from functools import partial
+    from host.privileges.handover import drop
+    return partial(drop, user)
 
 
 def _absolute_paths(args) -> None:
@@ -435,7 +470,7 @@ async def _watch_parent(lifeline: int, scope: trio.CancelScope) -> None:
     scope.cancel()
 
 
-def _run_parent(argv: list[str], listen, args, management) -> int:
+def _run_parent(argv: list[str], listen, args, management, user) -> int:
     from host.fleet.parent import Parent
     parent = Parent(argv, listen, args.workers, shared_store=args.store is None,
                     drain_seconds=DRAIN_SECONDS, management=management)
@@ -448,6 +483,14 @@ def _run_parent(argv: list[str], listen, args, management) -> int:
             else:
                 print(f"babelsip: error: {exc}", file=sys.stderr)
             return 1
+        if user is not None:   # the workers are started by, and run as, the user
+            from host.privileges.handover import drop
+            try:
+                parent.give_to(user)
+                drop(user)
+            except (OSError, PrivilegeError) as exc:
+                print(f"babelsip: error: {exc}", file=sys.stderr)
+                return 1
         try:
             return trio.run(parent.run)
         except KeyboardInterrupt:

@@ -41,7 +41,8 @@ class Section:
 
 
 SECTIONS = (
-    Section("server", dests=("listen", "routes", "relay_to", "store", "workers", "domain", "advertise")),
+    Section("server", dests=("listen", "routes", "relay_to", "store", "workers", "domain", "advertise",
+                              "user", "group", "worker_user")),
     Section("registrar", dests=("min_expires", "max_expires", "default_expires", "max_contacts")),
     Section("auth", strip="auth_"),
     Section("nat", dests=("keepalive", "stun")),

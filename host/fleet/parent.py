@@ -103,6 +103,13 @@ class Parent:
             self._store_dir = tempfile.mkdtemp(prefix=f"{STORE_PREFIX}{os.getpid()}-", dir=base)
         return self.bound
 
+    def give_to(self, identity) -> None:
+        """Before dropping to `identity` (host/privileges): the directories
+        made as root are the workers' to write in."""
+        for directory in (self._private_dir, self._store_dir):
+            if directory is not None:
+                os.chown(directory, identity.uid, identity.gid)
+
     def _keep(self, sock: socket.socket) -> socket.socket:
         self._sockets.append(sock)
         return sock

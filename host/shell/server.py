@@ -59,6 +59,9 @@ class ServerConfig:
     management: object | None = None
     # One worker of --workers N: what it inherited (host/fleet/spec.py).
     fleet: "WorkerSpec | None" = None
+    # Called once every socket is bound, with the management socket's path:
+    # --user (host/privileges/handover.py drop).
+    drop_privileges: object | None = None
 
 
 def _id_source():
@@ -158,6 +161,13 @@ class Server:
                                      registrar=cfg.registrar, algorithms=cfg.auth_algorithms,
                                      on_bindings_change=self.keepalive.bindings_changed
                                      if self.keepalive is not None else None)
+            # The management listeners are sockets too: bound before the drop.
+            if cfg.management is not None:
+                from host.management.local import LocalAdapter
+                from host.management.service import run_management
+                self.management = await nursery.start(run_management, LocalAdapter(self), cfg.management)
+            if cfg.drop_privileges is not None:
+                cfg.drop_privileges((self.management or {}).get("ctl_socket"))
             if cfg.routes_dir is not None:
                 from host.routes.registry import RouteRegistry
                 from host.routes.runtimes_table import default_runtime_factory
@@ -167,10 +177,6 @@ class Server:
             await nursery.start(self.dialogs.run)
             for t in self.transports.values():
                 await nursery.start(t.serve)
-            if cfg.management is not None:
-                from host.management.local import LocalAdapter
-                from host.management.service import run_management
-                self.management = await nursery.start(run_management, LocalAdapter(self), cfg.management)
             # What exists now lives as long as the server: keep it out of the
             # cycle collector's scans, whose pauses grew with the heap (p99
             # 224 ms at 300 calls/s). Calls need no collector: they are freed

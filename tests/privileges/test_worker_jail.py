@@ -11,7 +11,6 @@ import socket
 import textwrap
 
 import pytest
-import trio
 
 from host.privileges import landlock
 from host.privileges.confinement import Confinement
@@ -19,7 +18,7 @@ from host.privileges.identity import worker_fallback
 from host.privileges.jail import configure_workers
 from host.routes.runtime import LoadError, RuntimeSpec
 from runtimes.jsonline import StdioRuntime
-from tests.privileges.reachable import runs_as
+from tests.privileges.reachable import open_to_others, runs_as
 
 NOBODY = worker_fallback()
 UNREACHABLE = runs_as(NOBODY.uid, NOBODY.gid) if os.geteuid() == 0 else None
@@ -78,10 +77,7 @@ def event(user):
 def tree(tmp_path):
     # Workers run as nobody under root: the folders they are given must be
     # reachable by it (pytest's tmp_path is 0700).
-    for folder in [tmp_path, *tmp_path.parents]:
-        if folder == folder.parent or folder == trio.Path("/tmp"):
-            break
-        os.chmod(folder, folder.stat().st_mode | 0o005)
+    open_to_others(tmp_path)
     (tmp_path / "main.py").write_text(textwrap.dedent(PROBE))
     os.chmod(tmp_path / "main.py", 0o644)
     configure_workers(None)

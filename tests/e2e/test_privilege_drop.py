@@ -4,7 +4,8 @@ The server (and, with --workers 2, the parent and both workers) must run as
 nobody once its sockets are bound, still answer, and its route workers must
 be neither root nor able to gain privileges (NoNewPrivs). Read from
 /proc/PID/status. Needs root, and an interpreter nobody can run (a pyenv
-under a 0700 /root cannot be: the test says so and is skipped).
+under a 0700 /root cannot be: the server then runs in a private mount
+namespace where it can, tests/privileges/reachable.py).
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ import pytest
 from host.privileges.identity import resolve
 from tests.e2e import routes_support as rs
 from tests.e2e import sipp
-from tests.privileges.reachable import open_to_others, runs_as
+from tests.privileges.reachable import open_to_others, passable_argv
 
 NOBODY = resolve("nobody") if os.geteuid() == 0 else None
-WHY_NOT = runs_as(NOBODY.uid, NOBODY.gid) if NOBODY is not None else "needs root"
+PREFIX, WHY_NOT = passable_argv(NOBODY.uid, NOBODY.gid) if NOBODY is not None else (None, "needs root")
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(WHY_NOT is not None, reason=f"--user nobody: {WHY_NOT}")]
 
 ROUTE = """
@@ -82,7 +83,11 @@ def routes(tmp_path):
 
 def start(args, tmp_path, **kw):
     env = {**os.environ, "BABELSIP_STATE_DIR": str(tmp_path / "state")}
-    return sipp.start_babelsip(["run", *args, "--user", "nobody"], env=env, **kw)
+    argv = ["run", *args, "--user", "nobody"]
+    proxy = sipp.ProxyProcess([*PREFIX, *sipp.babelsip_command(), *argv], sipp.parse_listens(argv),
+                              name="babelsip", env=env)
+    proxy.wait_ready(kw.get("ready_timeout", 15.0))
+    return proxy
 
 
 def test_the_server_runs_as_the_user_once_bound_and_still_serves(routes, tmp_path):

@@ -8,6 +8,7 @@ kernel, not root.
 
 import os
 import socket
+import sys
 import textwrap
 
 import pytest
@@ -18,12 +19,12 @@ from host.privileges.identity import worker_fallback
 from host.privileges.jail import configure_workers
 from host.routes.runtime import LoadError, RuntimeSpec
 from runtimes.jsonline import StdioRuntime
-from tests.privileges.reachable import open_to_others, runs_as
+from tests.privileges.reachable import open_to_others, worker_python
 
 NOBODY = worker_fallback()
-UNREACHABLE = runs_as(NOBODY.uid, NOBODY.gid) if os.geteuid() == 0 else None
-pytestmark = pytest.mark.skipif(UNREACHABLE is not None,
-                                reason=f"workers run as nobody under root: {UNREACHABLE}")
+PYTHON, UNREACHABLE = worker_python(NOBODY.uid, NOBODY.gid)
+spawns = pytest.mark.skipif(UNREACHABLE is not None,
+                            reason=f"workers run as nobody under root: {UNREACHABLE}")
 
 FAST = (("ping_interval", 0.1), ("grace", 0.5))
 
@@ -74,7 +75,9 @@ def event(user):
 
 
 @pytest.fixture
-def tree(tmp_path):
+def tree(tmp_path, monkeypatch):
+    if PYTHON is not None:   # the interpreter the python runtime starts workers with
+        monkeypatch.setattr(sys, "executable", PYTHON)
     # Workers run as nobody under root: the folders they are given must be
     # reachable by it (pytest's tmp_path is 0700).
     open_to_others(tmp_path)
@@ -98,6 +101,7 @@ def hexpath(path):
     return str(path).encode().hex()
 
 
+@spawns
 async def test_a_worker_is_never_root_and_has_no_new_privileges(tree):
     rt = StdioRuntime(spec(tree))
     await rt.start()
@@ -115,6 +119,7 @@ async def test_a_worker_is_never_root_and_has_no_new_privileges(tree):
         await rt.aclose()
 
 
+@spawns
 @needs_landlock
 async def test_a_confined_route_writes_only_where_allowed(tree):
     spool = tree / "spool"
@@ -137,6 +142,7 @@ async def test_a_confined_route_writes_only_where_allowed(tree):
         await rt.aclose()
 
 
+@spawns
 @needs_landlock
 async def test_network_false_blocks_a_connect(tree):
     with socket.socket() as listener:

@@ -80,3 +80,12 @@ def test_the_filter_denies_every_socket_but_unix(machine):
     assert run_filter(program, arch=arch, nr=0) == allow            # read(2) and the rest
     assert run_filter(program, arch=arch, nr=nr_socket | seccomp.X32_BIT, arg0=socket.AF_UNIX) == deny
     assert run_filter(program, arch=0x40000003, nr=nr_socket, arg0=socket.AF_UNIX) == deny   # i386
+
+
+def test_a_lua_route_by_its_extension_with_confine_does_not_load(tmp_path, capsys):
+    from host.cli import check_routes
+    (tmp_path / "main.lua").write_text("function on_request(req) req:reply(200) end\n")
+    (tmp_path / "routes.toml").write_text("[routes.main]\nconfine = { network = false }\n")
+    assert check_routes(tmp_path) == 1
+    out = capsys.readouterr().out
+    assert "main.lua: confine applies to the exec, java, perl, python runtimes, not lua54" in out, out

@@ -6,7 +6,7 @@
  * needs (Call-ID, CSeq, Content-Length, the first two Vias, From/To counts).
  * It only ever *accepts* plain, common messages: whenever something is
  * unusual (folding, bare LF, non-ASCII, a control character, a header with
- * whitespace before its colon, a Via list in one line, duplicates, a number
+ * whitespace before its colon, duplicates, a number
  * out of range...) it returns BS_FALLBACK and the pure-Python parser, which
  * knows every rule and every error message, decides. So this file can be
  * strict and short, and the two paths cannot disagree on an accepted message
@@ -20,6 +20,7 @@
 #include <string.h>
 
 #define BS_FALLBACK (-1)
+#define BS_VIA_LIST (-2)
 #define BS_MAX_LINE 8192        /* parser.MAX_LINE */
 #define BS_MAX_HEADERS 256      /* parser.MAX_HEADERS */
 #define BS_MAX_BODY 65535       /* parser.MAX_MESSAGE: a larger Content-Length is an error */
@@ -36,7 +37,9 @@ enum {
     BS_CSEQ_METHOD_START,
     BS_CSEQ_METHOD_END,
     BS_VIA1,            /* header index of the top Via */
-    BS_VIA2,            /* header index of the second Via, -1 when none or plain */
+    BS_VIA2,            /* header index of the second Via, -1 when none or plain,
+                         * BS_VIA_LIST when a Via line holds a list: Python
+                         * then collects and checks the Vias itself */
     /* The start line, when it has the plain form (else all -1):
      * request: method end, URI start, URI end; response: status code,
      * reason start, reason end (kind tells which). */
@@ -273,6 +276,7 @@ int bs_scan(const unsigned char *buf, size_t len, int32_t *out, size_t cap)
     if (len > 0x7fffffff || cap < BS_FIXED)
         return BS_FALLBACK;
     size_t n_headers = 0, n_via = 0, n_from = 0, n_to = 0, n_call_id = 0, n_cseq = 0;
+    int via_list = 0;
     int64_t content_length = -1;
     out[BS_VIA2] = -1;
     size_t pos = 0, line = 0;
@@ -323,8 +327,15 @@ int bs_scan(const unsigned char *buf, size_t len, int32_t *out, size_t cap)
             const unsigned char *v = buf + vs, *vend = buf + ve;
             switch (id) {
             case ID_VIA:
-                if (memchr(v, ',', ve - vs))
-                    return BS_FALLBACK;   /* a Via list: Python splits it */
+                if (memchr(v, ',', ve - vs)) {
+                    /* A Via list (sipp's uas answers with one): Python
+                     * splits it and checks every Via (BS_VIA_LIST). */
+                    if (n_via == 0)
+                        out[BS_VIA1] = (int32_t)n_headers;
+                    via_list = 1;
+                    n_via++;
+                    break;
+                }
                 if (n_via == 0) {
                     out[BS_VIA1] = (int32_t)n_headers;
                     out[BS_VIA_OK] = plain_via(buf, vs, ve, out + BS_VIA_TRANSPORT_END);
@@ -381,6 +392,10 @@ int bs_scan(const unsigned char *buf, size_t len, int32_t *out, size_t cap)
     }
     if (n_via == 0 || n_from != 1 || n_to != 1 || n_call_id != 1 || n_cseq != 1)
         return BS_FALLBACK;
+    if (via_list) {
+        out[BS_VIA_OK] = 0;
+        out[BS_VIA2] = BS_VIA_LIST;
+    }
     out[BS_COUNT] = (int32_t)n_headers;
     out[BS_CONTENT_LENGTH] = (int32_t)content_length;
     return (int)(BS_FIXED + 5 * n_headers);

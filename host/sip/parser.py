@@ -108,6 +108,7 @@ _SCAN_KEYS = (
     "content-disposition",
 )
 _SPLIT_IDS = 5
+_SCAN_VIA_LIST = -2   # BS_VIA2 when a Via line holds a list (_scan.c: BS_VIA_LIST)
 # A fresh output array per call keeps parse_message safe to call from
 # several threads (cffi releases the GIL during the call); not clearing it
 # saves the memset, the scanner writes every int it reports.
@@ -218,6 +219,9 @@ def _parse_scanned(data: bytes, v: list[int], stream: bool) -> Message:
     append = headers.append
     keys = _SCAN_KEYS
     names = _NAMES
+    # A Via line holds a list: the Vias are checked here, as the pure-Python
+    # path checks them, not from the scanner's offsets.
+    vias: list[str] | None = [] if v[9] == _SCAN_VIA_LIST else None
     for i in range(_FIXED, len(v), 5):
         kid = v[i]
         value = text[v[i + 3]:v[i + 4]]
@@ -228,9 +232,12 @@ def _parse_scanned(data: bytes, v: list[int], stream: bool) -> Message:
                 headers.extend([(key, part) for part in parts])
                 if len(headers) > MAX_HEADERS:  # a comma list counts value by value
                     raise BadMessage("too many header values", 513)
-                if key == "via":
+                if kid == 1:
                     _check_via_list(value, parts)
+                    vias.extend(parts)
                 continue
+            if kid == 1 and vias is not None:
+                vias.append(value)
         else:
             raw = text[v[i + 1]:v[i + 2]]
             key = names.get(raw)
@@ -244,7 +251,9 @@ def _parse_scanned(data: bytes, v: list[int], stream: bool) -> Message:
     if type(msg) is Request and method != msg.method:
         raise BadMessage("CSeq method does not match the request method")
     i = _FIXED + 5 * v[8]
-    if v[14]:  # a plain top Via, checked by the scanner as parse_via would
+    if vias is not None:
+        _check_vias(msg, vias)
+    elif v[14]:  # a plain top Via, checked by the scanner as parse_via would
         port, params_at, via_end = v[18], v[19], v[i + 4]
         msg._via = Via(text[v[i + 3] + 8:v[15]], text[v[16]:v[17]],
                        port if port >= 0 else None,
@@ -255,10 +264,11 @@ def _parse_scanned(data: bytes, v: list[int], stream: bool) -> Message:
         except BadMessage as exc:
             exc.status = None
             raise
-    check_via_params(text[v[i + 3]:v[i + 4]])
-    if v[9] >= 0 and type(msg) is Response:
-        i = _FIXED + 5 * v[9]
-        parse_via(text[v[i + 3]:v[i + 4]])
+    if vias is None:
+        check_via_params(text[v[i + 3]:v[i + 4]])
+        if v[9] >= 0 and type(msg) is Response:
+            i = _FIXED + 5 * v[9]
+            parse_via(text[v[i + 3]:v[i + 4]])
     body = data[head_end + 4:]
     length = v[3]
     if length >= 0:

@@ -191,66 +191,19 @@ class Request(Message):
         return f"<Request {self.method} {self.uri} call-id={self.call_id!r}>"
 
 
-class ReceivedResponse:
-    """A response as it came off the wire, kept so that relaying it upstream
-    is an edit of its bytes (Kamailio's way): the datagram up to the end of
-    its body, where its top Via lies in it, and the fields as parsed. A proxy
-    changes nothing in a response it relays but its own Via (§16.7 step 9),
-    so when the message is, field for field, what was parsed minus that Via,
-    its bytes are the received ones with the Via cut out. Any other change
-    (a route's edit, a fixed Contact, a new status) makes it differ, and it
-    is serialized from its fields as before."""
-
-    __slots__ = ("data", "via_start", "via_end", "via_index", "headers", "status", "reason",
-                 "body", "_relayed")
-
-    def __init__(self, data: bytes, via_start: int, via_end: int, via_index: int, resp: "Response"):
-        self.data, self.via_start, self.via_end, self.via_index = data, via_start, via_end, via_index
-        self.headers = list(resp.headers)
-        self.status, self.reason, self.body = resp.status, resp.reason, resp.body
-        self._relayed: bytes | None = None
-
-    def relayed(self, resp: "Response") -> bytes | None:
-        """The bytes of `resp` when it is the received response without its
-        top Via and otherwise unchanged; None when it was changed otherwise."""
-        headers, at = self.headers, self.via_index
-        now = resp.headers
-        if (resp.status != self.status or resp.reason is not self.reason or resp.body is not self.body
-                or len(now) != len(headers) - 1 or resp.version != "SIP/2.0"
-                or now[:at] != headers[:at] or now[at:] != headers[at + 1:]):
-            return None
-        data = self._relayed
-        if data is None:
-            data = self._relayed = self.data[:self.via_start] + self.data[self.via_end:]
-        return data
-
-
 class Response(Message):
-    __slots__ = ("status", "reason", "version", "local", "source", "received")
+    __slots__ = ("status", "reason", "version", "local", "source")
 
     def __init__(self, status: int, reason: str, headers=None, body: bytes = b"", version: str = "SIP/2.0"):
         super().__init__(headers, body)
         self.local = False  # made by this proxy, not received from downstream
         self.source = None  # (transport, ip, port) it came from, when received
-        self.received: ReceivedResponse | None = None   # set by the parser
         self.status = status
         self.reason = reason
         self.version = version
 
     def start_line(self) -> str:
         return f"{self.version} {self.status} {self.reason}"
-
-    def serialize(self) -> bytes:
-        received = self.received
-        if received is not None:
-            data = received.relayed(self)
-            if data is not None:
-                return data
-        return super().serialize()
-
-    def serialize_fields(self) -> bytes:
-        """Always from the fields (the reference the received bytes are tested against)."""
-        return super().serialize()
 
     def copy(self) -> Response:
         r = Response(self.status, self.reason, list(self.headers), self.body, self.version)

@@ -23,7 +23,7 @@ import re
 from .errors import BadMessage
 from .headers import (COMPACT, SPLIT_ON_PARSE, TOKEN_RE, Via, parse_via, split_commas,
                       split_simple_params)
-from .message import Message, ReceivedResponse, Request, Response
+from .message import Message, Request, Response
 
 try:
     from ._speedups import ffi as _ffi, lib as _lib
@@ -222,14 +222,11 @@ def _parse_scanned(data: bytes, v: list[int], stream: bool) -> Message:
     # A Via line holds a list: the Vias are checked here, as the pure-Python
     # path checks them, not from the scanner's offsets.
     vias: list[str] | None = [] if v[9] == _SCAN_VIA_LIST else None
-    via_index = -1   # where the top Via is in `headers`
     for i in range(_FIXED, len(v), 5):
         kid = v[i]
         value = text[v[i + 3]:v[i + 4]]
         if kid:
             key = keys[kid]
-            if kid == 1 and via_index < 0:
-                via_index = len(headers)
             if kid <= _SPLIT_IDS and "," in value:
                 parts = split_commas(value)
                 headers.extend([(key, part) for part in parts])
@@ -282,31 +279,7 @@ def _parse_scanned(data: bytes, v: list[int], stream: bool) -> Message:
     elif stream:
         body = b""  # §18.3: on a stream a missing Content-Length means no body
     msg.body = body
-    if type(msg) is Response and length >= 0:
-        _keep_received(msg, data, text, v, via_index, head_end + 4 + len(body))
     return msg
-
-
-def _keep_received(resp: Response, data: bytes, text: str, v: list[int], via_index: int,
-                   end: int) -> None:
-    """Where the top Via of a scanned response lies in its bytes, for relaying
-    it by cutting that Via out (message.ReceivedResponse). A Content-Length
-    is required: the bytes then frame the same on any transport. A quoted
-    string in a Via list is left to the fields (a comma in it is no separator)."""
-    i = _FIXED + 5 * v[8]
-    value_start, value_end = v[i + 3], v[i + 4]
-    comma = text.find(",", value_start, value_end)
-    if comma < 0:   # the whole line goes, its CRLF too
-        start, stop = v[i + 1], text.find("\r\n", value_end) + 2
-        if stop == 1:   # the last header line: its CRLF is the head's end
-            stop = len(text) + 2
-    elif text.find('"', value_start, value_end) >= 0:
-        return
-    else:           # the first element of the list, and what separates it from the next
-        start, stop = value_start, comma + 1
-        while text[stop] in " \t":
-            stop += 1
-    resp.received = ReceivedResponse(data[:end] if len(data) > end else data, start, stop, via_index, resp)
 
 
 def _head_lines(data: bytes) -> tuple[list[str], bytes]:

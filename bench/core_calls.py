@@ -36,9 +36,12 @@ def invite(n):
 
 
 def response(req: bytes, code: int, reason: str, to_tag=True) -> bytes:
+    """As sipp's uas answers: every Via of the request in one line."""
     head = req.split(b"\r\n\r\n")[0].decode().split("\r\n")
-    keep = [l for l in head[1:] if l.split(":")[0] in ("Via", "From", "To", "Call-ID", "CSeq", "Record-Route")]
-    keep = [l + ";tag=uas1" if l.startswith("To:") and to_tag else l for l in keep]
+    vias = [l.split(":", 1)[1].strip() for l in head[1:] if l.startswith("Via:")]
+    keep = [l for l in head[1:] if l.split(":")[0] in ("From", "To", "Call-ID", "CSeq", "Record-Route")]
+    keep = ["Via: " + ", ".join(vias)] + [l + ";tag=uas1" if l.startswith("To:") and to_tag else l
+                                          for l in keep]
     return ("\r\n".join([f"SIP/2.0 {code} {reason}"] + keep +
                         ["Contact: <sip:127.0.0.1:5090>", "Content-Length: 0", "", ""])).encode()
 

@@ -108,6 +108,7 @@ def main():
     for n in range(200):
         one_call(core, f"w{n}")
     if args.profile:
+        gc.disable()
         cProfile.runctx("for n in range(args.calls): one_call(core, n)", globals(), locals(), "/tmp/core.prof")
         pstats.Stats("/tmp/core.prof").sort_stats("tottime").print_stats(25)
         return

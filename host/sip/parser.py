@@ -92,7 +92,7 @@ _use_c = _lib is not None
 
 # The scanner's output (see _scan.c): _FIXED ints, then 5 per header line
 # (id, name start, name end, value start, value end).
-_FIXED = 20
+_FIXED = 21
 _SCAN_CAP = _FIXED + 5 * MAX_HEADERS
 # Lower-case long names of the scanner's well-known header ids; ids 1-5 are
 # the SPLIT_ON_PARSE headers. tests/sip/test_speedups.py checks the C table.
@@ -108,7 +108,9 @@ _SCAN_KEYS = (
     "content-disposition",
 )
 _SPLIT_IDS = 5
-_SCAN_VIA_LIST = -2   # BS_VIA2 when a Via line holds a list (_scan.c: BS_VIA_LIST)
+# BS_VIA2 when a Via line holds a list (_scan.c): Python checks the second
+# Via, or the scanner found it plain.
+_SCAN_VIA_LIST, _SCAN_VIA_LIST_CHECKED = -2, -3
 # A fresh output array per call keeps parse_message safe to call from
 # several threads (cffi releases the GIL during the call); not clearing it
 # saves the memset, the scanner writes every int it reports.
@@ -221,7 +223,7 @@ def _parse_scanned(data: bytes, v: list[int], stream: bool) -> Message:
     names = _NAMES
     # A Via line holds a list: the Vias are checked here, as the pure-Python
     # path checks them, not from the scanner's offsets.
-    vias: list[str] | None = [] if v[9] == _SCAN_VIA_LIST else None
+    vias: list[str] | None = [] if v[9] <= _SCAN_VIA_LIST else None
     for i in range(_FIXED, len(v), 5):
         kid = v[i]
         value = text[v[i + 3]:v[i + 4]]
@@ -251,10 +253,10 @@ def _parse_scanned(data: bytes, v: list[int], stream: bool) -> Message:
     if type(msg) is Request and method != msg.method:
         raise BadMessage("CSeq method does not match the request method")
     i = _FIXED + 5 * v[8]
-    if vias is not None:
+    if vias is not None and not v[14]:
         _check_vias(msg, vias)
     elif v[14]:  # a plain top Via, checked by the scanner as parse_via would
-        port, params_at, via_end = v[18], v[19], v[i + 4]
+        port, params_at, via_end = v[18], v[19], v[20]
         msg._via = Via(text[v[i + 3] + 8:v[15]], text[v[16]:v[17]],
                        port if port >= 0 else None,
                        split_simple_params(text[params_at:via_end]) if params_at < via_end else {})
@@ -269,6 +271,10 @@ def _parse_scanned(data: bytes, v: list[int], stream: bool) -> Message:
         if v[9] >= 0 and type(msg) is Response:
             i = _FIXED + 5 * v[9]
             parse_via(text[v[i + 3]:v[i + 4]])
+    elif v[14]:   # the top Via of a list, read by the scanner: check the rest here
+        check_via_params(vias[0])
+        if v[9] == _SCAN_VIA_LIST and len(vias) > 1 and type(msg) is Response:
+            parse_via(vias[1])
     body = data[head_end + 4:]
     length = v[3]
     if length >= 0:

@@ -119,11 +119,37 @@ SIPP_180 = (b"SIP/2.0 180 Ringing\r\n"
     SIPP_180.replace(b";branch=z9hG4bK9c6d.f5f1", b";x=\"a,b\";branch=z9hG4bK9c6d.f5f1"),  # quoted comma
     SIPP_180.replace(b"SIP/2.0/UDP 127.0.0.1:15260;", b"SIP/2.0/UDP [::1;"),             # bad top Via
 ], ids=["sipp-180", "request", "below-plain", "empty-element", "bad-second", "quoted-comma", "bad-top"])
-def test_via_lists_are_scanned_and_checked_in_python(data):
+def test_via_lists_are_scanned_and_checked_like_the_python_path(data):
     v = scanned(data)
     assert v is not None
-    assert v[9] == parser._SCAN_VIA_LIST and v[14] == 0
+    assert v[9] in (parser._SCAN_VIA_LIST, parser._SCAN_VIA_LIST_CHECKED)
     same_both_ways(data)
+
+
+def test_sipp_via_list_is_read_whole_in_c():
+    v = scanned(SIPP_180)
+    assert v[14] == 1, "top Via read in C"
+    assert v[9] == parser._SCAN_VIA_LIST_CHECKED, "second Via checked in C"
+    m = parse_message(SIPP_180)
+    assert (m.via.host, m.via.port, m.via.branch) == ("127.0.0.1", 15260, "z9hG4bK9c6d.f5f1")
+
+
+@pytest.mark.parametrize("edit", [b"SIP/2.0/UDP 127.0.0.1:15261;branch", b"SIP/2.0/UDP [::1]:15261;branch",
+                                  b"SIP/2.0/XYZ 127.0.0.1:15261;branch", b"SIP/2.0/UDP 127.0.0.1:99999;branch",
+                                  b"SIP/2.0/UDP host_1:15261;branch", b"SIP/2.0/UDP 127.0.0.1:15261 ;branch",
+                                  b"SIP/2.0/UDP 127.0.0.1:15261;;branch", b"SIP/2.0/UDP 127.0.0.1:;branch"])
+def test_second_via_of_a_list_checked_the_same_both_ways(edit):
+    data = SIPP_180.replace(b"SIP/2.0/UDP 127.0.0.1:15261;branch", edit)
+    same_both_ways(data)
+    same_both_ways(data.replace(b", SIP/2.0/UDP", b", SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKx, SIP/2.0/UDP"))
+    same_both_ways(data.replace(b"Via: SIP/2.0/UDP 127.0.0.1:15260;branch=z9hG4bK9c6d.f5f1, ",
+                                b"Via: SIP/2.0/UDP 127.0.0.1:15260;branch=z9hG4bK9c6d.f5f1\r\nVia: "))
+
+
+def test_via_list_mutations_same_both_ways():
+    rng = random.Random(5060)
+    for _ in range(3000):
+        same_both_ways(_mutate(rng, SIPP_180))
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: f"{p.parent.name}/{p.stem}")

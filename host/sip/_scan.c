@@ -87,6 +87,13 @@ static const struct bs_name bs_names[] = {
 };
 enum { ID_VIA = 1, ID_FROM = 6, ID_TO = 7, ID_CALL_ID = 8, ID_CSEQ = 9, ID_CONTENT_LENGTH = 10 };
 
+/* The layout of out[] this file writes (its fixed part's size), so the
+ * Python side can refuse an extension built from an older _scan.c. */
+int bs_layout(void)
+{
+    return BS_FIXED;
+}
+
 /* Name of the id-th table entry's long form, for the Python side's check. */
 const char *bs_name_of(int id)
 {

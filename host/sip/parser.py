@@ -18,6 +18,8 @@ anything unusual to the pure-Python path, which stays the reference.
 
 from __future__ import annotations
 
+import logging
+
 import re
 
 from .errors import BadMessage
@@ -94,6 +96,14 @@ _use_c = _lib is not None
 # (id, name start, name end, value start, value end).
 _FIXED = 21
 _SCAN_CAP = _FIXED + 5 * MAX_HEADERS
+if _lib is not None and getattr(_lib, "bs_layout", lambda: None)() != _FIXED:
+    # An extension built from an older _scan.c would be read at the wrong
+    # offsets: use the pure-Python path until it is rebuilt.
+    logging.getLogger("babelsip").warning(
+        "host/sip/_speedups is stale (built from an older _scan.c); parsing without it "
+        "until rebuilt: python host/sip/_speedups_build.py")
+    _ffi = _lib = None
+    _use_c = False
 # Lower-case long names of the scanner's well-known header ids; ids 1-5 are
 # the SPLIT_ON_PARSE headers. tests/sip/test_speedups.py checks the C table.
 _SCAN_KEYS = (

@@ -68,6 +68,11 @@ def same_both_ways(data: bytes) -> None:
         assert outcome(data, stream, True) == outcome(data, stream, False), (data[:200], stream)
 
 
+def test_the_extension_writes_the_layout_the_parser_reads():
+    # parser.py refuses (and parses without) an extension whose layout differs.
+    assert parser._lib.bs_layout() == parser._FIXED
+
+
 def test_header_ids_agree_with_the_c_table():
     names = [parser._ffi.string(parser._lib.bs_name_of(i)).decode()
              for i in range(1, len(parser._SCAN_KEYS))]

@@ -26,6 +26,7 @@ client transaction.
 from __future__ import annotations
 
 import itertools
+import re
 
 from host.routes.event import script_event
 from host.routes.verbs import Recorder
@@ -47,6 +48,7 @@ PEER = ("127.0.0.1", 5061)
 UAS = "sip:bob@127.0.0.1:5071"
 
 TCP, CONSULT, REPLY, SEGMENTS = 1, 2, 4, 8
+_TOP_VIA = re.compile(rb"\r\n(?:via|v)[ \t]*:[ \t]*([^\r\n]*)", re.I)
 
 
 # ------------------------------------------------------------------ parser
@@ -80,10 +82,10 @@ def new_core(consult: bool) -> ProxyCore:
     return ProxyCore(LISTEN, relay_to=None if consult else UAS, new_id=lambda: f"f{next(ids)}")
 
 
-def check_proxy(data: bytes, core: ProxyCore | None = None) -> None:
+def check_proxy(data: bytes, core: ProxyCore | None = None) -> "_Run | None":
     """Feed one fuzz input to `core` (a fresh one when None)."""
     if not data:
-        return
+        return None
     mode, messages = data[0], data[1:].split(SPLIT)[:MAX_MESSAGES]
     if core is None:
         core = new_core(bool(mode & CONSULT))
@@ -103,6 +105,7 @@ def check_proxy(data: bytes, core: ProxyCore | None = None) -> None:
         except BadMessage as exc:
             assert exc.status is None, exc   # the connection is closed, never answered
     run.fire_timers()
+    return run
 
 
 class _Run:
@@ -112,6 +115,7 @@ class _Run:
         self.core, self.mode = core, mode
         self.timers: list = []
         self.parsed = True    # whether the message being handled parsed
+        self.sent_requests: list[bytes] = []
         self.last_via = b"SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKnone"
 
     def deliver(self, data: bytes, transport: str) -> None:
@@ -169,9 +173,10 @@ class _Run:
             parse_message(t.data, stream=t.transport != "udp")
         except BadMessage as exc:
             raise AssertionError(f"the core sent a request it cannot parse ({exc}): {t.data!r}")
-        top = t.data.split(b"\r\n", 2)[1] if b"\r\n" in t.data else b""
-        if top[:4].lower() == b"via:":
-            self.last_via = top[4:].strip()
+        self.sent_requests.append(t.data)
+        top = _TOP_VIA.search(t.data)
+        if top is not None:
+            self.last_via = top.group(1)
 
     def _answer(self, c: Consult) -> None:
         assert c.hook in HOOKS and isinstance(c.token, int), c
@@ -186,3 +191,28 @@ class _Run:
                 rec.relay(UAS)
         decision: Decision = rec.decision
         self.execute(self.core.decided(c.token, decision, "route", frozenset(HOOKS)))
+
+
+def call_flow() -> list[bytes]:
+    """INVITE, the UAS's 180 and 200 (matched through %VIA%), the ACK and
+    a CANCEL: a sequence that reaches the response and ACK paths."""
+    head = (b"Via: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bKseed1\r\n"
+            b"From: <sip:alice@127.0.0.1>;tag=a1\r\nCall-ID: seed@127.0.0.1\r\n"
+            b"Max-Forwards: 70\r\n")
+    invite = (b"INVITE sip:bob@127.0.0.1:5060 SIP/2.0\r\n" + head +
+              b"To: <sip:bob@127.0.0.1>\r\nCSeq: 1 INVITE\r\n"
+              b"Contact: <sip:alice@127.0.0.1:5061>\r\nContent-Length: 0\r\n\r\n")
+
+    def reply(code: bytes) -> bytes:
+        return (b"SIP/2.0 " + code + b"\r\nVia: %VIA%\r\n"
+                b"Via: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bKseed1;received=127.0.0.1\r\n"
+                b"From: <sip:alice@127.0.0.1>;tag=a1\r\nTo: <sip:bob@127.0.0.1>;tag=b1\r\n"
+                b"Call-ID: seed@127.0.0.1\r\nCSeq: 1 INVITE\r\n"
+                b"Contact: <sip:bob@127.0.0.1:5071>\r\nContent-Length: 0\r\n\r\n")
+
+    ack = (b"ACK sip:bob@127.0.0.1:5071 SIP/2.0\r\n" + head.replace(b"seed1", b"seed2") +
+           b"To: <sip:bob@127.0.0.1>;tag=b1\r\nCSeq: 1 ACK\r\nRoute: <sip:127.0.0.1:5060;lr>\r\n"
+           b"Content-Length: 0\r\n\r\n")
+    cancel = (b"CANCEL sip:bob@127.0.0.1:5060 SIP/2.0\r\n" + head +
+              b"To: <sip:bob@127.0.0.1>\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n")
+    return [invite, reply(b"180 Ringing"), cancel, reply(b"200 OK"), ack]

@@ -39,33 +39,8 @@ def seed_inputs(target: str) -> list[bytes]:
     seeds = []
     for mode in range(16):
         seeds += [bytes([mode]) + m for m in messages[mode::16]]
-        seeds.append(bytes([mode]) + targets.SPLIT.join(_call_flow()))
+        seeds.append(bytes([mode]) + targets.SPLIT.join(targets.call_flow()))
     return seeds
-
-
-def _call_flow() -> list[bytes]:
-    """INVITE, the UAS's 180 and 200 (matched through %VIA%), the ACK and
-    a CANCEL: a sequence that reaches the response and ACK paths."""
-    head = (b"Via: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bKseed1\r\n"
-            b"From: <sip:alice@127.0.0.1>;tag=a1\r\nCall-ID: seed@127.0.0.1\r\n"
-            b"Max-Forwards: 70\r\n")
-    invite = (b"INVITE sip:bob@127.0.0.1:5060 SIP/2.0\r\n" + head +
-              b"To: <sip:bob@127.0.0.1>\r\nCSeq: 1 INVITE\r\n"
-              b"Contact: <sip:alice@127.0.0.1:5061>\r\nContent-Length: 0\r\n\r\n")
-
-    def reply(code: bytes) -> bytes:
-        return (b"SIP/2.0 " + code + b"\r\nVia: %VIA%\r\n"
-                b"Via: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bKseed1;received=127.0.0.1\r\n"
-                b"From: <sip:alice@127.0.0.1>;tag=a1\r\nTo: <sip:bob@127.0.0.1>;tag=b1\r\n"
-                b"Call-ID: seed@127.0.0.1\r\nCSeq: 1 INVITE\r\n"
-                b"Contact: <sip:bob@127.0.0.1:5071>\r\nContent-Length: 0\r\n\r\n")
-
-    ack = (b"ACK sip:bob@127.0.0.1:5071 SIP/2.0\r\n" + head.replace(b"seed1", b"seed2") +
-           b"To: <sip:bob@127.0.0.1>;tag=b1\r\nCSeq: 1 ACK\r\nRoute: <sip:127.0.0.1:5060;lr>\r\n"
-           b"Content-Length: 0\r\n\r\n")
-    cancel = (b"CANCEL sip:bob@127.0.0.1:5060 SIP/2.0\r\n" + head +
-              b"To: <sip:bob@127.0.0.1>\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n")
-    return [invite, reply(b"180 Ringing"), cancel, reply(b"200 OK"), ack]
 
 
 def main() -> None:

@@ -15,6 +15,9 @@ PACKAGING := pyproject.toml $(wildcard setup.py)
 RUN_ARGS ?= --listen udp:127.0.0.1:5060 --listen tcp:127.0.0.1:5060 --routes examples/quickstart/routes
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+# make fuzz: seconds per target, and where new inputs and crashes go.
+FUZZ_SECONDS ?= 300
+FUZZ_DIR ?= build/fuzz
 
 # Debian packages the tests use, each with the check that says it is there.
 TEST_DEBS := sip-tester perl libcpanel-json-xs-perl default-jdk-headless redis-server \
@@ -61,13 +64,27 @@ define apt_ensure
 	fi
 endef
 
-.PHONY: run test bench venv deps test-deps bench-deps clean sdk-java-jar sdk-python-wheel
+.PHONY: run test fuzz bench venv deps test-deps bench-deps clean sdk-java-jar sdk-python-wheel
 
 run: venv
 	$(VENV)/bin/babelsip run $(RUN_ARGS)
 
 test: venv test-deps
 	$(PY) -m pytest -q -o faulthandler_timeout=300 $(PYTEST_ARGS)
+
+# Coverage-guided fuzzing (tests/fuzz/run_fuzzer.py), FUZZ_SECONDS per target.
+# A crash stops its target and leaves $(FUZZ_DIR)/<target>-crash-*: keep it in
+# tests/sip/corpus with its fix (tests/fuzz/README.md).
+fuzz: venv
+	@$(PY) -c "import atheris" 2>/dev/null || $(PY) -m pip install -q -e '.[fuzz]'
+	@status=0; for target in parser proxy; do \
+	  mkdir -p $(FUZZ_DIR)/$$target; \
+	  echo "fuzz $$target for $(FUZZ_SECONDS) s"; \
+	  PYTHONPATH=$(CURDIR) $(PY) tests/fuzz/run_fuzzer.py $$target $(FUZZ_DIR)/$$target \
+	    -max_total_time=$(FUZZ_SECONDS) -artifact_prefix=$(FUZZ_DIR)/$$target- \
+	    -print_final_stats=1 > $(FUZZ_DIR)/$$target.log 2>&1 || status=1; \
+	  grep -v '^#\|^INFO: Instrumenting\|# Uses: \|dictionary. #' $(FUZZ_DIR)/$$target.log | tail -30; \
+	done; exit $$status
 
 bench: venv bench-deps
 	$(PY) bench/run.py $(BENCH_ARGS)
@@ -89,6 +106,10 @@ WEB_DEPS := tests/e2e/web/node_modules/jssip/package.json
 
 test-deps:
 	$(call apt_ensure,$(TEST_DEBS))
+	@if [ -x $(PY) ] && ! $(PY) -c "import atheris" 2>/dev/null; then \
+	  $(PY) -m pip install -q 'atheris>=2.3' \
+	    || echo "warning: atheris did not install: the fuzz smoke tests will skip"; \
+	fi
 	@if [ -f $(WEB_DEPS) ]; then exit 0; fi; \
 	if command -v npm >/dev/null 2>&1; then \
 	  npm ci --prefix tests/e2e/web --no-audit --no-fund --loglevel=error \

@@ -347,14 +347,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"babelsip: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            print(f"babelsip: error: address already in use ({exc})", file=sys.stderr)
-        else:
-            print(f"babelsip: error: {exc}", file=sys.stderr)
-        return 1
+        return _os_error(exc)
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _os_error(exc: OSError) -> int:
+    """A bind or socket error, said clearly: exit status 1."""
+    if exc.errno == errno.EADDRINUSE:
+        print(f"babelsip: error: address already in use ({exc})", file=sys.stderr)
+    else:
+        print(f"babelsip: error: {exc}", file=sys.stderr)
+    return 1
 
 
 def _privileges(args, fleet):
@@ -478,11 +483,7 @@ def _run_parent(argv: list[str], listen, args, management, user) -> int:
         try:
             parent.bind()
         except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                print(f"babelsip: error: address already in use ({exc})", file=sys.stderr)
-            else:
-                print(f"babelsip: error: {exc}", file=sys.stderr)
-            return 1
+            return _os_error(exc)
         if user is not None:   # the workers are started by, and run as, the user
             from host.privileges.handover import drop
             try:

@@ -9,7 +9,6 @@ time, so it needs no locks.
 from __future__ import annotations
 
 import collections
-import gc
 import ipaddress
 import itertools
 import logging
@@ -33,6 +32,7 @@ from host.storage import shared_store
 from host.fleet.handoff import Handoff
 from host.fleet.ownership import keepalive_salt, owner_of
 
+from .collector import settle_for_serving
 from .limits import raise_nofile_limit
 from .resolver import Resolver
 from .timers import TimerService
@@ -177,12 +177,9 @@ class Server:
             await nursery.start(self.dialogs.run)
             for t in self.transports.values():
                 await nursery.start(t.serve)
-            # What exists now lives as long as the server: keep it out of the
-            # cycle collector's scans, whose pauses grew with the heap (p99
-            # 224 ms at 300 calls/s). Calls need no collector: they are freed
-            # by reference counting as their transactions end (ProxyCore._release).
-            gc.collect()
-            gc.freeze()
+            # What exists now lives as long as the server, and calls need no
+            # collector: no full collection while serving (collector.py).
+            settle_for_serving()
             if fleet is None:
                 for transport, host, port in bound:
                     log.info("listening on %s:%s:%d", transport, host, port)

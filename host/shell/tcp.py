@@ -601,22 +601,28 @@ class TcpTransport:
             except Exception as exc:  # closing a reset socket: nothing left to do
                 log.debug("%s close %s:%s: %r", self.name, *conn.remote, exc)
 
-    async def _read(self, conn: _Connection) -> None:
-        stream = conn.stream
-        framer = StreamFramer(MAX_MESSAGE)
-        deliver = self._on_message
+    async def _receive(self, conn: _Connection) -> bytes | None:
+        """The next bytes from `conn` (b"" at its end), or None once it has
+        been silent too long; a deadline that our own writes moved is waited
+        again."""
         while True:
             data = None
             with trio.move_on_at(read_deadline(conn.started, conn.last_used,
                                                self.header_timeout, self.idle_timeout)):
-                data = await stream.receive_some(RECV_SIZE)
-            now = trio.current_time()
-            if data is None:
-                if self._timed_out(conn, now):
-                    return
-                continue  # our own writes moved the idle deadline
-            if not data:
+                data = await conn.stream.receive_some(RECV_SIZE)
+            if data is not None:
+                return data
+            if self._timed_out(conn, trio.current_time()):
+                return None
+
+    async def _read(self, conn: _Connection) -> None:
+        framer = StreamFramer(MAX_MESSAGE)
+        deliver = self._on_message
+        while True:
+            data = await self._receive(conn)
+            if not data:   # closed, or timed out
                 return
+            now = trio.current_time()
             before = framer.buffered()
             try:
                 messages = framer.feed(data)
@@ -660,18 +666,13 @@ class TcpTransport:
     async def _read_ws(self, conn: _Connection) -> None:
         """_read for WebSocket connections: the upgrade, then one SIP
         message per WebSocket message (host/shell/websocket.py)."""
-        stream, session = conn.stream, conn.ws
+        session = conn.ws
         deliver = self._on_message
         while True:
-            data = None
-            with trio.move_on_at(read_deadline(conn.started, conn.last_used,
-                                               self.header_timeout, self.idle_timeout)):
-                data = await stream.receive_some(RECV_SIZE)
-            now = trio.current_time()
+            data = await self._receive(conn)
             if data is None:
-                if self._timed_out(conn, now):
-                    return
-                continue
+                return
+            now = trio.current_time()
             feed = session.feed_untrusted(data)
             if feed.send:
                 self._enqueue(conn, feed.send)

@@ -6,7 +6,7 @@
  * needs (Call-ID, CSeq, Content-Length, the first two Vias, From/To counts).
  * It only ever *accepts* plain, common messages: whenever something is
  * unusual (folding, bare LF, non-ASCII, a control character, a header with
- * whitespace before its colon, a Via list in one line, duplicates, a number
+ * whitespace before its colon, duplicates, a number
  * out of range...) it returns BS_FALLBACK and the pure-Python parser, which
  * knows every rule and every error message, decides. So this file can be
  * strict and short, and the two paths cannot disagree on an accepted message
@@ -20,6 +20,8 @@
 #include <string.h>
 
 #define BS_FALLBACK (-1)
+#define BS_VIA_LIST (-2)
+#define BS_VIA_LIST_CHECKED (-3)
 #define BS_MAX_LINE 8192        /* parser.MAX_LINE */
 #define BS_MAX_HEADERS 256      /* parser.MAX_HEADERS */
 #define BS_MAX_BODY 65535       /* parser.MAX_MESSAGE: a larger Content-Length is an error */
@@ -36,16 +38,20 @@ enum {
     BS_CSEQ_METHOD_START,
     BS_CSEQ_METHOD_END,
     BS_VIA1,            /* header index of the top Via */
-    BS_VIA2,            /* header index of the second Via, -1 when none or plain */
+    BS_VIA2,            /* header index of the second Via, -1 when none or plain;
+                         * when a Via line holds a list, BS_VIA_LIST (Python
+                         * collects the Vias and checks the second) or
+                         * BS_VIA_LIST_CHECKED (the second is plain: checked) */
     /* The start line, when it has the plain form (else all -1):
      * request: method end, URI start, URI end; response: status code,
      * reason start, reason end (kind tells which). */
     BS_KIND,            /* 1 request, 2 response, 0 let Python read it */
     BS_SL_A, BS_SL_B, BS_SL_C,
     /* The top Via when it is plain (else BS_VIA_OK is 0): transport end,
-     * host start/end, port (-1 none), start of the parameters. */
+     * host start/end, port (-1 none), start of the parameters, its end (the
+     * line's, or its element's in a list). */
     BS_VIA_OK, BS_VIA_TRANSPORT_END, BS_VIA_HOST_START, BS_VIA_HOST_END,
-    BS_VIA_PORT, BS_VIA_PARAMS,
+    BS_VIA_PORT, BS_VIA_PARAMS, BS_VIA_END,
     BS_FIXED
 };
 
@@ -80,6 +86,13 @@ static const struct bs_name bs_names[] = {
     {0, 0, 0}
 };
 enum { ID_VIA = 1, ID_FROM = 6, ID_TO = 7, ID_CALL_ID = 8, ID_CSEQ = 9, ID_CONTENT_LENGTH = 10 };
+
+/* The layout of out[] this file writes (its fixed part's size), so the
+ * Python side can refuse an extension built from an older _scan.c. */
+int bs_layout(void)
+{
+    return BS_FIXED;
+}
 
 /* Name of the id-th table entry's long form, for the Python side's check. */
 const char *bs_name_of(int id)
@@ -273,6 +286,8 @@ int bs_scan(const unsigned char *buf, size_t len, int32_t *out, size_t cap)
     if (len > 0x7fffffff || cap < BS_FIXED)
         return BS_FALLBACK;
     size_t n_headers = 0, n_via = 0, n_from = 0, n_to = 0, n_call_id = 0, n_cseq = 0;
+    int via_list = 0, second_plain = 1;   /* no second Via: nothing to check */
+    size_t n_via_elems = 0;
     int64_t content_length = -1;
     out[BS_VIA2] = -1;
     size_t pos = 0, line = 0;
@@ -322,21 +337,53 @@ int bs_scan(const unsigned char *buf, size_t len, int32_t *out, size_t cap)
             h[3] = (int32_t)vs; h[4] = (int32_t)ve;
             const unsigned char *v = buf + vs, *vend = buf + ve;
             switch (id) {
-            case ID_VIA:
-                if (memchr(v, ',', ve - vs))
-                    return BS_FALLBACK;   /* a Via list: Python splits it */
-                if (n_via == 0) {
-                    out[BS_VIA1] = (int32_t)n_headers;
-                    out[BS_VIA_OK] = plain_via(buf, vs, ve, out + BS_VIA_TRANSPORT_END);
+            case ID_VIA: {
+                /* The first two Vias, lines or elements of a list (sipp's uas
+                 * answers with one), are read here when plain; the rest of a
+                 * list, and any list with a quoted string or '<' in it, is
+                 * split and checked by Python (BS_VIA_LIST). */
+                int list = memchr(v, ',', ve - vs) != NULL;
+                if (list)
+                    via_list = 1;
+                if (list && (memchr(v, '"', ve - vs) || memchr(v, '<', ve - vs))) {
+                    if (n_via_elems == 0) {
+                        out[BS_VIA1] = (int32_t)n_headers;
+                        out[BS_VIA_OK] = 0;
+                    }
+                    if (n_via_elems < 2)
+                        second_plain = 0;
+                    n_via_elems += 2;
+                    n_via++;
+                    break;
                 }
-                else if (n_via == 1) {
-                    /* A response's second Via must parse (§16.7 step 3);
-                     * when it is plain, nothing is left for Python to do. */
-                    int32_t scratch[5];
-                    out[BS_VIA2] = plain_via(buf, vs, ve, scratch) ? -1 : (int32_t)n_headers;
+                size_t es = vs;
+                while (n_via_elems < 2) {
+                    const unsigned char *c = list ? memchr(buf + es, ',', ve - es) : NULL;
+                    size_t ee = c ? (size_t)(c - buf) : ve;
+                    while (ee > es && (buf[ee - 1] == ' ' || buf[ee - 1] == '\t'))
+                        ee--;
+                    if (n_via_elems == 0) {
+                        out[BS_VIA1] = (int32_t)n_headers;
+                        out[BS_VIA_OK] = plain_via(buf, es, ee, out + BS_VIA_TRANSPORT_END);
+                        out[BS_VIA_END] = (int32_t)ee;
+                    } else {
+                        /* A response's second Via must parse (§16.7 step 3);
+                         * when it is plain, nothing is left for Python to do. */
+                        int32_t scratch[5];
+                        second_plain = plain_via(buf, es, ee, scratch);
+                        if (!list)
+                            out[BS_VIA2] = second_plain ? -1 : (int32_t)n_headers;
+                    }
+                    n_via_elems++;
+                    if (c == NULL)
+                        break;
+                    es = (size_t)(c - buf) + 1;
+                    while (es < ve && (buf[es] == ' ' || buf[es] == '\t'))
+                        es++;
                 }
                 n_via++;
                 break;
+            }
             case ID_FROM: n_from++; break;
             case ID_TO: n_to++; break;
             case ID_CALL_ID:
@@ -381,6 +428,8 @@ int bs_scan(const unsigned char *buf, size_t len, int32_t *out, size_t cap)
     }
     if (n_via == 0 || n_from != 1 || n_to != 1 || n_call_id != 1 || n_cseq != 1)
         return BS_FALLBACK;
+    if (via_list)
+        out[BS_VIA2] = second_plain ? BS_VIA_LIST_CHECKED : BS_VIA_LIST;
     out[BS_COUNT] = (int32_t)n_headers;
     out[BS_CONTENT_LENGTH] = (int32_t)content_length;
     return (int)(BS_FIXED + 5 * n_headers);

@@ -16,6 +16,7 @@ ffibuilder = FFI()
 ffibuilder.cdef("""
     int bs_scan(const unsigned char *buf, size_t len, int32_t *out, size_t cap);
     const char *bs_name_of(int id);
+    int bs_layout(void);
 """)
 ffibuilder.set_source(
     "host.sip._speedups",

@@ -18,6 +18,8 @@ anything unusual to the pure-Python path, which stays the reference.
 
 from __future__ import annotations
 
+import logging
+
 import re
 
 from .errors import BadMessage
@@ -92,8 +94,16 @@ _use_c = _lib is not None
 
 # The scanner's output (see _scan.c): _FIXED ints, then 5 per header line
 # (id, name start, name end, value start, value end).
-_FIXED = 20
+_FIXED = 21
 _SCAN_CAP = _FIXED + 5 * MAX_HEADERS
+if _lib is not None and getattr(_lib, "bs_layout", lambda: None)() != _FIXED:
+    # An extension built from an older _scan.c would be read at the wrong
+    # offsets: use the pure-Python path until it is rebuilt.
+    logging.getLogger("babelsip").warning(
+        "host/sip/_speedups is stale (built from an older _scan.c); parsing without it "
+        "until rebuilt: python host/sip/_speedups_build.py")
+    _ffi = _lib = None
+    _use_c = False
 # Lower-case long names of the scanner's well-known header ids; ids 1-5 are
 # the SPLIT_ON_PARSE headers. tests/sip/test_speedups.py checks the C table.
 _SCAN_KEYS = (
@@ -108,6 +118,9 @@ _SCAN_KEYS = (
     "content-disposition",
 )
 _SPLIT_IDS = 5
+# BS_VIA2 when a Via line holds a list (_scan.c): Python checks the second
+# Via, or the scanner found it plain.
+_SCAN_VIA_LIST, _SCAN_VIA_LIST_CHECKED = -2, -3
 # A fresh output array per call keeps parse_message safe to call from
 # several threads (cffi releases the GIL during the call); not clearing it
 # saves the memset, the scanner writes every int it reports.
@@ -218,6 +231,9 @@ def _parse_scanned(data: bytes, v: list[int], stream: bool) -> Message:
     append = headers.append
     keys = _SCAN_KEYS
     names = _NAMES
+    # A Via line holds a list: the Vias are checked here, as the pure-Python
+    # path checks them, not from the scanner's offsets.
+    vias: list[str] | None = [] if v[9] <= _SCAN_VIA_LIST else None
     for i in range(_FIXED, len(v), 5):
         kid = v[i]
         value = text[v[i + 3]:v[i + 4]]
@@ -228,9 +244,12 @@ def _parse_scanned(data: bytes, v: list[int], stream: bool) -> Message:
                 headers.extend([(key, part) for part in parts])
                 if len(headers) > MAX_HEADERS:  # a comma list counts value by value
                     raise BadMessage("too many header values", 513)
-                if key == "via":
+                if kid == 1:
                     _check_via_list(value, parts)
+                    vias.extend(parts)
                 continue
+            if kid == 1 and vias is not None:
+                vias.append(value)
         else:
             raw = text[v[i + 1]:v[i + 2]]
             key = names.get(raw)
@@ -244,8 +263,10 @@ def _parse_scanned(data: bytes, v: list[int], stream: bool) -> Message:
     if type(msg) is Request and method != msg.method:
         raise BadMessage("CSeq method does not match the request method")
     i = _FIXED + 5 * v[8]
-    if v[14]:  # a plain top Via, checked by the scanner as parse_via would
-        port, params_at, via_end = v[18], v[19], v[i + 4]
+    if vias is not None and not v[14]:
+        _check_vias(msg, vias)
+    elif v[14]:  # a plain top Via, checked by the scanner as parse_via would
+        port, params_at, via_end = v[18], v[19], v[20]
         msg._via = Via(text[v[i + 3] + 8:v[15]], text[v[16]:v[17]],
                        port if port >= 0 else None,
                        split_simple_params(text[params_at:via_end]) if params_at < via_end else {})
@@ -255,10 +276,15 @@ def _parse_scanned(data: bytes, v: list[int], stream: bool) -> Message:
         except BadMessage as exc:
             exc.status = None
             raise
-    check_via_params(text[v[i + 3]:v[i + 4]])
-    if v[9] >= 0 and type(msg) is Response:
-        i = _FIXED + 5 * v[9]
-        parse_via(text[v[i + 3]:v[i + 4]])
+    if vias is None:
+        check_via_params(text[v[i + 3]:v[i + 4]])
+        if v[9] >= 0 and type(msg) is Response:
+            i = _FIXED + 5 * v[9]
+            parse_via(text[v[i + 3]:v[i + 4]])
+    elif v[14]:   # the top Via of a list, read by the scanner: check the rest here
+        check_via_params(vias[0])
+        if v[9] == _SCAN_VIA_LIST and len(vias) > 1 and type(msg) is Response:
+            parse_via(vias[1])
     body = data[head_end + 4:]
     length = v[3]
     if length >= 0:

@@ -68,6 +68,11 @@ def same_both_ways(data: bytes) -> None:
         assert outcome(data, stream, True) == outcome(data, stream, False), (data[:200], stream)
 
 
+def test_the_extension_writes_the_layout_the_parser_reads():
+    # parser.py refuses (and parses without) an extension whose layout differs.
+    assert parser._lib.bs_layout() == parser._FIXED
+
+
 def test_header_ids_agree_with_the_c_table():
     names = [parser._ffi.string(parser._lib.bs_name_of(i)).decode()
              for i in range(1, len(parser._SCAN_KEYS))]
@@ -96,10 +101,60 @@ def test_unusual_messages_are_left_to_python():
                     base.replace(b"\r\n", b"\n"),                                     # bare LF
                     base.replace(b"sipp <", "caf\u00e9 <".encode()),                # non-ASCII
                     base.replace(b"Max-Forwards:", b"Max-Forwards :"),                # LWS before ':'
-                    base.replace(b"CSeq: 1 INVITE", b"CSeq: 1 INVITE\r\nCSeq: 1 INVITE"),
-                    base.replace(b";rport", b";rport, SIP/2.0/UDP h2")):              # Via list
+                    base.replace(b"CSeq: 1 INVITE", b"CSeq: 1 INVITE\r\nCSeq: 1 INVITE")):
         assert scanned(variant) is None
         same_both_ways(variant)
+
+
+# sipp's uas answers with every Via in one line: half the messages of a relayed call.
+SIPP_180 = (b"SIP/2.0 180 Ringing\r\n"
+            b"Via: SIP/2.0/UDP 127.0.0.1:15260;branch=z9hG4bK9c6d.f5f1, SIP/2.0/UDP 127.0.0.1:15261;branch=z9hG4bK-1-1-0\r\n"
+            b"From: sipp <sip:sipp@127.0.0.1:15261>;tag=1SIPpTag001\r\n"
+            b"To: service <sip:service@127.0.0.1:15260>;tag=2SIPpTag011\r\n"
+            b"Call-ID: 1-1@127.0.0.1\r\nCSeq: 1 INVITE\r\n"
+            b"Contact: <sip:127.0.0.1:15290;transport=UDP>\r\nContent-Length: 0\r\n\r\n")
+
+
+@pytest.mark.parametrize("data", [
+    SIPP_180,
+    PLAIN[0].replace(b";rport", b";rport, SIP/2.0/UDP h2"),                          # request
+    PLAIN[1].replace(b";branch=z9hG4bKabc.0", b";branch=z9hG4bKabc.0, SIP/2.0/UDP h3"),  # list below a plain Via
+    SIPP_180.replace(b", SIP/2.0/UDP 127.0.0.1:15261", b",, SIP/2.0/UDP 127.0.0.1:15261"),  # empty element
+    SIPP_180.replace(b", SIP/2.0/UDP 127.0.0.1:15261", b", SIP/2.0/UDP 127.0.0.1:"),      # bad second Via
+    SIPP_180.replace(b";branch=z9hG4bK9c6d.f5f1", b";x=\"a,b\";branch=z9hG4bK9c6d.f5f1"),  # quoted comma
+    SIPP_180.replace(b"SIP/2.0/UDP 127.0.0.1:15260;", b"SIP/2.0/UDP [::1;"),             # bad top Via
+], ids=["sipp-180", "request", "below-plain", "empty-element", "bad-second", "quoted-comma", "bad-top"])
+def test_via_lists_are_scanned_and_checked_like_the_python_path(data):
+    v = scanned(data)
+    assert v is not None
+    assert v[9] in (parser._SCAN_VIA_LIST, parser._SCAN_VIA_LIST_CHECKED)
+    same_both_ways(data)
+
+
+def test_sipp_via_list_is_read_whole_in_c():
+    v = scanned(SIPP_180)
+    assert v[14] == 1, "top Via read in C"
+    assert v[9] == parser._SCAN_VIA_LIST_CHECKED, "second Via checked in C"
+    m = parse_message(SIPP_180)
+    assert (m.via.host, m.via.port, m.via.branch) == ("127.0.0.1", 15260, "z9hG4bK9c6d.f5f1")
+
+
+@pytest.mark.parametrize("edit", [b"SIP/2.0/UDP 127.0.0.1:15261;branch", b"SIP/2.0/UDP [::1]:15261;branch",
+                                  b"SIP/2.0/XYZ 127.0.0.1:15261;branch", b"SIP/2.0/UDP 127.0.0.1:99999;branch",
+                                  b"SIP/2.0/UDP host_1:15261;branch", b"SIP/2.0/UDP 127.0.0.1:15261 ;branch",
+                                  b"SIP/2.0/UDP 127.0.0.1:15261;;branch", b"SIP/2.0/UDP 127.0.0.1:;branch"])
+def test_second_via_of_a_list_checked_the_same_both_ways(edit):
+    data = SIPP_180.replace(b"SIP/2.0/UDP 127.0.0.1:15261;branch", edit)
+    same_both_ways(data)
+    same_both_ways(data.replace(b", SIP/2.0/UDP", b", SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKx, SIP/2.0/UDP"))
+    same_both_ways(data.replace(b"Via: SIP/2.0/UDP 127.0.0.1:15260;branch=z9hG4bK9c6d.f5f1, ",
+                                b"Via: SIP/2.0/UDP 127.0.0.1:15260;branch=z9hG4bK9c6d.f5f1\r\nVia: "))
+
+
+def test_via_list_mutations_same_both_ways():
+    rng = random.Random(5060)
+    for _ in range(3000):
+        same_both_ways(_mutate(rng, SIPP_180))
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: f"{p.parent.name}/{p.stem}")

@@ -101,6 +101,11 @@ async def serve_unix(path: str, rpc: Dispatcher, task_status=trio.TASK_STATUS_IG
     old_umask = os.umask(0o177)   # the socket is born 0600
     try:
         await sock.bind(path)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:   # another server bound it since _claim looked
+            raise SocketInUse(errno.EADDRINUSE, f"{path}: another server answers there") from None
+        raise
     finally:
         os.umask(old_umask)
     sock.listen(16)

@@ -147,7 +147,7 @@ class Server:
             if fleet is not None:
                 tcp = self.transports.get("tcp")
                 self.handoff = Handoff(fleet.index, fleet.peer_sockets(),
-                                       on_message=self._on_handed, on_send=self._send_held,
+                                       on_message=self._receive, on_send=self._send_held,
                                        held=tcp.connections if tcp is not None else list)
                 await nursery.start(self.handoff.run)
             interval = cfg.extra.get("keepalive", 0)
@@ -188,17 +188,11 @@ class Server:
             task_status.started(bound)
 
     # ------------------------------------------------------------- input
-    def _on_udp(self, data: bytes, src) -> None:
+    def _receive(self, data: bytes, transport: str, src) -> None:
         try:
-            self._execute(self.core.receive(data, "udp", src))
+            self._execute(self.core.receive(data, transport, src))
         except Exception:
-            self._internal_error("udp message", src, data)
-
-    def _on_tcp(self, data: bytes, src) -> None:
-        try:
-            self._execute(self.core.receive(data, "tcp", src))
-        except Exception:
-            self._internal_error("tcp message", src, data)
+            self._internal_error(f"{transport} message", src, data)
 
     def _guarded(self, on_message, transport: str):
         """`on_message` behind the per-source flood limits, if configured."""
@@ -207,41 +201,22 @@ class Server:
         return self.flood.wrap(on_message, lambda data, host, port: self.transports[transport].send(data, host, port))
 
     def _input_for(self, transport: str):
-        """What a transport calls with each message it receives."""
-        fleet = self.config.fleet is not None
-        if transport == "udp":
-            return self._on_udp_fleet if fleet else self._on_udp
-        if transport == "tcp":
-            return self._on_tcp_fleet if fleet else self._on_tcp
+        """What a transport calls with each message it receives. One worker
+        of several hands a message whose Call-ID another worker owns to it
+        (host/fleet/ownership.py); tls/ws/wss serve one process only (cli.py)."""
+        receive = self._receive
+        fleet = self.config.fleet
+        if fleet is None or transport not in ("udp", "tcp"):
+            return lambda data, src: receive(data, transport, src)
+        count, me = fleet.count, fleet.index
 
-        def on_stream(data: bytes, src) -> None:   # tls, ws, wss: one process only (cli.py)
-            try:
-                self._execute(self.core.receive(data, transport, src))
-            except Exception:
-                self._internal_error(f"{transport} message", src, data)
-        return on_stream
-
-    # One worker of several: a message whose Call-ID another worker owns is
-    # handed to it (host/fleet/ownership.py).
-    def _on_udp_fleet(self, data: bytes, src) -> None:
-        owner = owner_of(data, self.config.fleet.count)
-        if owner is not None and owner != self.handoff.index:
-            self.handoff.hand(owner, data, "udp", src)
-        else:
-            self._on_udp(data, src)
-
-    def _on_tcp_fleet(self, data: bytes, src) -> None:
-        owner = owner_of(data, self.config.fleet.count)
-        if owner is not None and owner != self.handoff.index:
-            self.handoff.hand(owner, data, "tcp", src)   # the connection stays here
-        else:
-            self._on_tcp(data, src)
-
-    def _on_handed(self, data: bytes, transport: str, src) -> None:
-        try:
-            self._execute(self.core.receive(data, transport, src))
-        except Exception:
-            self._internal_error(f"{transport} message handed over", src, data)
+        def owned(data: bytes, src) -> None:
+            owner = owner_of(data, count)
+            if owner is not None and owner != me:
+                self.handoff.hand(owner, data, transport, src)   # a TCP connection stays here
+            else:
+                receive(data, transport, src)
+        return owned
 
     def _send_held(self, data: bytes, host: str, port: int) -> None:
         tcp = self.transports.get("tcp")
@@ -331,19 +306,18 @@ class Server:
                 self._report_error(action)
                 return
             host, action.port = found[0].ip, found[0].port
-        stream = action.transport != "udp"
-        if stream and self.handoff is not None and not transport.has_connection(host, action.port):
+        if action.transport == "udp":
+            transport.send(action.data, host, action.port)
+            return
+        connected = transport.has_connection(host, action.port)
+        if not connected and self.handoff is not None:
             holder = self.handoff.holder(host, action.port)
             if holder is not None:   # another worker holds the connection: send through it
                 self.handoff.send_via(holder, action.data, host, action.port)
                 return
-        opening = stream and action.error_key is not None and not transport.has_connection(host, action.port)
-        sent = (transport.send(action.data, host, action.port, action.host) if stream
-                else transport.send(action.data, host, action.port))
-        if not sent:
-            if stream:
-                self._report_error(action)
-        elif opening:
+        if not transport.send(action.data, host, action.port, action.host):
+            self._report_error(action)
+        elif not connected and action.error_key is not None:
             self._note_connecting((host, action.port), action.error_key)
 
     def _connected(self, transport, host: str, port: int) -> bool:

@@ -127,10 +127,12 @@ class RoutesServer:
 
 @contextlib.contextmanager
 def routes_server(routes: Path, workdir: Path, *, ready_timeout: float = 30.0,
-                  env: dict[str, str] | None = None) -> Iterator[RoutesServer]:
-    """`babelsip run --routes ROUTES` on a fresh UDP port, stopped on exit."""
-    port = sipp.free_port()
-    args = ["run", "--listen", f"udp:{sipp.LOCALHOST}:{port}", "--routes", str(routes)]
+                  env: dict[str, str] | None = None, port: int | None = None,
+                  extra_args: tuple[str, ...] | list[str] = ()) -> Iterator[RoutesServer]:
+    """`babelsip run --routes ROUTES [EXTRA_ARGS]` on `port` (default: a
+    fresh one), UDP, stopped on exit."""
+    port = port or sipp.free_port()
+    args = ["run", "--listen", f"udp:{sipp.LOCALHOST}:{port}", "--routes", str(routes), *extra_args]
     full_env = None if env is None else {**os.environ, **env}
     with sipp.start_babelsip(args, ready_timeout=ready_timeout, env=full_env) as proxy:
         server = RoutesServer(port, routes, workdir, proxy)

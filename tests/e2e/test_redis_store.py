@@ -112,23 +112,12 @@ def redis(tmp_path) -> Iterator[Redis]:
 
 @contextlib.contextmanager
 def core(name: str, workdir: Path, store_url: str, port: int | None = None) -> Iterator[rs.RoutesServer]:
-    """A babelsip serving a copy of the quickstart routes, with `--store`;
-    like rs.routes_server, which has no way to pass --store."""
+    """A babelsip serving a copy of the quickstart routes, with `--store`."""
     here = workdir / name
     routes = here / "routes"
     shutil.copytree(QUICKSTART, routes, dirs_exist_ok=True)
-    port = port or sipp.free_port()
-    args = ["run", "--listen", f"udp:{sipp.LOCALHOST}:{port}", "--routes", str(routes),
-            "--store", store_url]
-    with sipp.start_babelsip(args, ready_timeout=30.0) as proxy:
-        server = rs.RoutesServer(port, routes, here, proxy)
-        server.wait_log(r"listening on ", 5)
-        try:
-            yield server
-        finally:
-            server.survived = proxy.alive()
-            proxy.stop()
-            (here / f"babelsip-{port}.log").write_text(proxy.log() + "\n")
+    with rs.routes_server(routes, here, port=port, extra_args=["--store", store_url]) as server:
+        yield server
 
 
 @contextlib.contextmanager

@@ -6,7 +6,12 @@ message received (the 100 Trying the proxy answers itself is not received;
 the uas's own 100 is). Use it to see what the parser and transaction layer
 cost before any I/O. Timers are not run: the call's tails (Timer J, L...)
 would fire 32 s later and cost the same whichever path sent the messages.
-Run: python bench/core_calls.py [--calls N] [--profile]
+With `--route` the core has no static target and consults a route for
+every request, answered at once by the logic of bench/routes/lua/main.lua
+(record-route the INVITE, relay everything) through the routes layer's own
+event and Recorder: the core's and the routes boundary's share of a route's
+cost, without any runtime (Lua's thread, a worker's pipe) behind it.
+Run: python bench/core_calls.py [--calls N] [--route] [--profile]
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ import itertools
 import pstats
 import time
 
+from host.routes.event import script_event
+from host.routes.verbs import Recorder
+from host.sip.actions import Consult
 from host.sip.proxy import ProxyCore, Transmit
 
 SDP = ("v=0\r\no=user1 53655765 2353687637 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\n"
@@ -73,16 +81,49 @@ def call_messages(core, n):
     yield "200 BYE", response(core.last_forwarded, 200, "OK"), uas
 
 
+UAS_URI = "sip:127.0.0.1:5090"
+# What bench/routes/lua/main.lua reads from each event (runtimes/lua/runtime.py
+# PREFETCHED fetches these for every event).
+READ = ("method", "ruri", "ruri_user", "ruri_host", "from_uri", "from_tag", "to_uri",
+        "to_tag", "call_id", "cseq", "source_ip", "source_port", "transport", "in_dialog")
+
+
+def decide(consult: Consult):
+    """bench/routes/lua/main.lua, in Python: the decision for one consult."""
+    event = script_event(consult)
+    for key in READ:
+        event.get(key)
+    recorder = Recorder(consult.hook)
+    if event["method"] == "INVITE":
+        recorder.record_route()
+    recorder.relay(UAS_URI)
+    return recorder.decision
+
+
 class Recording(ProxyCore):
-    """Keeps the last request it relayed to the uas (the responses answer it)."""
+    """Keeps the last request it relayed to the uas (the responses answer it);
+    with `route` set, answers every consult at once with `decide`."""
     last_forwarded = b""
+    route = False
 
     def receive(self, data, transport, src):
-        out = super().receive(data, transport, src)
+        out = self._answered(super().receive(data, transport, src))
         for a in out:
             if isinstance(a, Transmit) and a.port == 5090 and not a.data.startswith(b"SIP/"):
                 self.last_forwarded = a.data
         return out
+
+    def _answered(self, out):
+        if not self.route:
+            return out
+        done = []
+        while out:
+            action = out.pop(0)
+            if type(action) is Consult:
+                out.extend(self.decided(action.token, decide(action)))
+            else:
+                done.append(action)
+        return done
 
 
 def one_call(core, n, spent=None):
@@ -100,11 +141,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=5, help="report the fastest round (the machine is shared)")
+    ap.add_argument("--route", action="store_true",
+                    help="consult a route for every request (answered at once, as main.lua)")
     ap.add_argument("--profile", action="store_true")
     args = ap.parse_args()
     ids = itertools.count()
-    core = Recording([("udp", "127.0.0.1", 5060)], relay_to="sip:127.0.0.1:5090",
+    core = Recording([("udp", "127.0.0.1", 5060)], relay_to=None if args.route else UAS_URI,
                      new_id=lambda: str(next(ids)))
+    core.route = args.route
     for n in range(200):
         one_call(core, f"w{n}")
     if args.profile:
@@ -127,7 +171,8 @@ def main():
     gc.enable()
     per_call = sum(kinds.values()) / args.calls * 1e6
     print(f"core: {per_call:.1f} us/call, {per_call / len(KINDS):.1f} us per received message "
-          f"(fastest of {args.rounds} rounds of {args.calls} calls, static relay, UDP)")
+          f"(fastest of {args.rounds} rounds of {args.calls} calls, "
+          f"{'a route consulted per request' if args.route else 'static relay'}, UDP)")
     for k in KINDS:
         print(f"  {k:<11} {kinds[k] / args.calls * 1e6:7.1f} us")
 

@@ -17,7 +17,6 @@ from host.sip.digest import DigestError, parse_credentials
 from host.sip.errors import BadMessage
 from host.sip.headers import display_name, tag_of, uri_of
 from host.sip.message import Request, Response
-from host.sip.uri import parse_uri
 
 
 def digest_username(req: Request) -> str:
@@ -94,7 +93,7 @@ def script_event(consult: Consult) -> ScriptEvent:
     req = consult.request
     transport, ip, port = consult.source
     try:
-        uri = parse_uri(req.uri)
+        uri = req.parsed_uri   # shared by every request to the same URI: read only
         ruri_user, ruri_host = uri.user or "", uri.host
         ruri_local = local_domain(uri.host, uri.port) is not None
     except BadMessage:

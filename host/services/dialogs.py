@@ -16,7 +16,7 @@ import logging
 import trio
 
 from host.sip.actions import DialogChange
-from host.sip.dialogs import ENDED
+from host.sip.dialogs import ENDED, TRYING
 from host.sip.proxy_dialogs import FORGET_AFTER
 from host.storage import Store, StoreError
 
@@ -39,10 +39,13 @@ class DialogMirror:
         self._wake = trio.Event()
         self.dropped = 0
         self.errors = 0
+        self._writing = 0    # writes of the current batch not started yet
+        self.coalesced = 0   # changes never written: a later one of the same batch said more
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        """Changes not written yet: waiting, or in the batch being written."""
+        return len(self._queue) + self._writing
 
     def submit(self, change: DialogChange) -> None:
         if len(self._queue) >= QUEUE_MAX:
@@ -61,21 +64,29 @@ class DialogMirror:
             await trio.sleep(BATCH_SECONDS)
             self._wake = trio.Event()
             while queue:
-                change = queue.popleft()
-                try:
-                    await self._apply(change)
-                except StoreError as exc:
-                    # The store is down or refused: the core's calls go on; the
-                    # next change of this dialog rewrites its record.
-                    self.errors += 1
-                    log.warning("dialog %s: cannot record %s: %s", change.record.get("id"),
-                                change.state, exc)
-                except Exception:
-                    self.errors += 1
-                    log.exception("dialog %s: cannot record %s", change.record.get("id"), change.state)
+                batch = list(queue)
+                queue.clear()
+                writes = coalesced(batch)
+                self.coalesced += len(batch) - len(writes)
+                self._writing = len(writes)
+                for change, first in writes:
+                    self._writing -= 1
+                    try:
+                        await self._apply(change, first)
+                    except StoreError as exc:
+                        # The store is down or refused: the core's calls go on; the
+                        # next change of this dialog rewrites its record.
+                        self.errors += 1
+                        log.warning("dialog %s: cannot record %s: %s", change.record.get("id"),
+                                    change.state, exc)
+                    except Exception:
+                        self.errors += 1
+                        log.exception("dialog %s: cannot record %s", change.record.get("id"),
+                                      change.state)
 
-
-    async def _apply(self, change: DialogChange) -> None:
+    async def _apply(self, change: DialogChange, first: bool) -> None:
+        """Write one dialog's latest state; `first`: its record is new (the
+        batch held its "trying"), so its profiles count it from now on."""
         record, store = change.record, self.store
         dialog_id = record["id"]
         if change.state == ENDED:
@@ -85,11 +96,30 @@ class DialogMirror:
             return
         limit = record.get("max_duration")
         ttl = limit + 600.0 if limit else UNLIMITED_TTL
-        first = change.state == "trying"
         await store.put_dialog(dialog_id, record, ttl)
         if first:
             for name, key in change.profiles.items():
                 await store.profile_add(name, key, dialog_id, ttl)
 
     def statistics(self) -> dict:
-        return {"queued": self.queued, "dropped": self.dropped, "errors": self.errors}
+        return {"queued": self.queued, "dropped": self.dropped, "errors": self.errors,
+                "coalesced": self.coalesced}
+
+
+def coalesced(changes: list[DialogChange]) -> list[tuple[DialogChange, bool]]:
+    """What a batch of changes leaves to write: per dialog, only its latest
+    change (a record is rewritten whole, so the earlier ones say nothing the
+    last does not), with whether the batch holds its "trying" (the record
+    and its profile entries are new). A dialog that began and ended within
+    the batch leaves nothing: its record and profile entries would be added
+    and removed again. Changes of different dialogs keep their order."""
+    latest: dict = {}   # the dialog -> [its latest change, whether "trying" was seen]
+    for change in changes:
+        entry = latest.get(change.subject)
+        if entry is None:
+            latest[change.subject] = [change, change.state == TRYING]
+        else:
+            entry[0] = change
+            entry[1] = entry[1] or change.state == TRYING
+    return [(change, new) for change, new in latest.values()
+            if not (new and change.state == ENDED)]

@@ -89,7 +89,9 @@ class TimerService:
         elif len(self._pending) > self._peak:
             self._peak = len(self._pending)
         if deadline < self._wake_at and self._scope is not None:
-            self._scope.cancel()
+            # Sooner than the sleep: move its deadline. Cancelling woke the
+            # task at once, only for it to go back to sleep until this one.
+            self._wake_at = self._scope.deadline = deadline
 
     def cancel(self, key) -> None:
         """Forget the pending timer `key`; unknown or fired keys are ignored."""
@@ -130,6 +132,8 @@ class TimerService:
         heap = self._heap
         task_status.started()
         while True:
+            while heap and heap[0][2] is None:
+                heapq.heappop(heap)   # cancelled: not worth waking up for
             self._wake_at = heap[0][0] if heap else math.inf
             with trio.CancelScope(deadline=self._wake_at) as scope:
                 self._scope = scope

@@ -65,6 +65,13 @@ class DialogChange:
         self.state, self._record, self.profiles, self._now = state, record, profiles, now
 
     @property
+    def subject(self):
+        """Which dialog changed, without building its record: the Dialog, or
+        the record's id."""
+        record = self._record
+        return record["id"] if type(record) is dict else record
+
+    @property
     def record(self) -> dict:
         record = self._record
         if type(record) is not dict:

@@ -320,15 +320,31 @@ def _bracketed(value: str, display: str | None, lt: int) -> NameAddr:
     return NameAddr(display, uri, parse_params(rest) if rest else {})
 
 
+# A call's From and To values are read many times over its life (each
+# message's event for the route, the dialog, the transaction keys): these
+# pure functions remember what they answered for the values of the calls in
+# progress. Bounded, and dropped whole when full: a flood of distinct values
+# must not grow them, and one lookup must stay one dict probe.
+_MEMO_MAX = 8192
+_URIS: dict[str, str] = {}
+_TAGS: dict[str, str | None] = {}
+
+
 def uri_of(value: str | None) -> str:
     """The URI of a name-addr header value (From, To, Contact); '' for one
     that is absent or does not parse."""
     if not value:
         return ""
-    try:
-        return parse_name_addr(value).uri
-    except BadMessage:
-        return ""
+    uri = _URIS.get(value)
+    if uri is None:
+        try:
+            uri = parse_name_addr(value).uri
+        except BadMessage:
+            uri = ""
+        if len(_URIS) >= _MEMO_MAX:
+            _URIS.clear()
+        _URIS[value] = uri
+    return uri
 
 
 def tag_of(value: str | None) -> str | None:
@@ -336,6 +352,18 @@ def tag_of(value: str | None) -> str | None:
     path. Never raises: a value it cannot read has no tag."""
     if not value:
         return None
+    try:
+        return _TAGS[value]
+    except KeyError:
+        pass
+    tag = _read_tag(value)
+    if len(_TAGS) >= _MEMO_MAX:
+        _TAGS.clear()
+    _TAGS[value] = tag
+    return tag
+
+
+def _read_tag(value: str) -> str | None:
     gt = value.rfind(">")
     tail = value[gt + 1:] if gt >= 0 else value
     low = tail.lower()

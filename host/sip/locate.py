@@ -78,12 +78,24 @@ class Target:
 Lookup = Generator[Query, list, list[Target]]
 
 
+# Every request asks whether its next hop is an address literal, and most
+# go to a few hosts: remember the answers (bounded: hosts come from the wire).
+_IS_IP: dict[str, bool] = {}
+
+
 def is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-        return True
-    except ValueError:
-        return False
+    """Whether `host` is an IPv4 or IPv6 literal ([] around IPv6 allowed)."""
+    known = _IS_IP.get(host)
+    if known is None:
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+            known = True
+        except ValueError:
+            known = False
+        if len(_IS_IP) >= 4096:
+            _IS_IP.clear()
+        _IS_IP[host] = known
+    return known
 
 
 def locate(scheme: str, host: str, port: int | None, transport: str | None,

@@ -19,7 +19,6 @@ anything unusual to the pure-Python path, which stays the reference.
 from __future__ import annotations
 
 import logging
-
 import re
 
 from .errors import BadMessage
@@ -121,10 +120,12 @@ _SPLIT_IDS = 5
 # BS_VIA2 when a Via line holds a list (_scan.c): Python checks the second
 # Via, or the scanner found it plain.
 _SCAN_VIA_LIST, _SCAN_VIA_LIST_CHECKED = -2, -3
-# A fresh output array per call keeps parse_message safe to call from
-# several threads (cffi releases the GIL during the call); not clearing it
-# saves the memset, the scanner writes every int it reports.
+# Output arrays are reused from a free list: a fresh 5 KB array per message
+# was a malloc and a free on every parse. list.pop and append are atomic, so
+# threads parsing at once (cffi releases the GIL during the scan) each hold
+# their own. Not cleared: the scanner writes every int it reports.
 _new_ints = _ffi.new_allocator(should_clear_after_alloc=False) if _ffi else None
+_free_buffers: list = []
 
 
 def _answerable(data: bytes) -> bool:
@@ -142,10 +143,12 @@ def _parse(data: bytes, stream: bool) -> Message:
     if data[:1] in (b"\r", b"\n"):
         data = data.lstrip(b"\r\n")  # §7.5: ignore CRLFs before the start line
     if _use_c:
-        out = _new_ints("int32_t[]", _SCAN_CAP)
+        out = _free_buffers.pop() if _free_buffers else _new_ints("int32_t[]", _SCAN_CAP)
         n = _lib.bs_scan(data, len(data), out, _SCAN_CAP)
-        if n > 0:
-            return _parse_scanned(data, _ffi.unpack(out, n), stream)
+        scanned = _ffi.unpack(out, n) if n > 0 else None
+        _free_buffers.append(out)
+        if scanned is not None:
+            return _parse_scanned(data, scanned, stream)
     lines, body = _head_lines(data)
     first = lines[0]
     if not first.isprintable():

@@ -68,7 +68,32 @@ async def test_profiles_counted_in_then_out_and_records_follow_the_call():
         await drained(mirror)
         assert await store.profile_count("caller", CALLER) == 0
         assert await store.dialogs() == []
-        assert mirror.statistics() == {"queued": 0, "dropped": 0, "errors": 0}
+        assert mirror.statistics() == {"queued": 0, "dropped": 0, "errors": 0, "coalesced": 1}
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_batch_writes_each_dialog_once_and_a_call_over_within_it_not_at_all():
+    store = MemoryStore(clock=Clock())
+    mirror = DialogMirror(store)
+    profiles = {"caller": CALLER}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(mirror.run)
+        # One batch: d1 rings and is answered, d2 begins and ends, d3 begins.
+        for dialog_id, state in [("d1", "trying"), ("d2", "trying"), ("d1", "early"),
+                                 ("d2", "ended"), ("d1", "confirmed"), ("d3", "trying")]:
+            mirror.submit(DialogChange(state, record(dialog_id, state), profiles))
+        await drained(mirror)
+        assert sorted(r["id"] for r in await store.dialogs()) == ["d1", "d3"]
+        assert (await store.get_dialog("d1"))["state"] == "confirmed"
+        assert await store.get_dialog("d2") is None
+        assert await store.profile_count("caller", CALLER) == 2   # d1 and d3, once each
+        assert mirror.statistics()["coalesced"] == 4
+
+        # A dialog written in an earlier batch is still removed when it ends.
+        mirror.submit(DialogChange("ended", record("d1", "ended"), profiles))
+        await drained(mirror)
+        assert [r["id"] for r in await store.dialogs()] == ["d3"]
+        assert await store.profile_count("caller", CALLER) == 1
         nursery.cancel_scope.cancel()
 
 

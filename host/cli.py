@@ -197,8 +197,6 @@ def _tls_settings(args, listen):
         tls_layers(listen, settings)
     except TlsConfigError as exc:
         return str(exc)
-    if args.workers > 1 and any(t not in ("udp", "tcp") for t, _, _ in listen):
-        return "--workers N serves udp: and tcp: listeners only; run tls:, ws: and wss: with one worker"
     return settings
 
 

@@ -10,9 +10,11 @@ leave from the public port, because every worker holds a socket bound to it.
 
 - UDP: one socket per worker in a SO_REUSEPORT group on the public address;
   the kernel spreads datagrams over them by source.
-- TCP: one listening socket that every worker accepts from. A connection
-  lives in the worker that accepted (or opened) it; the others learn who
-  holds which connection and send through the holder.
+- TCP, TLS, WS and WSS: one listening socket per address that every worker
+  accepts from (each worker runs the TLS handshake and the WebSocket
+  upgrade of the connections it accepts). A connection lives in the worker
+  that accepted (or opened) it; the others learn who holds which
+  connection, by transport and remote address, and send through the holder.
 - Store: registrations, nonce counts, dialogs and script data go through the
   shared store: Redis when `--store` names one, else an LMDB directory the
   parent creates and removes (host/storage/lmdb.py).

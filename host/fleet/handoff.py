@@ -28,18 +28,21 @@ FRAME_MAX = 256 * 1024   # above any SIP message the transports accept
 
 class Handoff:
     """`on_message(data, transport, src)` processes a message handed over;
-    `on_send(data, host, port)` sends on a TCP connection this worker holds;
-    `held()` lists the TCP connections it holds (told to a restarted peer)."""
+    `on_send(data, transport, host, port)` sends on a stream connection this
+    worker holds; `held()` lists the connections it holds, as (transport,
+    host, port), told to a restarted peer. A connection is known by its
+    transport and remote address together (ownership.py)."""
 
     def __init__(self, index: int, peers: dict[int, socket.socket], *,
                  on_message: Callable[[bytes, str, tuple[str, int]], None],
-                 on_send: Callable[[bytes, str, int], None],
-                 held: Callable[[], list[tuple[str, int]]]):
+                 on_send: Callable[[bytes, str, str, int], None],
+                 held: Callable[[], list[tuple[str, str, int]]]):
         self.index = index
         self.peers = peers
         self._on_message, self._on_send, self._held = on_message, on_send, held
-        self.holders: dict[tuple[str, int], int] = {}   # TCP remote -> worker holding it
+        self.holders: dict[tuple[str, str, int], int] = {}   # (transport, host, port) -> worker holding it
         self.handed = self.received = self.dropped = self.bad_frames = 0
+        self.sent_via = self.sends_received = 0
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -55,17 +58,18 @@ class Handoff:
         self.handed += 1
         self._send(owner, frame(MESSAGE, transport, src[0], src[1], data))
 
-    def send_via(self, holder: int, data: bytes, host: str, port: int) -> None:
-        self._send(holder, frame(SEND, "tcp", host, port, data))
+    def send_via(self, holder: int, data: bytes, transport: str, host: str, port: int) -> None:
+        self.sent_via += 1
+        self._send(holder, frame(SEND, transport, host, port, data))
 
-    def holding(self, remote: tuple[str, int], held: bool) -> None:
-        """This worker opened or lost a TCP connection: tell the others."""
-        message = frame(HOLDS if held else DROPS, "tcp", remote[0], remote[1])
+    def holding(self, transport: str, remote: tuple[str, int], held: bool) -> None:
+        """This worker opened or lost a connection: tell the others."""
+        message = frame(HOLDS if held else DROPS, transport, remote[0], remote[1])
         for peer in self.peers:
             self._send(peer, message)
 
-    def holder(self, host: str, port: int) -> int | None:
-        return self.holders.get((host, port))
+    def holder(self, transport: str, host: str, port: int) -> int | None:
+        return self.holders.get((transport, host, port))
 
     def _send(self, peer: int, datagram: bytes) -> None:
         try:
@@ -100,21 +104,23 @@ class Handoff:
             self.received += 1
             self._on_message(data, transport, (host, port))
         elif kind == SEND:
-            self._on_send(data, host, port)
+            self.sends_received += 1
+            self._on_send(data, transport, host, port)
         elif kind == HOLDS:
-            self.holders[(host, port)] = peer
+            self.holders[(transport, host, port)] = peer
         elif kind == DROPS:
-            if self.holders.get((host, port)) == peer:
-                del self.holders[(host, port)]
+            if self.holders.get((transport, host, port)) == peer:
+                del self.holders[(transport, host, port)]
         elif kind == HELLO:
             # The peer restarted: what it held died with its old process.
             for remote in [r for r, w in self.holders.items() if w == peer]:
                 del self.holders[remote]
-            for remote in self._held():
-                self._send(peer, frame(HOLDS, "tcp", remote[0], remote[1]))
+            for transport, host, port in self._held():
+                self._send(peer, frame(HOLDS, transport, host, port))
         else:
             self.bad_frames += 1
 
     def statistics(self) -> dict:
         return {"handed": self.handed, "received": self.received, "dropped": self.dropped,
+                "sent_via": self.sent_via, "sends_received": self.sends_received,
                 "bad_frames": self.bad_frames, "remote_connections": len(self.holders)}

@@ -50,15 +50,18 @@ def owner_of(message: bytes, workers: int) -> int | None:
 # ---------------------------------------------------------------- frames
 # One datagram on a worker-to-worker socket pair. Kinds:
 #   MESSAGE  a SIP message received from (host, port) over `transport`, for
-#            the owner to process as if it had arrived there; for TCP the
-#            connection stays with the sender, which is its holder.
-#   SEND     bytes for the receiver to send on the TCP connection it holds
-#            to (host, port).
-#   HOLDS    the sender now holds a TCP connection to (host, port).
+#            the owner to process as if it had arrived there; over a stream
+#            transport (tcp, tls, ws, wss) the connection stays with the
+#            sender, which is its holder.
+#   SEND     bytes for the receiver to send on the `transport` connection it
+#            holds to (host, port).
+#   HOLDS    the sender now holds a `transport` connection to (host, port).
 #   DROPS    the sender no longer holds it.
+# A connection is named by its transport and remote address together: a TLS
+# flow and a TCP flow from one address and port are different connections.
 #   HELLO    the sender (re)started: forget what it held, tell it what you hold.
 MESSAGE, SEND, HOLDS, DROPS, HELLO = b"M", b"S", b"H", b"D", b"!"
-TRANSPORTS = (b"udp", b"tcp")
+TRANSPORTS = (b"udp", b"tcp", b"tls", b"ws", b"wss")
 _HEAD = struct.Struct("!cBBH")   # kind, transport index, host length, port
 
 

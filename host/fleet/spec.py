@@ -21,7 +21,8 @@ class WorkerSpec:
     index: int
     count: int
     # (transport, host, port, fd) in --listen order: UDP a SO_REUSEPORT
-    # member of its own, TCP the listener every worker accepts from.
+    # member of its own; TCP, TLS, WS and WSS the listener every worker
+    # accepts from.
     listen: list[tuple[str, str, int, int]] = field(default_factory=list)
     peers: dict[int, int] = field(default_factory=dict)               # peer index -> fd
     ready: int = -1

@@ -98,7 +98,7 @@ class Server:
         self._families = ("A",)
         self._ips: set[str] = set()   # hosts known to be IP literals
         self._consulting: dict[str, collections.deque] = {}  # call-id -> events waiting
-        self._connecting: dict[tuple, list] = {}    # remote -> error keys of sends opening it
+        self._connecting: dict[tuple, list] = {}    # (transport, host, port) -> error keys of sends opening it
         self._connecting_since: collections.deque = collections.deque()
         self.internal_errors = 0
         self.store = shared_store()
@@ -123,9 +123,9 @@ class Server:
             for transport, host, port in cfg.listen:
                 t = make_transport(transport, host, port,
                                    on_message=self._guarded(self._input_for(transport), transport),
-                                   on_error=self._on_tcp_error, extra=cfg.extra, layers=layers,
+                                   on_error=self._connect_failed(transport), extra=cfg.extra, layers=layers,
                                    inherited=fleet.socket_for(transport, host, port) if fleet is not None else None,
-                                   on_connection=self._holding if fleet is not None else None)
+                                   on_connection=self._holding(transport) if fleet is not None else None)
                 if transport != "udp":
                     await t.bind()
                 self.transports.setdefault(transport, t)
@@ -145,10 +145,9 @@ class Server:
                                   locating=True)
             set_local_domain(self.core.local.domain_of)
             if fleet is not None:
-                tcp = self.transports.get("tcp")
                 self.handoff = Handoff(fleet.index, fleet.peer_sockets(),
                                        on_message=self._receive, on_send=self._send_held,
-                                       held=tcp.connections if tcp is not None else list)
+                                       held=self._held)
                 await nursery.start(self.handoff.run)
             interval = cfg.extra.get("keepalive", 0)
             if interval and udp is not None:
@@ -203,10 +202,11 @@ class Server:
     def _input_for(self, transport: str):
         """What a transport calls with each message it receives. One worker
         of several hands a message whose Call-ID another worker owns to it
-        (host/fleet/ownership.py); tls/ws/wss serve one process only (cli.py)."""
+        (host/fleet/ownership.py); a connection's messages are handed over
+        like datagrams, and the connection stays here (its holder)."""
         receive = self._receive
         fleet = self.config.fleet
-        if fleet is None or transport not in ("udp", "tcp"):
+        if fleet is None:
             return lambda data, src: receive(data, transport, src)
         count, me = fleet.count, fleet.index
 
@@ -218,14 +218,23 @@ class Server:
                 receive(data, transport, src)
         return owned
 
-    def _send_held(self, data: bytes, host: str, port: int) -> None:
-        tcp = self.transports.get("tcp")
-        if tcp is not None:
-            tcp.send(data, host, port)
+    def _send_held(self, data: bytes, transport: str, host: str, port: int) -> None:
+        """Another worker's message for a connection this worker holds."""
+        stream = self.transports.get(transport)
+        if stream is not None and transport != "udp":
+            stream.send(data, host, port)
 
-    def _holding(self, remote, held: bool) -> None:
-        if self.handoff is not None:
-            self.handoff.holding(remote, held)
+    def _holding(self, transport: str):
+        """What a stream transport calls when a connection opens or ends:
+        the other workers learn who holds it (host/fleet/handoff.py)."""
+        def holding(remote, held: bool) -> None:
+            if self.handoff is not None:
+                self.handoff.holding(transport, remote, held)
+        return holding
+
+    def _held(self) -> list[tuple[str, str, int]]:
+        return [(name, *remote) for name, t in self.transports.items() if name != "udp"
+                for remote in t.connections()]
 
     def _internal_error(self, what, src, data=b"") -> None:
         # The last line of defence: a bug met by one message costs that
@@ -250,13 +259,20 @@ class Server:
         while since and since[0][0] < now - CONNECTING_REMEMBERED:
             self._connecting.pop(since.popleft()[1], None)
 
-    def _on_tcp_error(self, remote) -> None:
-        log.debug("tcp connection to %s:%s failed", *remote)
-        for key in self._connecting.pop(remote, ()):
+    def _connect_failed(self, transport: str):
+        """What a stream transport calls when a connection ended with sends
+        still queued (it never opened, or a handshake or upgrade failed)."""
+        def failed(remote) -> None:
+            self._on_tcp_error((transport, *remote))
+        return failed
+
+    def _on_tcp_error(self, connection) -> None:
+        log.debug("%s connection to %s:%s failed", *connection)
+        for key in self._connecting.pop(connection, ()):
             try:
                 self._execute(self.core.transport_error(key))
             except Exception:
-                self._internal_error("tcp error", remote)
+                self._internal_error(f"{connection[0]} error", connection[1:])
 
     def _on_timer(self, key) -> None:
         try:
@@ -290,7 +306,7 @@ class Server:
             self._report_error(action)
             return
         host = action.host
-        if action.alt is not None and not self._connected(transport, host, action.port):
+        if action.alt is not None and not self._connected(action.transport, transport, host, action.port):
             action.host, action.port = action.alt
             action.alt = None
             host = action.host
@@ -311,18 +327,18 @@ class Server:
             return
         connected = transport.has_connection(host, action.port)
         if not connected and self.handoff is not None:
-            holder = self.handoff.holder(host, action.port)
+            holder = self.handoff.holder(action.transport, host, action.port)
             if holder is not None:   # another worker holds the connection: send through it
-                self.handoff.send_via(holder, action.data, host, action.port)
+                self.handoff.send_via(holder, action.data, action.transport, host, action.port)
                 return
         if not transport.send(action.data, host, action.port, action.host):
             self._report_error(action)
         elif not connected and action.error_key is not None:
-            self._note_connecting((host, action.port), action.error_key)
+            self._note_connecting((action.transport, host, action.port), action.error_key)
 
-    def _connected(self, transport, host: str, port: int) -> bool:
+    def _connected(self, name: str, transport, host: str, port: int) -> bool:
         return transport.has_connection(host, port) or (
-            self.handoff is not None and self.handoff.holder(host, port) is not None)
+            self.handoff is not None and self.handoff.holder(name, host, port) is not None)
 
     def _send_udp(self, data: bytes, transport: str, host: str, port: int) -> None:
         self._transmit(Transmit(data, transport, host, port))

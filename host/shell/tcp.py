@@ -49,8 +49,10 @@ host/shell/tls.py's `TlsLayer`, whose handshake must end within its
 `handshake_timeout`), and `websocket=True` frames messages with
 host/shell/websocket.py instead of StreamFramer (one SIP message per
 WebSocket message; WebSocket pings and CRLF-only messages are the
-keep-alives). WebSocket connections are only ever accepted: a browser
-cannot be connected to, so a send to a remote without a connection fails.
+keep-alives). A WebSocket connection we open to a next hop (a ws:/wss:
+URI) sends the upgrade request first and holds SIP messages until it is
+answered; a browser cannot be connected to, so a send to one whose
+connection is gone fails like any refused connect.
 (One class for four transports is why this module is longer than most: the
 TLS contexts and the WebSocket codec live in their own modules.)
 """
@@ -493,26 +495,44 @@ class TcpTransport:
 
     def send(self, data: bytes, host: str, port: int, server_name: str | None = None) -> bool:
         """Queue `data` for (host, port), opening a connection if there is
-        none (`server_name`: what a TLS next hop's certificate must name,
-        default `host`). Never waits; False when it cannot be sent."""
+        none (`server_name`: the name the next hop was addressed by, which
+        a TLS certificate must name and a WebSocket upgrade's Host header
+        says; default `host`). Never waits; False when it cannot be sent."""
         remote = (host, port)
         conn = self._conns.get(remote)
-        if conn is not None and conn.ws is not None:
-            data = conn.ws.frame(data)
-            if data is None:          # no SIP before the upgrade, nor after a close
-                return False
         if conn is None:
-            if self._nursery is None or self.websocket:
+            if self._nursery is None:
                 return False
             reason = self._admission.refuse(None)
             if reason is not None:
                 self.rejected += 1
-                self._warn("refused", "tcp: not connecting to %s:%s: %s", host, port, reason)
+                self._warn("refused", "%s: not connecting to %s:%s: %s", self.name, host, port, reason)
                 return False
             conn = _Connection(remote, None, trio.current_time())
             conn.server_name = server_name or host
+            if self.websocket:
+                self._ws_connect(conn)
             self._register(conn)
+        if conn.ws is not None:
+            data = conn.ws.frame(data)
+            if data is None:          # no SIP before the upgrade, nor after a close
+                return False
+            if not data:              # held until our upgrade is answered
+                return True
         return self._enqueue(conn, data)
+
+    def _ws_connect(self, conn: _Connection) -> None:
+        """A WebSocket connection we open (RFC 7118 §4.1): the upgrade
+        request goes first, and its answer is due within header_timeout,
+        like an inbound connection's first message."""
+        name = conn.server_name
+        host = f"[{name}]" if ":" in name else name
+        # What waits for the answer is held in the session, half of the
+        # queue bound: framed, it must still fit the queue.
+        conn.ws, request = WsSession.connect(MAX_MESSAGE, f"{host}:{conn.remote[1]}",
+                                             max_pending=self.max_queued_bytes // 2)
+        conn.started = conn.last_used
+        self._enqueue(conn, request)
 
     def _enqueue(self, conn: _Connection, data: bytes) -> bool:
         if conn.closing:
@@ -558,7 +578,8 @@ class TcpTransport:
             log.error("tcp connection %s:%s: internal error", *conn.remote,
                       exc_info=group.exceptions[0] if len(group.exceptions) == 1 else group)
         finally:
-            unsent = bool(conn.queued) and not conn.closing
+            unsent = (bool(conn.queued) or (conn.ws is not None and conn.ws.holding())) \
+                and not conn.closing
             conn.closing = True
             self._forget(conn)
             if conn.raw is not None:
@@ -696,6 +717,12 @@ class TcpTransport:
                 except Exception:
                     self.callback_errors += 1
                     log.exception("%s message from %s:%s", self.name, *conn.remote)
+            if feed.failure is not None:
+                # Our upgrade failed: like a failed handshake (counted, and
+                # what waits for it is reported unsent by _run).
+                self.handshake_failures += 1
+                self._warn("handshake", "%s upgrade with %s:%s failed: %s", self.name,
+                           *conn.remote, feed.failure, level=logging.INFO)
             if feed.ended:
                 if feed.refused is not None:
                     self.upgrades_refused += 1

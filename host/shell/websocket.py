@@ -1,9 +1,10 @@
-"""SIP over WebSocket (RFC 7118), server side, as bytes in and bytes out.
+"""SIP over WebSocket (RFC 7118), both sides, as bytes in and bytes out.
 
-`WsSession` wraps one wsproto server connection: it answers the HTTP
-upgrade, cuts the stream into SIP messages (one per text or binary
-WebSocket message, RFC 7118 §5.1) and turns each SIP message we send into
-one frame. It does no I/O, so the transport (host/shell/tcp.py, with
+`WsSession` wraps one wsproto connection: as a server it answers the HTTP
+upgrade; as a client (a connection we open to a ws:/wss: next hop) it asks
+for one. Either way it cuts the stream into SIP messages (one per text or
+binary WebSocket message, RFC 7118 §5.1) and turns each SIP message we send
+into one frame. It does no I/O, so the transport (host/shell/tcp.py, with
 `websocket=True`) and tests drive it alike.
 
 The upgrade (RFC 7118 §4, RFC 6455 §4.2):
@@ -15,6 +16,14 @@ The upgrade (RFC 7118 §4, RFC 6455 §4.2):
 - whatever else wsproto refuses (no key, wrong version: 426 with
   Sec-WebSocket-Version 13) gets the answer wsproto proposes.
 A refused upgrade ends the connection once the answer is written.
+
+The upgrade we ask for (client side, RFC 7118 §4.1, RFC 6455 §4.1): a GET
+offering only `sip`, masked frames after it (wsproto). The server must
+choose `sip`: an answer that chooses nothing (or anything else), refuses,
+or is not a valid handshake at all fails the connection, and the SIP
+messages held for it are reported as not sent (`WsFeed.failure`). Messages
+sent before the answer are held, up to `max_pending` bytes, and framed the
+moment it comes.
 
 After the upgrade: pings are answered with pongs (wsproto builds them),
 a close is answered and ends the connection, a message larger than
@@ -40,7 +49,7 @@ MESSAGE_TOO_BIG = 1009   # RFC 6455 §7.4.1
 class WsFeed:
     """What one `WsSession.feed` produced."""
 
-    __slots__ = ("messages", "send", "traffic", "ended", "pings", "refused")
+    __slots__ = ("messages", "send", "traffic", "ended", "pings", "refused", "failure")
 
     def __init__(self):
         self.messages: list[bytes] = []   # complete SIP messages (CRLF keep-alives left out)
@@ -48,11 +57,13 @@ class WsFeed:
         self.traffic = False               # anything but stray bytes: keeps the connection
         self.ended = False                 # write `send`, then close the connection
         self.pings = 0                     # CRLF keep-alive messages (answered by the caller)
-        self.refused: int | None = None    # HTTP status of a refused upgrade
+        self.refused: int | None = None    # HTTP status of an upgrade we refused
+        self.failure: str | None = None    # why the upgrade we asked for failed (client)
 
 
 class WsSession:
-    __slots__ = ("_ws", "max_message", "_parts", "_size", "open", "target")
+    __slots__ = ("_ws", "max_message", "_parts", "_size", "open", "target", "client",
+                 "max_pending", "_pending", "_pending_size")
 
     def __init__(self, max_message: int):
         self._ws = WSConnection(ConnectionType.SERVER)
@@ -61,6 +72,26 @@ class WsSession:
         self._size = 0
         self.open = False           # upgraded: SIP messages may flow
         self.target: str | None = None
+        self.client = False
+        self.max_pending = 0
+        self._pending: list[bytes] = []   # client: messages sent before the upgrade's answer
+        self._pending_size = 0
+
+    @classmethod
+    def connect(cls, max_message: int, host: str, *, max_pending: int,
+                target: str = "/") -> tuple["WsSession", bytes]:
+        """A client session for a connection we open, and the upgrade
+        request to write first; `host` is what the Host header names (the
+        next hop's name and port)."""
+        session = cls(max_message)
+        session._ws = WSConnection(ConnectionType.CLIENT)
+        session.client, session.max_pending, session.target = True, max_pending, target
+        request = session._ws.send(Request(host=host, target=target, subprotocols=[SUBPROTOCOL]))
+        return session, request
+
+    def holding(self) -> bool:
+        """Messages are held for an upgrade that was never answered."""
+        return bool(self._pending)
 
     def partial(self) -> bool:
         """A message is being received (some of its frames are in)."""
@@ -69,9 +100,20 @@ class WsSession:
     def frame(self, message: bytes) -> bytes | None:
         """One SIP message as one WebSocket message: text when it is UTF-8
         (what browsers' clients expect), else binary (a binary body). None
-        once the connection is closing: nothing may be sent after a close."""
+        once the connection is closing: nothing may be sent after a close.
+        A client's message before the upgrade is answered is held (b"":
+        nothing to write yet), or refused (None) past `max_pending`."""
+        if self.client and not self.open and self._ws.state is ConnectionState.CONNECTING:
+            if self._pending_size + len(message) > self.max_pending:
+                return None
+            self._pending.append(message)
+            self._pending_size += len(message)
+            return b""
         if not self.open or self._ws.state is not ConnectionState.OPEN:
             return None
+        return self._frame_open(message)
+
+    def _frame_open(self, message: bytes) -> bytes:
         try:
             event = TextMessage(message.decode("utf-8"))
         except UnicodeDecodeError:
@@ -99,7 +141,9 @@ class WsSession:
                     break
         except RemoteProtocolError as exc:
             hint = exc.event_hint
-            if isinstance(hint, RejectConnection):
+            if self.client and not self.open:
+                out.failure = f"not a WebSocket upgrade answer: {exc}"
+            elif isinstance(hint, RejectConnection):
                 self._refuse(out, sending, *_refusal(str(exc), hint))
             elif hint is not None:
                 sending.append(self._safe_send(hint))
@@ -134,6 +178,20 @@ class WsSession:
             sending.append(self._ws.send(AcceptConnection(subprotocol=SUBPROTOCOL)))
             self.open = True
             out.traffic = True
+        elif cls is AcceptConnection:   # client: the upgrade we asked for
+            if event.subprotocol != SUBPROTOCOL:
+                # RFC 7118 §4.1: without sip chosen, no SIP may flow.
+                sending.append(self.close(1002, "the sip subprotocol was not chosen"))
+                out.failure = "the answer to the upgrade chose no sip subprotocol"
+                out.ended = True
+                return
+            self.open = True
+            out.traffic = True
+            sending.extend(self._frame_open(message) for message in self._pending)
+            self._pending, self._pending_size = [], 0
+        elif cls is RejectConnection:   # client: the upgrade was refused
+            out.failure = f"upgrade refused with {event.status_code}"
+            out.ended = True
         elif cls is Ping:
             out.traffic = True
             sending.append(self._safe_send(event.response()))

@@ -6,7 +6,9 @@ The page (served by the test on 127.0.0.1) reports each step back to the
 test over HTTP (tests/e2e/browser.py). Checked: the registration succeeds
 (and a wrong password is refused), the call is confirmed in the browser,
 the sipp uas saw INVITE, ACK and BYE (its scenario requires the ACK), and
-babelsip relayed it with the double Record-Route a WS↔UDP change needs.
+babelsip relayed it with the double Record-Route a WS↔UDP change needs;
+over wss also with `--workers 2` (the connection in one worker, calls
+owned by either).
 Media is out of scope: Chromium's fake devices make the offer, the uas
 answers with an SDP WebRTC accepts (scenarios/uas_webrtc.xml).
 """
@@ -21,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e import browser, sipp
+from tests.e2e.routes_support import wait_until
 from tests.shell.tls_certs import make_pki, openssl_available
 
 pytestmark = [
@@ -86,8 +89,9 @@ def bundle():
 
 @pytest.fixture
 def server(request, tmp_path):
-    """babelsip on UDP and ws: (or, parametrized, wss: with a certificate the test makes)."""
-    scheme = getattr(request, "param", "ws")
+    """babelsip on UDP and ws: (or, parametrized, wss: with a certificate
+    the test makes; "-workers2": as `--workers 2`)."""
+    scheme, _, workers = getattr(request, "param", "ws").partition("-workers")
     tls = []
     if scheme == "wss":
         if not openssl_available():
@@ -97,9 +101,13 @@ def server(request, tmp_path):
     routes = tmp_path / "routes"
     shutil.copytree(QUICKSTART, routes)
     udp, ws = sipp.free_port(), sipp.free_port()
+    fleet = ["--workers", workers] if workers else []
     proxy = sipp.start_babelsip(["run", "--listen", f"udp:127.0.0.1:{udp}", "--listen", f"{scheme}:127.0.0.1:{ws}",
-                                 "--routes", str(routes), "--ctl-socket", "none", *tls])
+                                 "--routes", str(routes), "--ctl-socket", "none", *tls, *fleet],
+                                ready_timeout=40 if workers else 15)
     with proxy:
+        if workers:   # one worker may answer before the other serves
+            assert wait_until(lambda: f"{workers} worker processes serving" in proxy.log(), 40), proxy.log()[-3000:]
         yield proxy, udp, ws, scheme
     (tmp_path / "babelsip.log").write_text(proxy.log())
 
@@ -109,7 +117,7 @@ def page(bundle, **settings):
             "/jssip.js": ("application/javascript", bundle)}
 
 
-@pytest.mark.parametrize("server", ["ws", "wss"], indirect=True)
+@pytest.mark.parametrize("server", ["ws", "wss", "wss-workers2"], indirect=True)
 def test_jssip_registers_over_websocket_and_calls_a_udp_uas(tmp_path, bundle, server):
     proxy, udp, ws, scheme = server
     uas_port = sipp.free_port()

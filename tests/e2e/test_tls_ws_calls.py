@@ -5,6 +5,10 @@
   ACK, BYE all cross the TLS hop); and the same A with a next hop whose
   certificate it does not trust: the calls fail at once (503 → 500), no
   clear-text fallback.
+- The same over a WebSocket hop, ws: and wss: (RFC 7118): A opens a
+  client WebSocket connection to B's listener, offering `sip`, over TLS
+  with B's certificate verified for wss, and every message of every call
+  crosses on the connection A opened.
 - sipp itself over TLS (`-t l1`) when the installed sipp is built with
   OpenSSL (Debian's is not: skipped with that reason).
 - A WebSocket UA (tests/e2e/ws_client.py, wsproto) registers with digest on
@@ -15,7 +19,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -65,6 +72,35 @@ def test_calls_cross_a_tls_hop_between_two_babelsip(tmp_path, pki):
         result = run_calls(tmp_path, a_udp, uas)
         assert result.successful == CALLS and result.failed == 0, result.summary() + a.log()[-3000:]
     assert "handshake" not in a.log() + b.log()
+
+
+@pytest.mark.parametrize("scheme", ["ws", "wss"])
+def test_calls_cross_a_websocket_hop_between_two_babelsip(tmp_path, pki, scheme):
+    uas = sipp.free_port()
+    a_udp, a_ws, b_udp, b_ws = (sipp.free_port() for _ in range(4))
+    hop = f"sip:127.0.0.1:{b_ws};transport=ws" if scheme == "ws" else f"sips:127.0.0.1:{b_ws};transport=ws"
+    b = sipp.start_babelsip(["run", "--listen", f"udp:127.0.0.1:{b_udp}", "--listen", f"{scheme}:127.0.0.1:{b_ws}",
+                             "--relay-to", f"sip:127.0.0.1:{uas}", *tls_flags(pki)])
+    with b, sipp.start_babelsip(["run", "--listen", f"udp:127.0.0.1:{a_udp}",
+                                 "--listen", f"{scheme}:127.0.0.1:{a_ws}",
+                                 "--relay-to", hop, *tls_flags(pki)]) as a:
+        result = run_calls(tmp_path, a_udp, uas)
+        assert result.successful == CALLS and result.failed == 0, result.summary() + a.log()[-3000:] + b.log()[-3000:]
+        a_stats, b_stats = status_of(a)[scheme], status_of(b)[scheme]
+    # A opened one connection and B accepted it: the in-dialog requests
+    # (ACK, BYE) and all answers reused it.
+    assert b_stats["accepted"] == 1 and a_stats["accepted"] == 0, (a_stats, b_stats)
+    assert a_stats["handshake_failures"] == b_stats["handshake_failures"] == 0
+    assert b_stats["upgrades_refused"] == 0
+
+
+def status_of(proxy: sipp.ProxyProcess) -> dict:
+    """The transports' statistics, from the status line SIGUSR1 logs."""
+    mark = proxy.log_mark()
+    os.kill(proxy.pid, signal.SIGUSR1)
+    found = rs.wait_until(lambda: next((line for line in proxy.log_since(mark) if "status: {" in line), None), 10)
+    assert found, proxy.log()[-2000:]
+    return json.loads(found.split("status: ", 1)[1])["transports"]
 
 
 def test_untrusted_tls_next_hop_fails_the_request_at_once_and_never_falls_back(tmp_path, pki):

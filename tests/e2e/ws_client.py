@@ -1,7 +1,7 @@
 """A small SIP-over-WebSocket user agent for the end-to-end tests: a blocking
 socket with wsproto framing, speaking like a browser client (RFC 7118 §5:
 .invalid host in Via and Contact), enough to register with digest and to
-answer one call. Every wait has a deadline."""
+answer one call, or to place one. Every wait has a deadline."""
 
 from __future__ import annotations
 
@@ -122,3 +122,39 @@ class WsUA:
             lines.append("Content-Type: application/sdp")
         lines += [f"Content-Length: {len(body.encode())}", "", body]
         self.send("\r\n".join(lines))
+
+    def final_response(self, timeout: float = 10.0):
+        """The next final response (provisional ones skipped), or None at the deadline."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            message = self.receive(end - time.monotonic())
+            if message is None:
+                return None
+            if getattr(message, "status", None) is not None and message.status >= 200:
+                return message
+        return None
+
+    def call(self, uri: str, call_id: str, timeout: float = 10.0) -> tuple[int | None, int | None]:
+        """INVITE `uri`, ACK the answer and hang up along the dialog's
+        route set (RFC 3261 §12.2.1.1: the Record-Route reversed, the remote
+        Contact as Request-URI). Returns (INVITE's final status, BYE's)."""
+        tag = secrets.token_hex(4)
+        head = [f"From: <sip:{self.user}@{self.host}>;tag={tag}", f"Call-ID: {call_id}", "Max-Forwards: 70"]
+        self.send("\r\n".join([f"INVITE {uri} SIP/2.0", f"Via: {self.via()}", *head, f"To: <{uri}>",
+                                "CSeq: 1 INVITE", f"Contact: {self.contact}", "Content-Type: application/sdp",
+                                f"Content-Length: {len(SDP)}", "", SDP]))
+        final = self.final_response(timeout)
+        if final is None or final.status >= 300:
+            return (final.status if final is not None else None), None
+        to = final.header("to")
+        routes = list(reversed(final.header_values("record-route")))
+        target = re.search(r"<([^>]+)>", final.header("contact")).group(1)
+
+        def in_dialog(method: str, cseq: int, via: str) -> str:
+            return "\r\n".join([f"{method} {target} SIP/2.0", f"Via: {via}", *head, f"To: {to}",
+                                 f"CSeq: {cseq} {method}", *[f"Route: {r}" for r in routes],
+                                 "Content-Length: 0", "", ""])
+        self.send(in_dialog("ACK", 1, self.via()))
+        self.send(in_dialog("BYE", 2, self.via()))
+        bye = self.final_response(timeout)
+        return final.status, (bye.status if bye is not None else None)

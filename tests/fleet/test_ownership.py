@@ -48,9 +48,11 @@ def test_a_keepalive_ping_comes_back_to_the_worker_that_sent_it(worker):
     assert o.owner_of(answer, 8) == worker
 
 
-def test_frames_carry_kind_transport_source_and_bytes():
-    datagram = o.frame(o.MESSAGE, "tcp", "::1", 5062, INVITE)
-    assert o.unframe(datagram) == (o.MESSAGE, "tcp", "::1", 5062, INVITE)
+@pytest.mark.parametrize("transport", ["udp", "tcp", "tls", "ws", "wss"])
+def test_frames_carry_kind_transport_source_and_bytes(transport):
+    datagram = o.frame(o.MESSAGE, transport, "::1", 5062, INVITE)
+    assert o.unframe(datagram) == (o.MESSAGE, transport, "::1", 5062, INVITE)
+    assert o.unframe(o.frame(o.HOLDS, transport, "192.0.2.1", 40000)) == (o.HOLDS, transport, "192.0.2.1", 40000, b"")
     assert o.unframe(o.frame(o.HELLO)) == (o.HELLO, "udp", "", 0, b"")
 
 

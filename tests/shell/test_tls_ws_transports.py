@@ -278,11 +278,20 @@ async def test_plain_http_and_raw_sip_on_a_websocket_port_get_426():
         nursery.cancel_scope.cancel()
 
 
-async def test_websocket_transport_never_opens_connections():
+async def test_a_websocket_send_to_an_address_nobody_listens_on_is_reported():
+    # The connection (a browser's gone, or a next hop down) cannot be
+    # opened: the error callback tells the core, and nothing stays behind.
+    errors = []
     async with trio.open_nursery() as nursery:
-        t, _ = await ws_transport(nursery, [])
-        assert not t.send(MSG, "127.0.0.1", 9)   # a browser cannot be connected to
-        assert t.connections() == []
+        t = TcpTransport("127.0.0.1", 0, lambda d, s: None, errors.append, websocket=True)
+        await nursery.start(t.serve)
+        closed = trio.socket.socket()
+        await closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        closed.close()
+        assert t.send(MSG, "127.0.0.1", port)
+        await wait_for(lambda: errors)
+        assert errors == [("127.0.0.1", port)] and t.connections() == []
         nursery.cancel_scope.cancel()
 
 

@@ -70,6 +70,7 @@ from host.sip.errors import BadMessage
 from host.sip.parser import MAX_MESSAGE, StreamFramer
 
 from .limits import nofile_limit
+from .tls import PinMismatch
 from .websocket import WsSession
 
 log = logging.getLogger("babelsip.transport")
@@ -367,6 +368,7 @@ class TcpTransport:
         self.framing_errors = self.callback_errors = self.internal_errors = 0
         self.pings = self.pongs = 0
         self.handshake_failures = self.upgrades_refused = 0
+        self.pin_mismatches = self.identity_refused = 0
 
     async def bind(self) -> tuple[str, int]:
         if self._listener is not None:
@@ -497,6 +499,9 @@ class TcpTransport:
         default `host`). Never waits; False when it cannot be sent."""
         remote = (host, port)
         conn = self._conns.get(remote)
+        if (conn is not None and server_name is not None and server_name != conn.server_name
+                and self.layer.secure and not self._proves(conn, server_name)):
+            return False
         if conn is not None and conn.ws is not None:
             data = conn.ws.frame(data)
             if data is None:          # no SIP before the upgrade, nor after a close
@@ -513,6 +518,21 @@ class TcpTransport:
             conn.server_name = server_name or host
             self._register(conn)
         return self._enqueue(conn, data)
+
+    def _proves(self, conn: _Connection, name: str) -> bool:
+        """Whether the TLS connection `conn` may carry a message for `name`:
+        its peer proved another name (or none: an inbound one), so its
+        certificate is checked for this one too. A connection still in its
+        handshake cannot tell yet: the message is refused (its branch fails
+        over) rather than sent unchecked."""
+        stream = conn.stream
+        if stream is not None and stream is not conn.raw and self.layer.proves(stream, name):
+            return True
+        self.identity_refused += 1
+        self._warn("identity", "%s: not sending a message for %s over the connection with %s:%s: "
+                   "its certificate does not prove that name%s", self.name, name, *conn.remote,
+                   "" if stream is not None and stream is not conn.raw else " (handshake not done)")
+        return False
 
     def _enqueue(self, conn: _Connection, data: bytes) -> bool:
         if conn.closing:
@@ -574,18 +594,27 @@ class TcpTransport:
         """The layer's handshake (TLS), within its timeout; False (counted,
         logged at most once per LOG_INTERVAL) when it fails: that ends the
         connection, and a send waiting on it is reported by _run."""
+        inbound = conn.source is not None
         try:
             with trio.fail_after(self.layer.handshake_timeout):
-                conn.stream = await self.layer.wrap(conn.raw, inbound=conn.source is not None,
+                conn.stream = await self.layer.wrap(conn.raw, inbound=inbound,
                                                     server_name=conn.server_name)
             return True
+        except PinMismatch as exc:
+            self.pin_mismatches += 1
+            self._warn("pin", "%s: closing the connection with %s:%s: %s", self.name, *conn.remote, exc)
         except (trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
             self.handshake_failures += 1
             cause = exc.__cause__ or exc
-            self._warn("handshake", "%s handshake with %s:%s failed: %s", self.name, *conn.remote,
-                       "timed out" if isinstance(exc, trio.TooSlowError) else cause, level=logging.INFO)
-            conn.abort = True
-            return False
+            why = "timed out" if isinstance(exc, trio.TooSlowError) else cause
+            if inbound:   # scanners and broken clients: not worth a warning
+                self._warn("handshake-in", "%s handshake with %s:%s failed: %s", self.name,
+                           *conn.remote, why, level=logging.INFO)
+            else:         # a next hop we could not reach securely: its branch gets a 503
+                self._warn("handshake-out", "%s handshake with %s:%s (verifying %s) failed: %s",
+                           self.name, *conn.remote, conn.server_name, why)
+        conn.abort = True
+        return False
 
     async def _aclose(self, conn: _Connection) -> None:
         with trio.CancelScope(shield=True):
@@ -757,5 +786,6 @@ class TcpTransport:
                 "framing_errors": self.framing_errors, "callback_errors": self.callback_errors,
                 "pings": self.pings, "pongs": self.pongs,
                 "handshake_failures": self.handshake_failures,
+                "pin_mismatches": self.pin_mismatches, "identity_refused": self.identity_refused,
                 "upgrades_refused": self.upgrades_refused,
                 "internal_errors": self.internal_errors}

@@ -61,6 +61,7 @@ import collections
 import errno
 import logging
 import socket
+import ssl
 import struct
 from typing import Callable
 
@@ -267,7 +268,8 @@ class RateLimit:
 # ------------------------------------------------------------- connections
 class _Connection:
     __slots__ = ("remote", "source", "stream", "raw", "ws", "server_name", "out", "queued", "wake",
-                 "last_used", "started", "scope", "closing", "abort", "ping_begun", "next_pong")
+                 "last_used", "started", "scope", "closing", "abort", "ping_begun", "next_pong",
+                 "heard", "refused")
 
     def __init__(self, remote, source: str | None, now: float):
         self.remote = remote
@@ -288,6 +290,8 @@ class _Connection:
         self.abort = False            # close with RST (peer misbehaved)
         self.ping_begun = 0           # bytes of a CRLF ping received so far (0-3)
         self.next_pong = now          # no pong before this time (PONG_INTERVAL)
+        self.heard = False            # any bytes received after the handshake
+        self.refused = False          # the TLS peer ended it with an alert before saying anything
 
     def idle(self) -> bool:
         return self.started is None and not self.queued and not self.closing
@@ -573,12 +577,13 @@ class TcpTransport:
                     nursery.cancel_scope.cancel()
         except* _CONNECTION_ENDED as group:
             log.debug("tcp connection %s:%s ended: %r", *conn.remote, group.exceptions[0])
+            self._note_refusal(conn, group.exceptions[0])
         except* Exception as group:
             self.internal_errors += 1
             log.error("tcp connection %s:%s: internal error", *conn.remote,
                       exc_info=group.exceptions[0] if len(group.exceptions) == 1 else group)
         finally:
-            unsent = bool(conn.queued) and not conn.closing
+            unsent = (bool(conn.queued) and not conn.closing) or conn.refused
             conn.closing = True
             self._forget(conn)
             if conn.raw is not None:
@@ -589,6 +594,21 @@ class TcpTransport:
                 except Exception:
                     self.internal_errors += 1
                     log.exception("tcp error callback for %s:%s", *conn.remote)
+
+    def _note_refusal(self, conn: _Connection, exc: BaseException) -> None:
+        """In TLS 1.3 a server checks our client certificate after our side
+        of the handshake is done: its refusal (an alert, or a reset) meets
+        our first read, after our request went out. That request was never
+        taken, so the sends that opened the connection hear of it as a
+        transport error (their branches fail over, or get 503) instead of
+        waiting for Timer B/F."""
+        cause = exc.__cause__ or exc
+        if (conn.source is None and self.layer.secure and not conn.heard
+                and isinstance(cause, (ssl.SSLError, ConnectionResetError))):
+            conn.refused = True
+            self.handshake_failures += 1
+            self._warn("handshake-out", "%s: %s:%s (verifying %s) refused the connection: %s",
+                       self.name, *conn.remote, conn.server_name, cause)
 
     async def _handshake(self, conn: _Connection) -> bool:
         """The layer's handshake (TLS), within its timeout; False (counted,
@@ -640,6 +660,7 @@ class TcpTransport:
                                                self.header_timeout, self.idle_timeout)):
                 data = await conn.stream.receive_some(RECV_SIZE)
             if data is not None:
+                conn.heard = True
                 return data
             if self._timed_out(conn, trio.current_time()):
                 return None

@@ -76,3 +76,11 @@ def openssl_fingerprint(cert: Path) -> str:
     out = subprocess.run(["openssl", "x509", "-noout", "-fingerprint", "-sha256", "-in", str(cert)],
                          check=True, capture_output=True, text=True, timeout=30).stdout
     return "sha256:" + out.strip().partition("=")[2]
+
+
+def issue(pki: Pki, directory: Path, san: str, name: str = "server") -> tuple[Path, Path]:
+    """Another server certificate from `pki`'s CA, for `san`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    return _leaf(directory, name, "/CN=babelsip test server", pki.ca, pki.ca_key,
+                 f"subjectAltName={san}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n"
+                 "extendedKeyUsage=serverAuth,clientAuth\n")

@@ -51,6 +51,9 @@ host/shell/websocket.py instead of StreamFramer (one SIP message per
 WebSocket message; WebSocket pings and CRLF-only messages are the
 keep-alives). WebSocket connections are only ever accepted: a browser
 cannot be connected to, so a send to a remote without a connection fails.
+A TLS connection remembers the name its peer was verified for; a send for
+another name (a second domain DNS put at the same address) goes over it
+only if the peer's certificate proves that name too (RFC 5922 §4).
 (One class for four transports is why this module is longer than most: the
 TLS contexts and the WebSocket codec live in their own modules.)
 """

@@ -178,6 +178,18 @@ def _add_tls_flags(run) -> None:
                      help="listeners accept only clients with a certificate signed by --tls-ca")
     tls.add_argument("--tls-handshake-timeout", type=_positive(float), default=None, metavar="SECONDS",
                      help="seconds a TLS handshake may take (10)")
+    tls.add_argument("--tls-pin", action="append", default=[], type=_tls_pin, metavar="HOST=sha256:HEX",
+                     help="accept next hop HOST (the URI's host) only with the certificate of this "
+                          "SHA-256 fingerprint, checked instead of the CA (repeatable; "
+                          "host/shell/tls_identity.py)")
+
+
+def _tls_pin(text: str):
+    from host.shell.tls_identity import PinError, parse_pin
+    try:
+        return parse_pin(text)
+    except PinError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _tls_settings(args, listen):
@@ -191,6 +203,7 @@ def _tls_settings(args, listen):
                            verify=args.tls_verify, client_cert=paths["tls_client_cert"],
                            client_key=paths["tls_client_key"],
                            require_client_cert=args.tls_require_client_cert,
+                           pins=tuple(args.tls_pin),
                            **({"handshake_timeout": args.tls_handshake_timeout}
                               if args.tls_handshake_timeout is not None else {}))
     try:

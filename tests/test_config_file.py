@@ -261,3 +261,11 @@ def test_check_takes_the_files_routes_unless_given(tmp_path):
     assert args.config_values["min_expires"] == 5
     args = parse_command_line(build_parser(), ["check", "--config", str(config), "--routes", "elsewhere"])
     assert args.routes == Path("elsewhere")
+
+
+def test_tls_pins_are_a_list_key_checked_like_the_flag():
+    fp = "ab" * 32
+    values = parse(f'tls_pin = ["trunk.example=sha256:{fp}", "10.0.0.1=SHA256:{fp.upper()}"]\n')
+    assert [(p.host, p.fingerprint.hex()) for p in values["tls_pin"]] == [("trunk.example", fp), ("10.0.0.1", fp)]
+    err = error_of('tls_pin = ["trunk.example=md5:00"]\n')
+    assert err.line == 1 and err.key == "tls_pin" and "only sha256:HEX fingerprints" in err.message

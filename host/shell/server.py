@@ -310,9 +310,11 @@ class Server:
             action.host, action.port = action.alt
             action.alt = None
             host = action.host
+        name = action.name   # what a TLS peer's certificate must name (RFC 5922)
         if host not in self._ips and not self._learn_ip(host):
-            # A name with no transaction behind it (a stateless relay): its
-            # address records only (RFC 3263 §4.2), at the port we have.
+            # A name the core did not locate (a response's Via, a request we
+            # originate): its address records only (RFC 3263 §4.2, §5), at
+            # the port we have; a TLS peer is checked against that name.
             found = self.resolver.locate_nowait("sip", host, action.port, action.transport,
                                                 frozenset((action.transport,)), self._families)
             if found is None:
@@ -321,6 +323,7 @@ class Server:
             if not found:
                 self._report_error(action)
                 return
+            name = name or host
             host, action.port = found[0].ip, found[0].port
         if action.transport == "udp":
             transport.send(action.data, host, action.port)
@@ -331,7 +334,7 @@ class Server:
             if holder is not None:   # another worker holds the connection: send through it
                 self.handoff.send_via(holder, action.data, action.transport, host, action.port)
                 return
-        if not transport.send(action.data, host, action.port, action.host):
+        if not transport.send(action.data, host, action.port, name):
             self._report_error(action)
         elif not connected and action.error_key is not None:
             self._note_connecting((action.transport, host, action.port), action.error_key)
@@ -351,7 +354,7 @@ class Server:
             return
         if action.transport == "udp":
             transport.send(action.data, found[0].ip, found[0].port)
-        elif not transport.send(action.data, found[0].ip, found[0].port, action.host):
+        elif not transport.send(action.data, found[0].ip, found[0].port, action.name or action.host):
             self._report_error(action)
 
     def _locate(self, action: Locate) -> None:

@@ -53,6 +53,9 @@ keep-alives). A WebSocket connection we open to a next hop (a ws:/wss:
 URI) sends the upgrade request first and holds SIP messages until it is
 answered; a browser cannot be connected to, so a send to one whose
 connection is gone fails like any refused connect.
+A TLS connection remembers the name its peer was verified for; a send for
+another name (a second domain DNS put at the same address) goes over it
+only if the peer's certificate proves that name too (RFC 5922 §4).
 (One class for four transports is why this module is longer than most: the
 TLS contexts and the WebSocket codec live in their own modules.)
 """
@@ -63,6 +66,7 @@ import collections
 import errno
 import logging
 import socket
+import ssl
 import struct
 from typing import Callable
 
@@ -72,6 +76,7 @@ from host.sip.errors import BadMessage
 from host.sip.parser import MAX_MESSAGE, StreamFramer
 
 from .limits import nofile_limit
+from .tls import PinMismatch
 from .websocket import WsSession
 
 log = logging.getLogger("babelsip.transport")
@@ -268,7 +273,8 @@ class RateLimit:
 # ------------------------------------------------------------- connections
 class _Connection:
     __slots__ = ("remote", "source", "stream", "raw", "ws", "server_name", "out", "queued", "wake",
-                 "last_used", "started", "scope", "closing", "abort", "ping_begun", "next_pong")
+                 "last_used", "started", "scope", "closing", "abort", "ping_begun", "next_pong",
+                 "heard", "refused")
 
     def __init__(self, remote, source: str | None, now: float):
         self.remote = remote
@@ -289,6 +295,8 @@ class _Connection:
         self.abort = False            # close with RST (peer misbehaved)
         self.ping_begun = 0           # bytes of a CRLF ping received so far (0-3)
         self.next_pong = now          # no pong before this time (PONG_INTERVAL)
+        self.heard = False            # any bytes received after the handshake
+        self.refused = False          # the TLS peer ended it with an alert before saying anything
 
     def idle(self) -> bool:
         return self.started is None and not self.queued and not self.closing
@@ -369,6 +377,7 @@ class TcpTransport:
         self.framing_errors = self.callback_errors = self.internal_errors = 0
         self.pings = self.pongs = 0
         self.handshake_failures = self.upgrades_refused = 0
+        self.pin_mismatches = self.identity_refused = 0
 
     async def bind(self) -> tuple[str, int]:
         if self._listener is not None:
@@ -500,6 +509,9 @@ class TcpTransport:
         says; default `host`). Never waits; False when it cannot be sent."""
         remote = (host, port)
         conn = self._conns.get(remote)
+        if (conn is not None and server_name is not None and server_name != conn.server_name
+                and self.layer.secure and not self._proves(conn, server_name)):
+            return False
         if conn is None:
             if self._nursery is None:
                 return False
@@ -533,6 +545,21 @@ class TcpTransport:
                                              max_pending=self.max_queued_bytes // 2)
         conn.started = conn.last_used
         self._enqueue(conn, request)
+
+    def _proves(self, conn: _Connection, name: str) -> bool:
+        """Whether the TLS connection `conn` may carry a message for `name`:
+        its peer proved another name (or none: an inbound one), so its
+        certificate is checked for this one too. A connection still in its
+        handshake cannot tell yet: the message is refused (its branch fails
+        over) rather than sent unchecked."""
+        stream = conn.stream
+        if stream is not None and stream is not conn.raw and self.layer.proves(stream, name):
+            return True
+        self.identity_refused += 1
+        self._warn("identity", "%s: not sending a message for %s over the connection with %s:%s: "
+                   "its certificate does not prove that name%s", self.name, name, *conn.remote,
+                   "" if stream is not None and stream is not conn.raw else " (handshake not done)")
+        return False
 
     def _enqueue(self, conn: _Connection, data: bytes) -> bool:
         if conn.closing:
@@ -573,13 +600,14 @@ class TcpTransport:
                     nursery.cancel_scope.cancel()
         except* _CONNECTION_ENDED as group:
             log.debug("tcp connection %s:%s ended: %r", *conn.remote, group.exceptions[0])
+            self._note_refusal(conn, group.exceptions[0])
         except* Exception as group:
             self.internal_errors += 1
             log.error("tcp connection %s:%s: internal error", *conn.remote,
                       exc_info=group.exceptions[0] if len(group.exceptions) == 1 else group)
         finally:
-            unsent = (bool(conn.queued) or (conn.ws is not None and conn.ws.holding())) \
-                and not conn.closing
+            unsent = ((bool(conn.queued) or (conn.ws is not None and conn.ws.holding()))
+                      and not conn.closing) or conn.refused
             conn.closing = True
             self._forget(conn)
             if conn.raw is not None:
@@ -591,22 +619,46 @@ class TcpTransport:
                     self.internal_errors += 1
                     log.exception("tcp error callback for %s:%s", *conn.remote)
 
+    def _note_refusal(self, conn: _Connection, exc: BaseException) -> None:
+        """In TLS 1.3 a server checks our client certificate after our side
+        of the handshake is done: its refusal (an alert, or a reset) meets
+        our first read, after our request went out. That request was never
+        taken, so the sends that opened the connection hear of it as a
+        transport error (their branches fail over, or get 503) instead of
+        waiting for Timer B/F."""
+        cause = exc.__cause__ or exc
+        if (conn.source is None and self.layer.secure and not conn.heard
+                and isinstance(cause, (ssl.SSLError, ConnectionResetError))):
+            conn.refused = True
+            self.handshake_failures += 1
+            self._warn("handshake-out", "%s: %s:%s (verifying %s) refused the connection: %s",
+                       self.name, *conn.remote, conn.server_name, cause)
+
     async def _handshake(self, conn: _Connection) -> bool:
         """The layer's handshake (TLS), within its timeout; False (counted,
         logged at most once per LOG_INTERVAL) when it fails: that ends the
         connection, and a send waiting on it is reported by _run."""
+        inbound = conn.source is not None
         try:
             with trio.fail_after(self.layer.handshake_timeout):
-                conn.stream = await self.layer.wrap(conn.raw, inbound=conn.source is not None,
+                conn.stream = await self.layer.wrap(conn.raw, inbound=inbound,
                                                     server_name=conn.server_name)
             return True
+        except PinMismatch as exc:
+            self.pin_mismatches += 1
+            self._warn("pin", "%s: closing the connection with %s:%s: %s", self.name, *conn.remote, exc)
         except (trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
             self.handshake_failures += 1
             cause = exc.__cause__ or exc
-            self._warn("handshake", "%s handshake with %s:%s failed: %s", self.name, *conn.remote,
-                       "timed out" if isinstance(exc, trio.TooSlowError) else cause, level=logging.INFO)
-            conn.abort = True
-            return False
+            why = "timed out" if isinstance(exc, trio.TooSlowError) else cause
+            if inbound:   # scanners and broken clients: not worth a warning
+                self._warn("handshake-in", "%s handshake with %s:%s failed: %s", self.name,
+                           *conn.remote, why, level=logging.INFO)
+            else:         # a next hop we could not reach securely: its branch gets a 503
+                self._warn("handshake-out", "%s handshake with %s:%s (verifying %s) failed: %s",
+                           self.name, *conn.remote, conn.server_name, why)
+        conn.abort = True
+        return False
 
     async def _aclose(self, conn: _Connection) -> None:
         with trio.CancelScope(shield=True):
@@ -632,6 +684,7 @@ class TcpTransport:
                                                self.header_timeout, self.idle_timeout)):
                 data = await conn.stream.receive_some(RECV_SIZE)
             if data is not None:
+                conn.heard = True
                 return data
             if self._timed_out(conn, trio.current_time()):
                 return None
@@ -784,5 +837,6 @@ class TcpTransport:
                 "framing_errors": self.framing_errors, "callback_errors": self.callback_errors,
                 "pings": self.pings, "pongs": self.pongs,
                 "handshake_failures": self.handshake_failures,
+                "pin_mismatches": self.pin_mismatches, "identity_refused": self.identity_refused,
                 "upgrades_refused": self.upgrades_refused,
                 "internal_errors": self.internal_errors}

@@ -7,12 +7,15 @@ class Transmit:
     """Send `data` to (transport, host, port). A failure is reported back
     with `error_key` through `ProxyCore.transport_error`. For a response on a
     stream, (host, port) is the connection the request came on and `alt` the
-    Via's address, used when that connection is gone (§18.2.2)."""
-    __slots__ = ("data", "transport", "host", "port", "error_key", "alt")
+    Via's address, used when that connection is gone (§18.2.2). `name`: the
+    SIP domain a TLS next hop found through DNS must prove it serves
+    (RFC 5922 §4: the host of the URI that was located, not the address);
+    None when `host` itself is what was addressed."""
+    __slots__ = ("data", "transport", "host", "port", "error_key", "alt", "name")
 
-    def __init__(self, data, transport, host, port, error_key=None, alt=None):
+    def __init__(self, data, transport, host, port, error_key=None, alt=None, name=None):
         self.data, self.transport, self.host, self.port, self.error_key = data, transport, host, port, error_key
-        self.alt = alt
+        self.alt, self.name = alt, name
 
     def __repr__(self):
         return f"Transmit({self.transport}:{self.host}:{self.port}, {self.data[:40]!r})"
@@ -130,11 +133,14 @@ class CoreStats:
     management API and the metrics collector at scrape time. The per-kind
     ones: `requests` by method (parsed, not yet checked), `replies` and
     `forwarded_replies` by status class (index 1..6), `stateless` by the
-    status the core answered with no transaction (482, 483, 503, 400...)."""
+    status the core answered with no transaction (482, 483, 503, 400...).
+    `stateless_unlocated`: requests relayed without a transaction (ACKs for
+    2xx) dropped because their next hop's name did not resolve."""
     __slots__ = ("received", "bad_replied", "bad_dropped", "stray_responses", "consults",
                  "server_txns", "client_txns", "script_decision_errors", "overloaded",
                  "dialogs", "dialogs_untracked", "dialogs_timed_out", "dialogs_ended_by_operator",
-                 "retransmissions", "failovers", "requests", "replies", "forwarded_replies", "stateless")
+                 "retransmissions", "failovers", "stateless_unlocated",
+                 "requests", "replies", "forwarded_replies", "stateless")
     PER_KIND = ("requests", "replies", "forwarded_replies", "stateless")
 
     def __init__(self):

@@ -40,7 +40,7 @@ class Branch:
 
     __slots__ = ("ctx", "uri", "request", "dest", "txn", "provisional", "final",
                  "cancel_wanted", "cancelled", "timer_gen", "timer_armed", "key", "data",
-                 "flow", "targets", "unstamped", "deadline", "__weakref__")
+                 "flow", "targets", "unstamped", "deadline", "name", "__weakref__")
 
     def __init__(self, ctx, uri: str, request: Request, dest: tuple[str, str, int]):
         self.ctx = ctx
@@ -63,6 +63,9 @@ class Branch:
         self.targets = ()
         self.unstamped = None
         self.deadline = None
+        # The SIP domain a TLS next hop must prove (RFC 5922 §4) when `dest`
+        # came from DNS; None when `dest` is what the URI named.
+        self.name = None
 
     @property
     def done(self) -> bool:

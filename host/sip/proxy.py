@@ -104,6 +104,7 @@ class ProxyCore(RequestSide, ResponseSide, DecisionSide, DialogSide, LocateSide)
         self.locating = locating
         self.supported = frozenset(self.listen)
         self._locating: dict[int, object] = {}   # token -> the branch waiting for its targets
+        self._locating_stateless: dict[int, tuple] = {}   # token -> (request, name) relayed statelessly
         self._locate_token = 0
         # Every Record-Route value we may write: how a tracked dialog finds us in its route set.
         self.our_record_routes = tuple(rules.record_route_value(t, h, p, sips)
@@ -233,8 +234,11 @@ class ProxyCore(RequestSide, ResponseSide, DecisionSide, DialogSide, LocateSide)
                 if isinstance(txn, tx.ClientTransaction):
                     branch = txn.context
                     data = branch.data if branch is not None and msg is branch.request else msg.serialize()
-                    transport, host, port = branch.dest if branch is not None else self._cancel_dest(txn)
-                    out.append(Transmit(data, transport, host, port, txn))
+                    if branch is not None:
+                        (transport, host, port), name = branch.dest, branch.name
+                    else:
+                        transport, host, port, name = self._cancel_dest(txn)
+                    out.append(Transmit(data, transport, host, port, txn, name=name))
                 else:
                     ctx = txn.context
                     if type(msg) is SentAnswer:
@@ -259,7 +263,7 @@ class ProxyCore(RequestSide, ResponseSide, DecisionSide, DialogSide, LocateSide)
             elif cls is tx.SendAck:
                 ack = answers.ack_for(txn.request, action.response)
                 branch = txn.context
-                out.append(Transmit(ack.serialize(), *branch.dest))
+                out.append(Transmit(ack.serialize(), *branch.dest, name=branch.name))
             elif cls is tx.Timeout:
                 if isinstance(txn, tx.ClientTransaction) and txn.context is not None:
                     branch = txn.context
@@ -316,14 +320,16 @@ class ProxyCore(RequestSide, ResponseSide, DecisionSide, DialogSide, LocateSide)
             ctx.branches = []
 
     def _cancel_dest(self, txn):
+        """(transport, host, port, name) of a CANCEL or of a request we
+        originate: where its INVITE went (the same TLS name, RFC 5922)."""
         own = self._own_dests.get(txn.key)
         if own is not None:
-            return own
+            return (*own, None)
         inv = self.client_txns.get(tx.client_key(txn.request.via.branch, "INVITE"))
         if inv is not None and inv.context is not None:
-            return inv.context.dest
+            return (*inv.context.dest, inv.context.name)
         hop = rules.next_hop(txn.request.copy())
-        return hop.transport, hop.host.strip("[]"), rules.hop_port(hop, hop.transport)
+        return hop.transport, hop.host.strip("[]"), rules.hop_port(hop, hop.transport), None
 
     def _tag(self, req: Request) -> str:
         """A To tag for our own answers, the same for retransmissions."""

@@ -12,12 +12,33 @@ timeout (no answer at all), the next target is tried for the same branch: a
 new client transaction with a new branch id, within what is left of the
 branch's time (Timer C or the route's timeout). The failed attempt's answer
 is kept only if it was the last one.
+
+The branch keeps the located name (`Branch.name`): a TLS next hop found
+through DNS must prove, by its certificate, that it serves that SIP domain,
+not the address DNS gave (RFC 5922 §4); the name goes with every send of the
+branch to the connection (SNI and the check, host/shell/tls.py).
+
+A request relayed without a transaction (the ACK for a 2xx, §16.11) is
+located the same way (NAPTR, SRV, A/AAAA, from the shell's cache at once
+when it has the answers), then stamped for the first target's transport and
+sent there; with no transaction nothing fails over, and when the name does
+not resolve the request is dropped (nobody waits for an answer to it).
 """
 
 from __future__ import annotations
 
-from .actions import Locate
+from .actions import Locate, Transmit
 from .context import Branch, ResponseContext
+
+# Stateless relays waiting for DNS at once: each holds its request; an ACK
+# flood toward names the cache does not know must not hold them by the
+# million (the resolver gives up on a name within seconds anyway).
+MAX_STATELESS_LOCATING = 1024
+
+
+def located_name(host: str) -> str:
+    """The SIP domain of a located URI host, as certificates write it."""
+    return host.strip("[]").rstrip(".").lower()
 
 
 class LocateSide:
@@ -32,9 +53,24 @@ class LocateSide:
         timeout = ctx.timeout or (self.timers.c if ctx.is_invite else None)
         if timeout:
             branch.deadline = self.clock() + timeout
+        branch.name = located_name(hop.host)
+        out.append(self._locate_action(token, hop))
+
+    def _locate_action(self, token: int, hop) -> Locate:
         params = hop.params
         transport = params.get("transport") if params else None
-        out.append(Locate(token, hop.scheme, hop.host, hop.port, transport, self.supported))
+        return Locate(token, hop.scheme, hop.host, hop.port, transport, self.supported)
+
+    def _locate_stateless(self, req, hop, out) -> None:
+        """Locate the next hop of a request relayed without a transaction;
+        `located` stamps and sends it (see the module doc)."""
+        if len(self._locating_stateless) >= MAX_STATELESS_LOCATING:
+            self.stats.stateless_unlocated += 1
+            return
+        self._locate_token += 1
+        token = self._locate_token
+        self._locating_stateless[token] = (req, located_name(hop.host))
+        out.append(self._locate_action(token, hop))
 
     def located(self, token: int, targets: list) -> list:
         """The shell found where the branch `token` goes (RFC 3263): the
@@ -42,6 +78,9 @@ class LocateSide:
         out: list = []
         branch = self._locating.pop(token, None)
         if branch is None:
+            waiting = self._locating_stateless.pop(token, None)
+            if waiting is not None:
+                self._located_stateless(*waiting, targets, out)
             return out
         ctx = branch.ctx
         if branch.final is not None:
@@ -62,6 +101,14 @@ class LocateSide:
             branch.unstamped = req.copy()
         self._send_branch(branch, req, out, self._time_left(branch))
         return out
+
+    def _located_stateless(self, req, name: str, targets: list, out) -> None:
+        first = next((t for t in targets if t.transport in self.listen), None)
+        if first is None:
+            self.stats.stateless_unlocated += 1
+            return
+        data = self._stamp_stateless(req, first.transport)
+        out.append(Transmit(data, first.transport, first.ip, first.port, name=name))
 
     def _time_left(self, branch: Branch) -> float | None:
         if branch.deadline is None:
@@ -89,6 +136,7 @@ class LocateSide:
         retry.targets = branch.targets[1:]
         retry.unstamped = branch.unstamped if retry.targets else None
         retry.deadline = branch.deadline
+        retry.name = branch.name
         # The failed attempt is over: it leaves the pending set, its answer
         # is not one of the context's.
         branch.final = resp

@@ -377,6 +377,13 @@ class RequestSide:
 
     def _relay_stateless(self, req: Request, next_hop: URI | None, out) -> None:
         hop = next_hop if next_hop is not None else rules.next_hop(req)
+        host = hop.host.strip("[]")
+        if self.locating and not is_ip(host):
+            # RFC 3263 as for a branch: NAPTR/SRV choose the transport, so the
+            # Via is stamped once the shell answers (proxy_locate.py).
+            rules.decrement_max_forwards(req)
+            self._locate_stateless(req, hop, out)
+            return
         try:
             transport = rules.hop_transport(hop, req.parsed_uri.scheme == "sips")
         except BadMessage:
@@ -384,16 +391,17 @@ class RequestSide:
         if transport not in self.listen:
             return
         rules.decrement_max_forwards(req)
+        out.append(Transmit(self._stamp_stateless(req, transport), transport, host,
+                            rules.hop_port(hop, transport)))
+
+    def _stamp_stateless(self, req: Request, transport: str) -> bytes:
+        """`req` with our Via for `transport`, serialized."""
         host, port = self.listen[transport]
         # §16.11: a stateless branch must be the same for retransmissions.
         seed = (req.via.branch or req.header("via")).encode("utf-8", "surrogateescape")
         branch = rules.MAGIC_COOKIE + "sl" + hashlib.blake2s(seed, digest_size=8).hexdigest()
         req.push_front("via", rules.via_value(transport, host, port, branch))
-        host = hop.host.strip("[]")
-        # Port None: a name the shell locates (RFC 3263, SRV of this transport).
-        located = not hop.port and self.locating and not is_ip(host)
-        out.append(Transmit(req.serialize(), transport, host,
-                            None if located else rules.hop_port(hop, transport)))
+        return req.serialize()
 
     def _answer_overloaded_stateless(self, req: Request, source, out) -> None:
         """The server transaction table is full: a stateless 503 (§21.5.4)."""

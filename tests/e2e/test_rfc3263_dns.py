@@ -1,12 +1,14 @@
 """End to end: `babelsip run --relay-to sip:example.test` finds its next hop
 through RFC 3263 (NAPTR, SRV, A) asked of a DNS server the test runs on a
 loopback port (tests/e2e/dns_server.py; never the system resolver), fails
-over to the second SRV target (§4.3), and caches answers for their TTL."""
+over to the second SRV target (§4.3), and caches answers for their TTL. The
+ACK for a 2xx, relayed without a transaction, is located the same way."""
 
 from __future__ import annotations
 
 import pytest
 
+from tests.e2e import routes_support as rs
 from tests.e2e import sipp
 from tests.e2e.dns_server import ZoneServer
 
@@ -90,3 +92,38 @@ def test_an_unresolvable_next_hop_is_refused_and_logged_once(tmp_path):
     assert log.count("cannot resolve next hop example.test") == 1, log[-2000:]
     # NXDOMAIN is cached too: the name was asked once.
     assert dns_server.queries[("example.test", "NAPTR")] == 1
+
+
+def uas_needing_the_ack(workdir):
+    """The route-set aware uas, with the ACK of its 200 required: a call whose
+    ACK never arrives fails (sipp meets the BYE where it expects the ACK)."""
+    path = workdir / "uas_needs_ack.xml"
+    text = rs.quick_uas_rr(workdir).read_text()
+    strict = text.replace('<recv request="ACK" optional="true"', '<recv request="ACK"')
+    assert strict != text
+    path.write_text(strict)
+    return str(path)
+
+
+def test_the_stateless_ack_for_a_2xx_follows_naptr_to_tcp_from_the_cache(tmp_path):
+    uas_port, proxy_port = sipp.free_port(), sipp.free_port()
+    # Only NAPTR names the transport (TCP): an ACK sent where a bare
+    # A/AAAA lookup, or the UDP SRV, would send it finds nobody.
+    zone = {("example.test", "NAPTR"): (300, ['10 10 "s" "SIP+D2T" "" _sip._tcp.example.test.']),
+            ("_sip._tcp.example.test", "SRV"): (300, [f"10 0 {uas_port} live.example.test."]),
+            ("live.example.test", "A"): (300, ["127.0.0.1"])}
+    with ZoneServer(zone) as dns_server, \
+            sipp.start_sipp_server(uas_needing_the_ack(tmp_path), tmp_path, name="uas", port=uas_port,
+                                   transport="tcp", timeout=TIMEOUT + 30) as uas, \
+            proxy(proxy_port, dns_server.address[1]) as server:
+        result = uac(tmp_path, proxy_port)
+        uas_result = uas.stop()
+        log = server.log()
+    why = f"{result.summary()}\n{uas_result.summary()}\n{log[-3000:]}"
+    # The built-in uac ignores Record-Route: its ACKs come to us with no
+    # Route and go on statelessly to --relay-to, located like the INVITE.
+    assert result.successful == CALLS and result.failed == 0, why
+    assert uas_result.successful == CALLS and uas_result.failed == 0, why
+    # INVITE, ACK and BYE of every call from one answer per record set.
+    assert dns_server.queries == {("example.test", "NAPTR"): 1, ("_sip._tcp.example.test", "SRV"): 1,
+                                  ("live.example.test", "A"): 1}, why

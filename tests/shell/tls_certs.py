@@ -39,7 +39,12 @@ def _leaf(directory: Path, name: str, subject: str, ca: Path, ca_key: Path, ext:
     return cert, key
 
 
-def make_pki(directory: Path, name: str = "babelsip test CA") -> Pki:
+DEFAULT_SAN = "IP:127.0.0.1,DNS:localhost"
+
+
+def make_pki(directory: Path, name: str = "babelsip test CA", san: str = DEFAULT_SAN) -> Pki:
+    """A CA and the certificates it signed; `san`: the server
+    certificate's subjectAltName (openssl's syntax)."""
     directory.mkdir(parents=True, exist_ok=True)
     ca, ca_key = directory / "ca.pem", directory / "ca.key"
     _run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
@@ -47,10 +52,35 @@ def make_pki(directory: Path, name: str = "babelsip test CA") -> Pki:
          "-addext", "basicConstraints=critical,CA:TRUE",
          "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=directory)
     cert, key = _leaf(directory, "server", "/CN=localhost", ca, ca_key,
-                      "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+                      f"subjectAltName={san}\n"
                       "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n"
                       "extendedKeyUsage=serverAuth,clientAuth\n")
     client_cert, client_key = _leaf(directory, "client", "/CN=trunk", ca, ca_key,
                                     "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n"
                                     "extendedKeyUsage=clientAuth\n")
     return Pki(ca, ca_key, cert, key, client_cert, client_key)
+
+
+def self_signed(directory: Path, san: str = DEFAULT_SAN) -> tuple[Path, Path]:
+    """A self-signed server certificate and its key (a trunk with no CA)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key = directory / "self.pem", directory / "self.key"
+    _run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=self-signed trunk",
+         "-addext", f"subjectAltName={san}", cwd=directory)
+    return cert, key
+
+
+def openssl_fingerprint(cert: Path) -> str:
+    """`sha256:AB:CD:...` as `openssl x509 -fingerprint -sha256` prints it."""
+    out = subprocess.run(["openssl", "x509", "-noout", "-fingerprint", "-sha256", "-in", str(cert)],
+                         check=True, capture_output=True, text=True, timeout=30).stdout
+    return "sha256:" + out.strip().partition("=")[2]
+
+
+def issue(pki: Pki, directory: Path, san: str, name: str = "server") -> tuple[Path, Path]:
+    """Another server certificate from `pki`'s CA, for `san`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    return _leaf(directory, name, "/CN=babelsip test server", pki.ca, pki.ca_key,
+                 f"subjectAltName={san}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n"
+                 "extendedKeyUsage=serverAuth,clientAuth\n")

@@ -66,6 +66,12 @@ class ScriptEvent(dict):
         return value
 
     def get(self, key, default=None):
+        # Most keys asked for are there, and a missing "reply" is asked for
+        # on every request: no KeyError raised and caught for either.
+        if key in self:
+            return dict.__getitem__(self, key)
+        if key not in _LAZY:
+            return default
         try:
             return self[key]
         except KeyError:
@@ -83,6 +89,7 @@ class ScriptEvent(dict):
 
 
 _ABSENT = object()
+_LAZY = frozenset({"headers", "body", "auth_user"})   # what __missing__ may build
 _ORDER = ("hook", "method", "ruri", "ruri_user", "ruri_host", "ruri_local", "call_id", "cseq", "from_uri",
           "from_tag", "to_uri", "to_tag", "source_ip", "source_port", "transport", "in_dialog",
           "auth_user", "headers", "body", "vars", "reply", "code", "reason")

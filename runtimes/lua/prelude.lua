@@ -127,6 +127,13 @@ local function complexity(p, i)
 end
 
 local PATTERN_STEPS = host.pattern_steps
+local INLINE_PATTERN_STEPS = host.inline_pattern_steps
+-- Set while an event runs on the host's event loop rather than in the state's
+-- thread (runtime.py: inline): its budget is then the inline one, and
+-- outgrowing it stops the event with spent = "inline" so that the host runs
+-- it again, from the start, in the thread with the event's full budget.
+local inline = false
+local spent_inline                   -- defined with the budget, below
 local shapes, cached = {}, 0         -- pattern -> {anchored, w, o}, at most 512
 local PLAIN = {false, 0, 0}
 
@@ -153,6 +160,9 @@ local function check_pattern(fname, s, p, plain, anchoring)
   local shape = plain and PLAIN or pattern_shape(p, anchoring)
   local n = #s + 1
   local steps = (shape[1] and 1 or n) * n ^ shape[2] * 2 ^ shape[3] * (#p + 1)
+  if inline and steps > INLINE_PATTERN_STEPS and steps <= PATTERN_STEPS then
+    spent_inline()                   -- too long a C call for the event loop: rerun in the thread
+  end
   if steps > PATTERN_STEPS then
     error(fname .. "(): pattern too costly for a " .. #s .. "-byte subject (worst case ~"
           .. format("%.3g", steps) .. " steps, the limit is " .. PATTERN_STEPS
@@ -267,7 +277,10 @@ local BUDGET = setmetatable({}, {__metatable = false,
                                  __tostring = function() return "budget exhausted" end})
 local MEMERR = "not enough memory"   -- the message Lua uses for LUA_ERRMEM
 local ticks_left, deadline = 0, 0
-local spent = false                  -- false | "instructions" | "deadline"
+local spent = false                  -- false | "instructions" | "deadline" | "inline"
+-- An inline event's own budget, and what it started from (the event's full
+-- one, which a host call's resume continues with in the thread).
+local inline_ticks, full_ticks, full_deadline = 0, 0, 0
 local oom = false
 local guard = true                   -- host code running: the hook stands aside
 
@@ -277,10 +290,22 @@ local function on_count()
   if guard then return end
   if spent then error(BUDGET, 0) end
   ticks_left = ticks_left - 1
-  if ticks_left <= 0 then spent = "instructions"; error(BUDGET, 0) end
-  if ticks_left % CLOCK_EVERY == 0 and clock() > deadline then
-    spent = "deadline"; error(BUDGET, 0)
+  if ticks_left <= 0 then
+    spent = (inline and inline_ticks < full_ticks) and "inline" or "instructions"
+    error(BUDGET, 0)
   end
+  if ticks_left % CLOCK_EVERY == 0 then
+    local now = clock()
+    if now > deadline then
+      spent = (inline and now <= full_deadline) and "inline" or "deadline"
+      error(BUDGET, 0)
+    end
+  end
+end
+
+spent_inline = function()
+  spent = "inline"
+  error(BUDGET, 0)
 end
 sethook(on_count, "", EVERY)
 
@@ -662,7 +687,7 @@ local parked, last_token = {}, 0
 
 local function clear_event()
   cur_ev, cur_reply, cur_req, cur_rep, cur_fields = nil, nil, nil, nil, nil
-  cur_calls, cur_runner = nil, nil
+  cur_calls, cur_runner, inline = nil, nil, false
 end
 
 -- What the runner's resume returned -> dispatch's answer: nothing (done),
@@ -675,6 +700,10 @@ local function settle(runner, resumed, tag, x, y, z, w)
     return classify(y)
   end
   if resumed and tag == HOSTCALL then
+    if inline then
+      -- It is resumed in the thread: with what is left of its full budget.
+      ticks_left, deadline = full_ticks - (inline_ticks - ticks_left), full_deadline
+    end
     last_token = last_token + 1
     parked[last_token] = {runner, cur_ev, cur_reply, cur_req, cur_rep, cur_fields, cur_calls,
                           vars_touched, ticks_left, deadline, spent, oom, err_line, hook_line}
@@ -690,7 +719,9 @@ end
 
 -- Run one hook. Returns nothing on success, kind, message, line on failure,
 -- or "call", token, op, args... when it waits for a host call (api.resume).
-function api.dispatch(hook, ev, reply, ticks, dl, ...)
+-- itk > 0: the event runs inline, first under itk ticks and the deadline idl
+-- (failing with "budget", "inline" past them), its full budget ticks and dl.
+function api.dispatch(hook, ev, reply, ticks, dl, itk, idl, ...)
   local fn = rawget(G, hook)
   if type(fn) ~= "function" then return end
   cur_ev, cur_reply, cur_fields, vars_touched = ev, reply, {...}, false
@@ -698,6 +729,11 @@ function api.dispatch(hook, ev, reply, ticks, dl, ...)
   local rep = reply and setmetatable({}, REPLY_MT) or nil
   cur_req, cur_rep = req, rep
   ticks_left, deadline, spent, oom, err_line, hook_line = ticks, dl, false, false, nil, nil
+  inline = itk > 0
+  if inline then
+    inline_ticks, full_ticks, full_deadline = itk, ticks, dl
+    ticks_left, deadline = itk, idl
+  end
   local runner = idle[n_idle]
   if runner then
     idle[n_idle], n_idle = nil, n_idle - 1

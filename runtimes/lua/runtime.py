@@ -18,20 +18,32 @@ Two watchdogs bound an event:
     and the thread left behind ends when the count hook or its bounded C call
     returns. The trio side never touches a state while a thread may run in it
     (lupa would block the event loop on the state's lock).
-There is no inline `handle_now`: nothing bounds a script's run time before it
-runs (a count hook cannot yield, so an event cannot move to a thread once it
-turns out slow), and bounding it is the point. What the thread costs is kept
-small instead: the server hands events over with `submit` (no trio task, no
-cancel scope, no lock per event), the thread posts answers back in batches,
-and one watchdog per state replaces a cancel scope per event (worker.py).
-Each Python callback from Lua (a verb, a header lookup) still takes the GIL
-from the event loop's thread, so event fields are passed with the call
-(PREFETCHED) rather than read back through Python. And when nothing is
-queued ahead, the loop waits up to INLINE_WAIT for the answer instead of
-sending it for a ride (bounded per event and per second: worker.py), which
-makes a quick event cost about what running it inline did. `handle` (tests,
-and the registry's async path while a route restarts) runs through the same
-queue.
+Inline first. Handing an event to the thread and its answer back costs two
+thread wake-ups and a GIL hand-over per Python callback: more than a quick
+routing decision itself (measured: the loop waited ~70 us per event for the
+thread, and the thread spent half its time waiting for the GIL). So when the
+state's thread has nothing to do, `submit` runs the event right on the event
+loop, under an inline budget of its own: INLINE_INSTRUCTIONS, INLINE_WAIT of
+wall clock, and pattern matches of at most INLINE_PATTERN_STEPS. A count hook
+cannot yield, so an event that outgrows that budget cannot move to the thread
+where it stands; it is stopped instead (prelude.lua: spent = "inline") and
+run again from the start in the thread, with its full budget — so what its
+first run changed in the state's globals stays changed, and only its verbs,
+vars and print() lines are dropped (held until the run stands). The state
+is then not run inline for SLOW_HOLD seconds, and inline runs take at most
+WAIT_SHARE of each second (worker.py), so a slow route costs the loop one
+bounded stop now and then, never more. A host call's resume, and every event
+while one is queued in the thread, run in the thread as before: the server
+hands them over with `submit` (no trio task, no cancel scope, no lock per
+event), the thread posts answers back in batches, one watchdog per state
+replaces a cancel scope per event (worker.py), and when nothing is queued
+ahead the loop waits up to INLINE_WAIT for the answer instead of sending it
+for a ride. Each Python callback from Lua in the thread still takes the GIL
+from the loop, so event fields are passed with the call (PREFETCHED) rather
+than read back through Python. Never inline: LuaJIT with the JIT on (traces
+ignore the count hook) and routes with pattern_steps = 0 (no bound on a
+match). `handle` (tests, and the registry's async path while a route
+restarts) runs through the thread's queue.
 
 Host calls (req.store:get/set/delete/incr). Every event runs in a Lua
 coroutine (a reused "runner", prelude.lua); a host call yields it, the job
@@ -76,7 +88,7 @@ from runtimes.jsonline.calls import CallError, perform
 
 from .bridge import header_values, to_python
 from .sandbox import HOOK_EVERY, install_prelude, lupa_module, new_state
-from .worker import LATE, OVERRUN, OVERRUN_GRACE, Job, StateWorker, Suspended, call_safely
+from .worker import LATE, OVERRUN, OVERRUN_GRACE, Job, StateWorker, Suspended, answer, call_safely
 
 log = logging.getLogger("babelsip.routes.lua")
 
@@ -97,6 +109,12 @@ DAMAGED_MEMORY_SHARE = 0.9
 # a loaded machine's wake-up and is a stall nobody notices (a UDP
 # retransmission comes after 500 ms).
 INLINE_WAIT = 0.002
+
+# An event run inline (see the module doc) is stopped and run again in the
+# thread past ~1 ms of plain Lua, or a pattern match past ~2-10 ms of
+# backtracking; routing decisions take a few thousand instructions.
+INLINE_INSTRUCTIONS = 200_000
+INLINE_PATTERN_STEPS = 2_000_000
 
 # The worker thread takes the GIL for every Python callback (a verb, a header
 # lookup), and CPython hands it over only every switch interval (default 5 ms)
@@ -153,6 +171,11 @@ class LuaRuntime(Runtime):
         self._pattern_steps = int(options.get("pattern_steps", DEFAULT_PATTERN_STEPS))
         self._jit_on = bool(options.get("jit", False)) and spec.runtime == "luajit"
         self._ticks = max(1, math.ceil(self._instructions / HOOK_EVERY))
+        self._inline_ticks = min(self._ticks, max(1, INLINE_INSTRUCTIONS // HOOK_EVERY))
+        # Inline runs need both bounds the prelude enforces (module doc).
+        self._inline = not self._jit_on and self._pattern_steps > 0
+        self._inline_events = self._inline_reruns = 0
+        self._held_lines: list | None = None   # print() lines of an inline run, until it stands
         self._file = str(spec.path)
         self._chunkname = "@" + spec.path.name
         self._position = re.compile(re.escape(spec.path.name) + r":(\d+): ", re.S)
@@ -279,7 +302,8 @@ class LuaRuntime(Runtime):
             vars_in=self._vars_in, vars_out=self._vars_out, log=self._log_line,
             jit_on=self._jit_on, pattern_steps=self._pattern_steps,
             max_bytes=spec.memory_mb * 1024 * 1024, vars_max_bytes=VARS_MAX_BYTES,
-            log_line_max=LOG_LINE_MAX)
+            log_line_max=LOG_LINE_MAX,
+            inline_pattern_steps=min(INLINE_PATTERN_STEPS, self._pattern_steps))
         try:
             result = api.load_script(source, self._chunkname, self._ticks,
                                      time.monotonic() + spec.deadline)
@@ -343,17 +367,37 @@ class LuaRuntime(Runtime):
             done(self._not_running())
             return
         self._events += 1
-        self._worker.submit(Job(self._run_event, (hook, event, deadline_at), deadline_at, done),
-                            INLINE_WAIT)
+        job = Job(self._run_event, (hook, event, deadline_at), deadline_at, done)
+        worker = self._worker
+        wait = INLINE_WAIT
+        if self._inline and worker.may_run_inline():
+            started = time.monotonic()
+            result = self._run_event(hook, event, deadline_at, inline=True)
+            worker.ran_inline(time.monotonic() - started, slow=result is _RERUN)
+            if result is not _RERUN:
+                self._inline_events += 1
+                job.result = result
+                answer(job)
+                return
+            self._inline_reruns += 1
+            wait = 0.0   # it is known to be slow: no waiting for it either
+        worker.submit(job, wait)
 
-    def _run_event(self, hook: str, event: dict, deadline: float):
-        """Runs in the worker thread. Returns the Decision, the ScriptError, or
-        a HostCall when the event waits for the host."""
+    def _run_event(self, hook: str, event: dict, deadline: float, inline: bool = False):
+        """Runs in the worker thread, or with `inline` on the event loop's
+        (see the module doc). Returns the Decision, the ScriptError, a
+        HostCall when the event waits for the host, or _RERUN when an inline
+        run outgrew its budget."""
         recorder = Recorder(hook)
         reply = event.get("reply")
         self._recorder, self._event, self._reply = recorder, event, reply
+        if inline:
+            itk, idl = self._inline_ticks, min(deadline, time.monotonic() + INLINE_WAIT)
+            self._held_lines = held = []
+        else:
+            itk = idl = 0
         try:
-            failure = self._dispatch(hook, event, reply, self._ticks, deadline,
+            failure = self._dispatch(hook, event, reply, self._ticks, deadline, itk, idl,
                                      *[event.get(k) for k in PREFETCHED])
         except self._module.LuaMemoryError:
             failure = ("memory", "not enough memory")
@@ -361,7 +405,18 @@ class LuaRuntime(Runtime):
             return self._crashed(exc)
         finally:
             self._recorder = self._event = self._reply = None
+            self._held_lines = None
         self._memory_used = self._lua.get_memory_used()
+        if inline:
+            if type(failure) is tuple and failure[:2] == ("budget", "inline"):
+                return _RERUN
+            if held:
+                self._event = event
+                try:
+                    for line in held:
+                        self._log_line(line)
+                finally:
+                    self._event = None
         if failure is None:
             return recorder.decision
         return self._settled(failure if isinstance(failure, tuple) else (failure,),
@@ -509,6 +564,8 @@ class LuaRuntime(Runtime):
             "memory_errors": self._memory_errors,
             "overruns": self._overruns,
             "host_calls": self._host_calls,
+            "inline_events": self._inline_events,
+            "inline_reruns": self._inline_reruns,
             "memory_limit": self.spec.memory_mb * 1024 * 1024,
         }
         if self._dispatch is not None:
@@ -552,6 +609,9 @@ class LuaRuntime(Runtime):
         self._recorder.set_vars(None if unchanged else new)
 
     def _log_line(self, line):
+        if self._held_lines is not None:
+            self._held_lines.append(line)   # an inline run's, until it stands
+            return
         now = time.monotonic()
         if now - self._log_window >= 1.0:
             self._flush_log()
@@ -614,6 +674,9 @@ class LuaRuntime(Runtime):
                                damaged=damaged, kind="budget")
         line, message = self._split_position(str(detail), line)
         return ScriptError(message, file=self._file, line=line, damaged=damaged, kind="error")
+
+
+_RERUN = object()   # _run_event: an inline run outgrew its budget (module doc)
 
 
 def _ignore(_result) -> None:

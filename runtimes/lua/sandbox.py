@@ -60,7 +60,8 @@ def new_state(module: ModuleType, memory_mb: int):
 
 
 def install_prelude(lua, *, clock, verb, header, vars_in, vars_out, log, jit_on: bool,
-                    pattern_steps: int, max_bytes: int, vars_max_bytes: int, log_line_max: int):
+                    pattern_steps: int, max_bytes: int, vars_max_bytes: int, log_line_max: int,
+                    inline_pattern_steps: int = 0):
     """Run prelude.lua in `lua` with the host callbacks and limits; return its
     API table (load_script, dispatch, resume, forget, parked, per_thread_hooks)."""
     host = lua.table_from({
@@ -68,5 +69,6 @@ def install_prelude(lua, *, clock, verb, header, vars_in, vars_out, log, jit_on:
         "vars_out": vars_out, "log": log, "hook_every": HOOK_EVERY, "clock_every": CLOCK_EVERY,
         "jit_on": jit_on, "pattern_steps": pattern_steps, "max_bytes": max_bytes,
         "vars_max_bytes": vars_max_bytes, "log_line_max": log_line_max,
+        "inline_pattern_steps": inline_pattern_steps,
     })
     return lua.execute(PRELUDE_SOURCE, host)

@@ -170,6 +170,7 @@ class StateWorker:
         self._window = 0.0
         self._waited = 0.0
         self.waits = self.waits_answered = 0
+        self.inline_runs = 0
         threading.Thread(target=self._loop, name=name, daemon=True).start()
         trio.lowlevel.spawn_system_task(self._watchdog, name=f"{name} watchdog")
 
@@ -212,6 +213,20 @@ class StateWorker:
         pending.popleft()                # it was the only one pending
         answer(job)
         return True
+
+    def may_run_inline(self) -> bool:
+        """Whether the loop may run the next event in the state itself: the
+        thread has nothing queued or running (so the state is free), and the
+        bounded wait's rules (SLOW_HOLD, WAIT_SHARE) allow the time."""
+        return self.usable and not self._pending and self._may_wait(time.monotonic())
+
+    def ran_inline(self, seconds: float, slow: bool) -> None:
+        """An inline run took `seconds` of the loop; `slow`: it outgrew its
+        inline budget (the state is then not run inline for SLOW_HOLD)."""
+        self._waited += seconds
+        self.inline_runs += 1
+        if slow:
+            self._slow_until = time.monotonic() + SLOW_HOLD
 
     def _may_wait(self, now: float) -> bool:
         if now < self._slow_until:

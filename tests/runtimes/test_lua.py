@@ -948,3 +948,91 @@ def test_a_failing_completion_callback_costs_its_event_not_the_loop(tmp_path, ca
     answered, _, _ = watched(run)   # watched() fails on a crashed trio.run
     assert answered[0].code == 200
     assert "completion callback failed" in caplog.text
+
+
+# ----------------------------------- inline first (runtime.py module doc)
+
+# Past the inline budget (INLINE_INSTRUCTIONS), far within the full one.
+LONG_LOOP = "local n = 0\n  for i = 1, 300000 do n = n + i end\n"
+
+
+def test_a_quick_event_is_answered_inline_before_submit_returns(tmp_path):
+    rt = runtime_at(tmp_path, "function on_request(req) req:relay('sip:' .. req.ruri_user .. '@x') end")
+
+    async def run():
+        await rt.start()
+        answers = []
+        rt.submit(ON_REQUEST, event(ruri_user="u1"), time.monotonic() + 1.0, answers.append)
+        return list(answers)
+
+    answers, lag, _ = watched(run)
+    assert [a.targets for a in answers] == [["sip:u1@x"]]   # answered within submit()
+    stats = rt.statistics()
+    assert stats["inline_events"] == 1 and stats["inline_reruns"] == 0 and lag < LOOP_LAG_MAX
+
+
+def test_an_event_outgrowing_the_inline_budget_runs_again_in_the_thread(tmp_path, caplog):
+    # The first run's verbs and print() lines are dropped; its change to a
+    # global stays (documented): the thread's run sees the counter at 2.
+    rt = runtime_at(tmp_path, "tries = 0\nfunction on_request(req)\n"
+                              "  tries = tries + 1\n  print('try ' .. tries)\n"
+                              "  req:add_header('X-Try', tostring(tries))\n"
+                              f"  {LONG_LOOP}  req:reply(200, 'done ' .. tries)\nend\n")
+
+    async def run():
+        await rt.start()
+        answers = []
+        rt.submit(ON_REQUEST, event(), time.monotonic() + 2.0, answers.append)
+        inline_answer = list(answers)
+        with trio.fail_after(2):
+            while not answers:
+                await trio.sleep(TICK)
+        # Known slow now: the next event goes straight to the thread.
+        rt.submit(ON_REQUEST, event(), time.monotonic() + 2.0, answers.append)
+        with trio.fail_after(2):
+            while len(answers) < 2:
+                await trio.sleep(TICK)
+        return inline_answer, answers
+
+    with caplog.at_level(logging.INFO, logger="babelsip.route"):
+        (inline_answer, answers), lag, _ = watched(run)
+    assert inline_answer == []   # not answered inline
+    first, second = answers
+    assert (first.code, first.reason, first.edits) == (200, "done 2", [("add_header", "X-Try", "2")])
+    assert second.reason == "done 3"
+    assert [r.getMessage().split(": ", 1)[1] for r in caplog.records
+            if r.name.startswith("babelsip.route")] == ["try 2", "try 3"]
+    stats = rt.statistics()
+    assert stats["inline_reruns"] == 1 and stats["inline_events"] == 0
+    assert stats["budget_stops"] == 0 and lag < LOOP_LAG_MAX
+
+
+def test_a_pattern_too_costly_inline_is_matched_in_the_thread(tmp_path):
+    # ~4 M worst-case steps: over the inline bound, under the full one.
+    rt = runtime_at(tmp_path, "function on_request(req)\n"
+                              "  local s = string.rep('a', 2000)\n"
+                              "  req:reply(200, tostring(s:find('a-b')))\nend\n")
+    answers, lag, _ = watched(submitted(rt, [event()], deadline=2.0))
+    assert answers[0][0][0].reason == "nil"
+    assert rt.statistics()["inline_reruns"] == 1 and lag < LOOP_LAG_MAX
+
+
+def test_a_host_call_made_inline_resumes_with_the_full_budget(tmp_path):
+    # The store call parks the event inline; the loop after it, longer than
+    # the inline budget, runs on the rest of the event's full budget.
+    rt = runtime_at(tmp_path, "function on_request(req)\n"
+                              "  local v = req.store:incr('n', 1)\n"
+                              f"  {LONG_LOOP}  req:reply(200, 'n=' .. v)\nend\n")
+    answers, lag, _ = watched(submitted(rt, [event()], deadline=2.0))
+    decision = answers[0][0][0]
+    assert not isinstance(decision, ScriptError), decision
+    assert decision.reason == "n=1"
+    stats = rt.statistics()
+    assert stats["inline_events"] == 1 and stats["inline_reruns"] == 0 and stats["host_calls"] == 1
+
+
+def test_no_inline_run_without_a_bound_on_pattern_matches(tmp_path):
+    rt = runtime_at(tmp_path, "function on_request(req) req:reply(200, 'ok') end",
+                    options=(("pattern_steps", 0),))
+    answers, _, _ = watched(submitted(rt, [event()], deadline=2.0))
+    assert answers[0][0][0].code == 200 and rt.statistics()["inline_events"] == 0

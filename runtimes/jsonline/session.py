@@ -22,6 +22,7 @@ then reaps the process or socket.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import logging
 import time
@@ -105,11 +106,11 @@ class Session:
         self._pending: dict[int, _Waiter] = {}
         self._out = bytearray()
         self._wake = trio.Event()
-        # (deadline_at, id) of submitted events, in submission order (so in
-        # deadline order: one route, one deadline); the keeper skips the
+        # (deadline_at, id) of submitted events in deadline order, which is
+        # submission order for one route's deadline; the keeper skips the
         # answered ones.
         self._deadlines: collections.deque = collections.deque()
-        self._deadline_wake: trio.Event | None = None
+        self._deadline_wake = trio.Event()   # the keeper's: a sooner deadline was queued
         self.overruns = overruns if overruns is not None else Overruns()
         self._nursery = None
         self._shutting_down = False
@@ -202,8 +203,12 @@ class Session:
             return
         self._pending[ident] = _Waiter(deliver, event.get("call_id"), hook)
         deadlines = self._deadlines
-        deadlines.append((deadline_at, ident))
-        if len(deadlines) == 1 and self._deadline_wake is not None:
+        if not deadlines or deadline_at >= deadlines[-1][0]:
+            deadlines.append((deadline_at, ident))
+            if len(deadlines) == 1:
+                self._deadline_wake.set()
+        else:   # sooner than an earlier event's (not one route's deadline): rare
+            bisect.insort(deadlines, (deadline_at, ident))
             self._deadline_wake.set()
         self._queue(data)
 
@@ -276,15 +281,15 @@ class Session:
         while True:
             while deadlines and deadlines[0][1] not in self._pending:
                 deadlines.popleft()   # answered already
+            wake = self._deadline_wake = trio.Event()
             if not deadlines:
-                self._deadline_wake = trio.Event()
-                await self._deadline_wake.wait()
-                self._deadline_wake = None
+                await wake.wait()
                 continue
             at, ident = deadlines[0]
             delay = at - time.monotonic()
             if delay > 0:
-                await trio.sleep(delay)
+                with trio.move_on_after(delay):
+                    await wake.wait()   # an earlier deadline was queued
                 continue
             deadlines.popleft()
             waiter = self._pending.pop(ident)

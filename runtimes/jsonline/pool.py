@@ -178,7 +178,7 @@ class PooledRuntime(Runtime):
     def _pick(self) -> Session | None:
         best = None
         for s in self._sessions:
-            if s is None or s.end is not None or s.in_flight >= self.cap:
+            if s is None or s.end is not None or s.shutting_down or s.in_flight >= self.cap:
                 continue
             if self.balance == "failover":
                 return s

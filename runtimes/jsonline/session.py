@@ -113,7 +113,7 @@ class Session:
         self._deadline_wake = trio.Event()   # the keeper's: a sooner deadline was queued
         self.overruns = overruns if overruns is not None else Overruns()
         self._nursery = None
-        self._shutting_down = False
+        self.shutting_down = False   # shutdown sent: the worker takes no more events (§3)
 
     @property
     def in_flight(self) -> int:
@@ -165,8 +165,8 @@ class Session:
 
     def shutdown(self) -> None:
         """Ask the worker to finish its events and exit (PROTOCOL.md "Shutdown")."""
-        if self.end is None and not self._shutting_down:
-            self._shutting_down = True
+        if self.end is None and not self.shutting_down:
+            self.shutting_down = True
             self._queue(self.codec.shutdown())
 
     def abort(self, kind: str, message: str) -> None:
@@ -307,7 +307,7 @@ class Session:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 data = b""
             if not data:
-                if self._shutting_down and not self._pending:
+                if self.shutting_down and not self._pending:
                     self._finish("shutdown", "stopped")
                 else:
                     self._finish("crash", await self._describe_end())

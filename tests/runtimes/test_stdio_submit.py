@@ -211,3 +211,20 @@ async def test_a_failing_receiver_does_not_end_the_session(tmp_path):
         assert rt.statistics()["restarts"] == 0 and rt.statistics()["ready"] == 1
     finally:
         await rt.aclose()
+
+
+async def test_a_worker_told_to_shut_down_gets_no_more_events(tmp_path):
+    """After `shutdown` a worker takes no new events (PROTOCOL.md §3): they
+    go to the other worker of the pool, not into a pipe nobody reads."""
+    rt = await started(spec_for(tmp_path, pool=2))
+    answers = Answers()
+    try:
+        stopping, other = rt._sessions
+        stopping.shutdown()
+        for i in range(10):
+            assert rt.submit("on_request", event(f"u{i}"), soon(), answers.done_for(i))
+        got = await answers.wait_for(10)
+        assert all(got[i].targets == [f"sip:u{i}@backend"] for i in range(10))
+        assert (stopping.answered, other.answered) == (0, 10)
+    finally:
+        await rt.aclose()

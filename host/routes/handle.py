@@ -2,7 +2,7 @@
 generation, and the two ways the engine runs a hook on it.
 
     decision = await handle.handle(hook, event)   # any runtime; never raises (but trio.Cancelled)
-    queued = handle.submit(hook, event, done)     # a runtime with a thread of its own (Lua); False: use handle()
+    queued = handle.submit(hook, event, done)     # a runtime that needs no task (Lua, line-JSON); False: use handle()
 
 Both count the same: an event that reaches the script counts in
 `events` and in its decision kind, a failure in `fallbacks` (and `errors`,
@@ -103,13 +103,13 @@ class RouteHandle:
             damaged=gen.overruns >= HUNG_AFTER, call_id=_call_id(event))
 
     def submit(self, hook: str, event: dict, done: Callable[[Decision], None]) -> bool:
-        """`handle` for a runtime that runs events in a thread of its own
-        (Lua): queue the event and return True; done(decision) follows on
+        """`handle` for a runtime that answers without a task per event
+        (Lua's thread, a line-JSON worker pool): queue the event and return True; done(decision) follows on
         the trio thread (possibly before this returns), with the fallback
         when the script failed — never an exception. The runtime keeps the
         route's deadline. False, and `done` is never called, when the event
         must take `handle` instead (restarting, no current generation, a
-        runtime without submit)."""
+        runtime without submit or one that declines the event now)."""
         found = self._runnable("submit")
         if found is None:
             return False
@@ -118,12 +118,12 @@ class RouteHandle:
             done(Decision())
             return True
         self._begin(route, gen)
-        answered = False
+        answered = declined = False
         started = time.perf_counter()
 
         def finish(result) -> None:
             nonlocal answered
-            if answered:   # a runtime answering twice: the first answer stands
+            if answered or declined:   # a runtime answering twice: the first answer stands
                 return
             answered = True
             route.latency.observe(time.perf_counter() - started)
@@ -136,11 +136,19 @@ class RouteHandle:
             done(decision)
 
         try:
-            run(hook, event, time.monotonic() + route.settings.deadline, finish)
+            queued = run(hook, event, time.monotonic() + route.settings.deadline, finish)
         except Exception as exc:   # a runtime's bug: the event still gets its answer
             if answered:
                 raise
             finish(exc)
+            return True
+        if queued is False and not answered:
+            # Nothing was queued (every worker busy, say): undo _begin; the
+            # caller takes handle(), which waits for room.
+            declined = True
+            route.events -= 1
+            gen.inflight -= 1
+            return False
         return True
 
     # ---- accounting shared by the three paths -------------------------------

@@ -7,10 +7,11 @@ discovery.py; its records: records.py). The SIP engine asks it two things:
     decision = await handle.handle(hook, event)  # never raises (but trio.Cancelled)
 
 and keeps `handle` for the transaction, so on_failure/on_reply run on the
-generation that ran on_request. For a runtime with a thread of its own (Lua)
-the engine calls `handle.submit(hook, event, done)` instead: no task, no
-cancel scope; done(decision) follows on the trio thread, and False means
-"use handle()" (restarting, or a runtime that has no submit). `handle.release()`
+generation that ran on_request. For a runtime that needs no task per event
+(Lua, line-JSON pools) the engine calls `handle.submit(hook, event, done)`
+instead: no task, no cancel scope; done(decision) follows on the trio thread,
+and False means "use handle()" (restarting, a runtime that has no submit, or
+every worker busy). `handle.release()`
 (or dropping the handle) unpins it. Handles (handle.py) count events on the
 route's record and call back only through the registry's public handle API:
 `answer_unrouted`, `script_failed`, `generation_released`.

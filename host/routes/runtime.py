@@ -69,13 +69,16 @@ class Runtime(ABC):
     """One loaded generation of one route."""
 
     hooks: frozenset[str] = frozenset()
-    # A runtime that runs events in a thread of its own (in-process Lua) also
-    # offers `submit(hook, event, deadline_at, done) -> None`: it queues the
-    # event and returns at once, and calls done(result) later on the trio
-    # thread (or before returning, when it can answer at once) with the
-    # Decision or a ScriptError. It keeps `deadline_at` (time.monotonic())
-    # itself and always answers, so the server spends no task and no cancel
-    # scope on the event.
+    # A runtime that can answer without a task per event (in-process Lua, a
+    # pool of line-JSON workers) also offers `submit(hook, event, deadline_at,
+    # done)`: it queues the event and returns at once, and calls done(result)
+    # later on the trio thread (or before returning, when it can answer at
+    # once) with the Decision or a ScriptError. It keeps `deadline_at`
+    # (time.monotonic()) itself and always answers, so the server spends no
+    # task and no cancel scope on the event. It may return False instead
+    # (nothing queued, done never called) when it cannot take the event now;
+    # the caller then uses `handle`. `event` may be lazy (ScriptEvent: a
+    # runtime that serializes it whole takes `plain()`).
     submit = None
 
     @property

@@ -408,7 +408,7 @@ class Server:
             del self._consulting[call_id]
 
     def _submit(self, call_id: str, action: RouteCall) -> bool:
-        """Hand the event to a runtime that runs it in its own thread (Lua):
+        """Hand the event to a runtime that answers without a task (Lua, line-JSON):
         no task, no cancel scope; `_submitted` delivers the decision on this
         thread and starts the call's next waiting event. False when the
         event needs the async path (the caller then starts it)."""

@@ -31,7 +31,7 @@ from host.storage import Store, shared_store
 from host.supervision.policy import GIVE_UP, RestartPolicy, backoff_delay, plan_restart
 from host.routes.runtime import LoadError, Runtime, RuntimeSpec, ScriptError
 from runtimes.jsonline.codec import MAX_LINE
-from runtimes.jsonline.session import HandshakeError, Session
+from runtimes.jsonline.session import HandshakeError, Overruns, Session
 
 # Defaults, overridable per route in routes.toml options.
 MAX_IN_FLIGHT = 256     # per worker; beyond it handle() waits (backpressure)
@@ -100,6 +100,7 @@ class PooledRuntime(Runtime):
         self.restarts = 0
         self.failures = {"crash": 0, "protocol": 0, "timeout": 0}
         self._sessions: list[Session | None] = []
+        self._overruns = Overruns()   # shared by the sessions: one count per runtime
         self._waiters = 0
         self._changed = trio.Event()
         self._closing = trio.Event()
@@ -157,10 +158,27 @@ class PooledRuntime(Runtime):
             finally:
                 self._waiters -= 1
 
+    def submit(self, hook: str, event: dict, deadline_at: float, done) -> bool:
+        """`handle` without a task (Runtime.submit): the event goes to the
+        least busy ready worker, and done(Decision | ScriptError) follows
+        on this thread by `deadline_at`. False when no worker can take it
+        now (restarting, all at the cap): the caller then takes `handle`,
+        which waits for one."""
+        if hook not in self.hooks:
+            done(Decision())
+            return True
+        session = self._pick()
+        if session is None:
+            return False
+        # A lazy ScriptEvent (host/routes/event.py) is written whole.
+        plain = getattr(event, "plain", None)
+        session.submit(hook, event if plain is None else plain(), deadline_at, done)
+        return True
+
     def _pick(self) -> Session | None:
         best = None
         for s in self._sessions:
-            if s is None or s.end is not None or s.in_flight >= self.cap:
+            if s is None or s.end is not None or s.shutting_down or s.in_flight >= self.cap:
                 continue
             if self.balance == "failover":
                 return s
@@ -283,7 +301,7 @@ class PooledRuntime(Runtime):
                               settings=self.settings(), max_line=self.max_line,
                               ping_interval=self.ping_interval, start_timeout=self.start_timeout,
                               notify=self._notify, describe_end=link.describe_end,
-                              log_fields=self.log_fields)
+                              log_fields=self.log_fields, overruns=self._overruns)
             outcome = None
             try:
                 try:

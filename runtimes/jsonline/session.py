@@ -2,19 +2,34 @@
 
 `serve()` is nursery.start-able: it sends hello, waits for ready (raising
 `HandshakeError` if the worker fails instead), reports started, then runs a
-reader, a writer and a pinger until the connection ends. `request()` sends
-one event and waits for its answer; any number may be in flight, matched by
-id. When the connection ends for any reason, every waiting request gets a
-ScriptError whose kind says why (crash, protocol, timeout) and `closed` is
-set; the owner (stdio or tcp runtime) then reaps the process or socket.
+reader, a writer, a pinger and a deadline keeper until the connection ends.
+Any number of events may be in flight, matched by id, sent one of two ways:
+
+  * `submit(hook, event, deadline_at, deliver)` queues the event and returns;
+    `deliver(Decision | ScriptError)` is called once, on the trio thread,
+    when the answer is read, when the deadline passes, or when the
+    connection ends. No task, no cancel scope and no trio.Event per event:
+    the session keeps every submitted event's deadline itself.
+  * `await request(hook, event)` waits for the answer; the caller's
+    cancellation (its deadline) abandons the event.
+
+Events queued in one scheduler pass go out in one write, and all the lines
+of one read are handled in one pass. When the connection ends for any
+reason, every waiting event gets a ScriptError whose kind says why (crash,
+protocol, timeout) and `closed` is set; the owner (stdio or tcp runtime)
+then reaps the process or socket.
 """
 
 from __future__ import annotations
 
+import bisect
+import collections
 import logging
+import time
 
 import trio
 
+from host.routes.handle import HUNG_AFTER
 from host.routes.verbs import Decision
 from host.storage import Store
 from host.routes.runtime import ScriptError
@@ -40,13 +55,28 @@ async def _no_description() -> str:
 
 
 class _Waiter:
-    __slots__ = ("done", "decision", "error", "call_id")
+    """One event in flight: who gets its answer."""
+    __slots__ = ("deliver", "call_id", "hook")
 
-    def __init__(self, call_id: str | None = None):
-        self.done = trio.Event()
-        self.decision = None
-        self.error = None
+    def __init__(self, deliver, call_id, hook: str):
+        self.deliver = deliver   # deliver(Decision | ScriptError), called once
         self.call_id = call_id   # for the log lines the script writes during the event
+        self.hook = hook
+
+
+class Overruns:
+    """Deadline overruns in a row of one runtime's events: as for the
+    registry's own deadline (host/routes/handle.py), the HUNG_AFTER-th marks
+    the runtime damaged so that the registry replaces it; an answer resets
+    the count."""
+    __slots__ = ("count",)
+
+    def __init__(self):
+        self.count = 0
+
+    def hit(self) -> bool:
+        self.count += 1
+        return self.count >= HUNG_AFTER
 
 
 class Session:
@@ -54,7 +84,7 @@ class Session:
                  key_prefix: str,
                  settings: dict | None = None, max_line: int, ping_interval: float,
                  start_timeout: float, notify=lambda: None, describe_end=_no_description,
-                 log_fields: dict | None = None):
+                 log_fields: dict | None = None, overruns: Overruns | None = None):
         self.stream = stream
         self.route, self.label = route, label
         self.codec = HostCodec(max_line)
@@ -76,8 +106,14 @@ class Session:
         self._pending: dict[int, _Waiter] = {}
         self._out = bytearray()
         self._wake = trio.Event()
+        # (deadline_at, id) of submitted events in deadline order, which is
+        # submission order for one route's deadline; the keeper skips the
+        # answered ones.
+        self._deadlines: collections.deque = collections.deque()
+        self._deadline_wake = trio.Event()   # the keeper's: a sooner deadline was queued
+        self.overruns = overruns if overruns is not None else Overruns()
         self._nursery = None
-        self._shutting_down = False
+        self.shutting_down = False   # shutdown sent: the worker takes no more events (§3)
 
     @property
     def in_flight(self) -> int:
@@ -104,6 +140,7 @@ class Session:
                 task_status.started()
                 nursery.start_soon(self._writer)
                 nursery.start_soon(self._pinger)
+                nursery.start_soon(self._keep_deadlines)
                 await self._reader()
                 nursery.cancel_scope.cancel()
         finally:
@@ -128,8 +165,8 @@ class Session:
 
     def shutdown(self) -> None:
         """Ask the worker to finish its events and exit (PROTOCOL.md "Shutdown")."""
-        if self.end is None and not self._shutting_down:
-            self._shutting_down = True
+        if self.end is None and not self.shutting_down:
+            self.shutting_down = True
             self._queue(self.codec.shutdown())
 
     def abort(self, kind: str, message: str) -> None:
@@ -144,32 +181,71 @@ class Session:
         kind, message = self.end
         self.codec.take_in_flight()
         pending, self._pending = self._pending, {}
+        self._deadlines.clear()
         for waiter in pending.values():
-            waiter.error = ScriptError(f"{self.label}: {message}", kind=kind)
-            waiter.done.set()
+            self._deliver(waiter, ScriptError(f"{self.label}: {message}", kind=kind))
         if not self.closed.is_set():
             self.closed.set()
             self._notify()
 
     # ------------------------------------------------------------ events
+    def submit(self, hook: str, event: dict, deadline_at: float, deliver) -> None:
+        """Send one event; deliver(Decision | ScriptError) follows once, on
+        this thread (at once when the event cannot be sent), by
+        `deadline_at` (time.monotonic()) at the latest."""
+        if self.end is not None:
+            deliver(ScriptError(f"{self.label}: {self.end[1]}", kind=self.end[0]))
+            return
+        try:
+            ident, data = self.codec.event(hook, event)
+        except ScriptError as e:
+            deliver(e)
+            return
+        self._pending[ident] = _Waiter(deliver, event.get("call_id"), hook)
+        deadlines = self._deadlines
+        if not deadlines or deadline_at >= deadlines[-1][0]:
+            deadlines.append((deadline_at, ident))
+            if len(deadlines) == 1:
+                self._deadline_wake.set()
+        else:   # sooner than an earlier event's (not one route's deadline): rare
+            bisect.insort(deadlines, (deadline_at, ident))
+            self._deadline_wake.set()
+        self._queue(data)
+
     async def request(self, hook: str, event: dict) -> Decision:
+        """Send one event and wait for its answer; raises ScriptError. The
+        caller keeps the deadline: cancelling abandons the event."""
         if self.end is not None:
             raise ScriptError(f"{self.label}: {self.end[1]}", kind=self.end[0])
         ident, data = self.codec.event(hook, event)
-        waiter = _Waiter(event.get("call_id"))
-        self._pending[ident] = waiter
+        done = trio.Event()
+        answer = []
+
+        def deliver(result) -> None:
+            answer.append(result)
+            done.set()
+
+        self._pending[ident] = _Waiter(deliver, event.get("call_id"), hook)
         self._queue(data)
         try:
-            await waiter.done.wait()
+            await done.wait()
         except BaseException:
             # Cancelled by the caller's deadline: a late answer is ignored.
             if self._pending.pop(ident, None) is not None:
                 self.codec.abandon(ident)
                 self._notify()
             raise
-        if waiter.error is not None:
-            raise waiter.error
-        return waiter.decision
+        if isinstance(answer[0], ScriptError):
+            raise answer[0]
+        return answer[0]
+
+    def _deliver(self, waiter: _Waiter, result) -> None:
+        # The receiver runs the SIP core on the answer; its failure must not
+        # end this session or leave the other events unanswered.
+        try:
+            waiter.deliver(result)
+        except Exception:
+            self.log.exception("%s: delivering an answer failed", self.label, extra=self.log_fields)
 
     def _queue(self, data: bytes) -> None:
         self._out += data
@@ -196,6 +272,34 @@ class Session:
                 return
             self._queue(self.codec.ping())
 
+    async def _keep_deadlines(self) -> None:
+        """Give each submitted event that is still unanswered at its
+        deadline a timeout. Sleeps until the oldest unanswered event's
+        deadline, so a busy session wakes it about once a deadline, not
+        once an event."""
+        deadlines = self._deadlines
+        while True:
+            while deadlines and deadlines[0][1] not in self._pending:
+                deadlines.popleft()   # answered already
+            wake = self._deadline_wake = trio.Event()
+            if not deadlines:
+                await wake.wait()
+                continue
+            at, ident = deadlines[0]
+            delay = at - time.monotonic()
+            if delay > 0:
+                with trio.move_on_after(delay):
+                    await wake.wait()   # an earlier deadline was queued
+                continue
+            deadlines.popleft()
+            waiter = self._pending.pop(ident)
+            self.codec.abandon(ident)   # a late answer is ignored
+            damaged = self.overruns.hit()
+            self._deliver(waiter, ScriptError(
+                f"{waiter.hook} exceeded its deadline of {self.settings.get('deadline', 0):g} s",
+                kind="timeout", damaged=damaged))
+            self._notify()
+
     async def _reader(self) -> None:
         while True:
             try:
@@ -203,7 +307,7 @@ class Session:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 data = b""
             if not data:
-                if self._shutting_down and not self._pending:
+                if self.shutting_down and not self._pending:
                     self._finish("shutdown", "stopped")
                 else:
                     self._finish("crash", await self._describe_end())
@@ -221,12 +325,9 @@ class Session:
         if t is Answered or t is Failed:
             waiter = self._pending.pop(eff.id, None)
             if waiter is not None:
-                if t is Answered:
-                    waiter.decision = eff.decision
-                else:
-                    waiter.error = eff.error
-                waiter.done.set()
+                self.overruns.count = 0
                 self.answered += 1
+                self._deliver(waiter, eff.decision if t is Answered else eff.error)
                 self._notify()
         elif t is Call:
             self._nursery.start_soon(self._call, eff)

@@ -541,6 +541,38 @@ async def test_submit_declines_while_restarting_and_without_a_threaded_runtime(t
         assert await submit(reg.select(event())) == (False, None)
 
 
+class BusyRuntime(ThreadedRuntime):
+    """A runtime whose submit declines while `busy` (a worker pool at its cap)."""
+
+    busy = True
+
+    def submit(self, hook, event, deadline_at, done):
+        if self.busy:
+            return False
+        return super().submit(hook, event, deadline_at, done)
+
+
+class BusyFactory(Factory):
+    def __call__(self, spec):
+        runtime = BusyRuntime(spec, self.env)
+        self.made.append(runtime)
+        return runtime
+
+
+async def test_a_declined_submit_counts_nothing_and_leaves_handle_to_the_caller(tmp_path):
+    (tmp_path / "main.py").write_text(REPLY.format(code=200))
+    async with running(tmp_path, factory=BusyFactory()) as reg:
+        answers = []
+        assert reg.select(event()).submit(ON_REQUEST, event(), answers.append) is False
+        s = reg.statistics()["main"]
+        assert (s.events, s.inflight, s.fallbacks, answers) == (0, 0, 0, [])
+        assert (await decide(reg)).code == 200   # the caller's way: handle()
+        reg.factory.made[0].busy = False
+        assert await submit(reg.select(event())) == (True, Decision(verb="reply", code=200, reason="R"))
+        s = reg.statistics()["main"]
+        assert (s.events, s.inflight, s.decisions["reply"]) == (2, 0, 2)
+
+
 ROUTES_DIR = Path(__file__).resolve().parents[2] / "host" / "routes"
 
 

@@ -3,6 +3,7 @@
 import os
 import shutil
 import stat
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -69,6 +70,30 @@ def tmp_path_factory(tmp_path_factory):
     if os.geteuid() != 0:
         return tmp_path_factory
     return PassableTempPaths(tmp_path_factory)
+
+
+def _workers_cannot_run() -> str | None:
+    """Why route workers cannot run here (as root they are nobody, who must
+    be able to run this interpreter), or None."""
+    if os.geteuid() != 0:
+        return None
+    from host.privileges.identity import worker_fallback
+    nobody = worker_fallback()
+    try:
+        subprocess.run([sys.executable, "-c", ""], user=nobody.uid, group=nobody.gid,
+                       extra_groups=[], check=True, capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return (f"{nobody.name} cannot run {sys.executable}, and route workers run as "
+                f"{nobody.name}: their tests fail. Build the venv with `make venv` (Makefile).")
+    return None
+
+
+def pytest_terminal_summary(terminalreporter):
+    # Once, at the end, where -q shows it too, rather than in every test that starts a worker.
+    why = _workers_cannot_run()
+    if why is not None:
+        terminalreporter.write_sep("=", "route workers", red=True)
+        terminalreporter.write_line(f"WARNING: {why}")
 
 
 @pytest.hookimpl(tryfirst=True)   # before pytest's tmpdir plugin reads --basetemp

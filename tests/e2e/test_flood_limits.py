@@ -201,7 +201,9 @@ def test_floods_are_limited_per_source_and_everybody_else_is_served(tmp_path, wo
     why = f"workers={workers}\n{log[-3000:]}"
     # The legitimate ones: every call completed, every OPTIONS answered in time.
     assert uac_result.successful == CALLS and uac_result.failed == 0, (uac_result.summary(), why)
-    assert uas_result.successful == CALLS, (uas_result.summary(), why)
+    # (Each was answered by the uas; it counts a call only 4 s after its BYE,
+    # its timewait, so its own count may lag when it is stopped.)
+    assert uas_result.failed == 0, (uas_result.summary(), why)
     probes = replies[id(probe)]
     assert len(probes) == len(asked) and all(sipp.status_code(r) == 200 for r in probes), why
     assert max(rtt.values()) < PROBE_BOUND, (sorted(rtt.values())[-5:], why)

@@ -1,19 +1,28 @@
 """Source-address steering of the workers' SO_REUSEPORT groups
 (host/fleet/steering.py): the program against its Python twin in an
-interpreter, then in the kernel, UDP and TCP, on loopback addresses."""
+interpreter, then in the kernel: UDP and TCP on IPv4 loopback addresses,
+UDP on IPv6 ones in a private network namespace."""
 
 from __future__ import annotations
 
 import collections
 import ipaddress
+import json
+import os
+import shutil
 import socket
 import struct
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from host import cbpf
 from host.fleet.steering import program, steer_by_source, worker_of
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run(code, ip_header: bytes) -> int:
@@ -149,3 +158,47 @@ def test_every_connection_of_a_source_reaches_one_listener():
             sock.close()
     assert {ip: dict(c) for ip, c in accepted.items()} == {
         ip: {worker_of(ip, 2): PORTS_EACH} for ip in SOURCES}
+
+
+# IPv6 sources need addresses of their own: added to lo in a private network
+# namespace (root), where this driver prints each source's picks per member.
+IPV6_DRIVER = """
+import collections, json, socket, subprocess, sys, time
+from host.fleet.steering import steer_by_source
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+sources = [f"fd00::{i:x}" for i in range(2, 14)]
+for ip in sources:
+    subprocess.run(["ip", "-6", "addr", "add", ip + "/128", "dev", "lo", "nodad"], check=True)
+members = []
+for _ in range(3):
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("::1", members[0].getsockname()[1] if members else 0))
+    sock.setblocking(False)
+    members.append(sock)
+steer_by_source(members[0], 3)
+for ip in sources:
+    for _ in range(6):
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sender:
+            sender.bind((ip, 0))
+            sender.sendto(ip.encode(), ("::1", members[0].getsockname()[1]))
+time.sleep(0.2)
+seen = collections.defaultdict(collections.Counter)
+for index, sock in enumerate(members):
+    while True:
+        try:
+            seen[sock.recv(64).decode()][index] += 1
+        except BlockingIOError:
+            break
+print(json.dumps({ip: dict(c) for ip, c in seen.items()}))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("ip") is None,
+                    reason="needs root, unshare and ip for a private network namespace")
+def test_ipv6_sources_are_steered_by_their_whole_address():
+    done = subprocess.run(["unshare", "-n", sys.executable, "-c", IPV6_DRIVER], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout)
+    assert seen == {f"fd00::{i:x}": {str(worker_of(f"fd00::{i:x}", 3)): 6} for i in range(2, 14)}

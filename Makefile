@@ -4,7 +4,14 @@
 # with apt-get; elsewhere they are reported and the tests needing them skip.
 
 SHELL := /bin/bash
+# The venv's interpreter is also the one route workers run (README,
+# Privileges): under a root server they are nobody, so it must be one nobody
+# can run. `make venv` takes $(PYTHON) if nobody can run it, else Debian's
+# /usr/bin/python3 (a python3 under a 0700 home, pyenv in /root, cannot be).
 PYTHON ?= python3
+WORKER_USER := nobody
+# $(call as_worker,command): run it as the worker user (as root; else as is).
+as_worker = if [ "$$(id -u)" = 0 ]; then setpriv --reuid=$(WORKER_USER) --regid=$$(id -gn $(WORKER_USER) 2>/dev/null || echo nogroup) --clear-groups $(1); else $(1); fi
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # Re-install only when the packaging changed (editable install: code changes
@@ -64,12 +71,12 @@ define apt_ensure
 	fi
 endef
 
-.PHONY: run test fuzz bench venv deps test-deps bench-deps clean sdk-java-jar sdk-python-wheel
+.PHONY: run test fuzz bench venv deps test-deps worker-access bench-deps clean sdk-java-jar sdk-python-wheel
 
 run: venv
 	$(VENV)/bin/babelsip run $(RUN_ARGS)
 
-test: venv test-deps
+test: venv test-deps worker-access
 	$(PY) -m pytest -q -o faulthandler_timeout=300 $(PYTEST_ARGS)
 
 # Coverage-guided fuzzing (tests/fuzz/run_fuzzer.py), FUZZ_SECONDS per target.
@@ -93,7 +100,12 @@ venv: $(STAMP)
 
 $(PY):
 	$(call apt_ensure,python3-venv)
-	$(PYTHON) -m venv $(VENV)
+	@python=$$(command -v $(PYTHON)); \
+	if ! ( $(call as_worker,"$$python" -c '') ) >/dev/null 2>&1; then \
+	  echo "$$python: $(WORKER_USER) cannot run it (route workers do): using /usr/bin/python3"; \
+	  python=/usr/bin/python3; \
+	fi; \
+	echo "$$python -m venv $(VENV)"; "$$python" -m venv $(VENV)
 
 $(STAMP): $(PACKAGING) | $(PY)
 	$(PY) -m pip install -q -e '.[test]'
@@ -116,6 +128,16 @@ test-deps:
 	    || echo "warning: npm ci failed: the JsSIP browser test will skip"; \
 	else \
 	  echo "warning: npm missing: the JsSIP browser test will skip"; \
+	fi
+
+# Route workers run as $(WORKER_USER) in the tests too: they need this venv's
+# interpreter and the checkout's sdk/ (a clone under a 0700 home cannot work).
+worker-access: venv
+	@export PYTHONPATH=$(CURDIR)/sdk/python; \
+	if ! ( $(call as_worker,$(PY) -c 'import babelsip_sdk.runner') ) >/dev/null 2>&1; then \
+	  echo "error: $(WORKER_USER) cannot run $(PY) with $(CURDIR)/sdk/python, as route workers must" \
+	       "(README, Privileges): clone where $(WORKER_USER) can read, or rm -r $(VENV) and make venv"; \
+	  exit 1; \
 	fi
 
 bench-deps:

@@ -29,6 +29,7 @@ from host.shell.udp import open_udp_socket
 from host.supervision.policy import GIVE_UP, RestartPolicy, plan_restart
 
 from .spec import ENV, WorkerSpec
+from .steering import steer_by_source
 
 log = logging.getLogger("babelsip.fleet")
 
@@ -73,18 +74,17 @@ class Parent:
     def bind(self) -> list[tuple[str, str, int]]:
         """Bind every address (errors surface here, before any worker)."""
         for transport, host, port in self.listen:
-            if transport == "udp":
-                first = self._keep(open_udp_socket(host, port, reuse_port=True))
-                port = first.getsockname()[1]
-                members = [first] + [self._keep(open_udp_socket(host, port, reuse_port=True))
-                                     for _ in range(self.count - 1)]
-                for index, sock in enumerate(members):
-                    self._listen_fds[index].append((transport, host, port, sock.fileno()))
-            else:
-                listener = self._keep(open_tcp_listener(host, port))
-                port = listener.getsockname()[1]
-                for index in range(self.count):
-                    self._listen_fds[index].append((transport, host, port, listener.fileno()))
+            # One member of a SO_REUSEPORT group per worker, in index order,
+            # steered by source address (steering.py); TLS, WS and WSS
+            # listen on TCP.
+            opener = open_udp_socket if transport == "udp" else open_tcp_listener
+            first = self._keep(opener(host, port, reuse_port=True))
+            port = first.getsockname()[1]
+            members = [first] + [self._keep(opener(host, port, reuse_port=True))
+                                 for _ in range(self.count - 1)]
+            self._steer(first, f"{transport}:{host}:{port}")
+            for index, sock in enumerate(members):
+                self._listen_fds[index].append((transport, host, port, sock.fileno()))
             self.bound.append((transport, host, port))
         for i in range(self.count):
             for j in range(i + 1, self.count):
@@ -102,6 +102,14 @@ class Parent:
             _remove_orphaned_stores(base)
             self._store_dir = tempfile.mkdtemp(prefix=f"{STORE_PREFIX}{os.getpid()}-", dir=base)
         return self.bound
+
+    def _steer(self, member: socket.socket, where: str) -> None:
+        try:
+            steer_by_source(member, self.count)
+        except OSError as exc:
+            log.warning("%s: the kernel does not steer by source address (%s): a source using "
+                        "several ports reaches several workers, and --pike-rate holds per worker",
+                        where, exc.strerror or exc)
 
     def give_to(self, identity) -> None:
         """Before dropping to `identity` (host/privileges): the directories

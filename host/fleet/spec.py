@@ -20,9 +20,9 @@ ENV = "BABELSIP_FLEET"
 class WorkerSpec:
     index: int
     count: int
-    # (transport, host, port, fd) in --listen order: UDP a SO_REUSEPORT
-    # member of its own; TCP, TLS, WS and WSS the listener every worker
-    # accepts from.
+    # (transport, host, port, fd) in --listen order: a SO_REUSEPORT member
+    # of its own (a UDP socket; a TCP, TLS, WS or WSS listener), steered by
+    # source address (steering.py).
     listen: list[tuple[str, str, int, int]] = field(default_factory=list)
     peers: dict[int, int] = field(default_factory=dict)               # peer index -> fd
     ready: int = -1

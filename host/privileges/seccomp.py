@@ -18,8 +18,8 @@ import ctypes
 import errno
 import socket
 
-# classic BPF
-LD_W_ABS, JEQ_K, JSET_K, RET_K = 0x20, 0x15, 0x45, 0x06
+from host.cbpf import JEQ_K, JSET_K, LD_W_ABS, RET_K, Program
+
 RET_ALLOW = 0x7FFF0000
 RET_ERRNO = 0x00050000
 # struct seccomp_data offsets
@@ -55,15 +55,6 @@ def program(machine: str) -> list[tuple[int, int, int, int]]:
     ]
 
 
-class _Filter(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
-                ("k", ctypes.c_uint32)]
-
-
-class _Program(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(_Filter))]
-
-
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -72,12 +63,10 @@ class NoNetworkFilter:
     the child (after PR_SET_NO_NEW_PRIVS) and returns 0 or the errno."""
 
     def __init__(self, machine: str):
-        instructions = program(machine)
-        self._filters = (_Filter * len(instructions))(*[_Filter(*i) for i in instructions])
-        self._program = _Program(len(instructions), self._filters)
+        self._program = Program(program(machine))
         self._prctl = _libc.prctl
 
     def install(self) -> int:
-        if self._prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(self._program), 0, 0) != 0:
+        if self._prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, self._program.pointer(), 0, 0) != 0:
             return ctypes.get_errno() or errno.EPERM
         return 0

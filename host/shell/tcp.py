@@ -302,12 +302,15 @@ class _Connection:
         return self.started is None and not self.queued and not self.closing
 
 
-def open_tcp_listener(host: str, port: int) -> socket.socket:
-    """A bound, listening TCP socket (several processes may accept from it)."""
+def open_tcp_listener(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A bound, listening TCP socket; `reuse_port` joins a SO_REUSEPORT
+    group, whose members the kernel spreads connections over."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         sock.listen(LISTEN_BACKLOG)
     except OSError:

@@ -1,10 +1,13 @@
 """Per-source request rate limits (what Kamailio's `pike` module does), sans-IO.
 
 One token bucket per source IP: `rate` requests per second on average,
-`burst` at once. A source that empties its bucket is *blocked* until it has
-tokens again; the shell then answers its requests with 503 or drops them
-(host/shell/flood.py). Sources on the allow-list (trunks, other cores) are
-never limited.
+`burst` at once. A source that empties its bucket is *blocked*: what it
+sends beyond the rate is denied, and the shell answers it with 503 or drops
+it (host/shell/flood.py). It is unblocked once its bucket is full again,
+i.e. once it kept under the rate for burst/rate seconds, so one flood is
+one block, logged once, however long it lasts (a flooder always has the
+odd token back). Sources on the allow-list (trunks, other cores) are never
+limited.
 
 Memory is bounded: at most `max_sources` buckets, the least recently seen
 evicted first. Evicting a flooder's bucket only gives it a fresh burst,
@@ -67,11 +70,11 @@ class SourceLimiter:
             bucket.tokens = min(self.burst, bucket.tokens + elapsed * self.rate)
             bucket.last = now
         if bucket.tokens >= 1.0:
-            bucket.tokens -= 1.0
-            if bucket.blocked:
+            if bucket.blocked and bucket.tokens >= self.burst:
                 bucket.blocked = False
                 self.unblocks += 1
                 self.changes.append(Change(ip, False))
+            bucket.tokens -= 1.0
             return ALLOW
         self.denied += 1
         if not bucket.blocked:

@@ -74,6 +74,12 @@ def lifeline_fd() -> int:
     global _lifeline
     if _lifeline is None:
         _lifeline = os.pipe()
+        # A worker that cannot hand the descriptor to a child reopens it as
+        # /proc/self/fd/N (the Java SDK: a JVM closes every other descriptor
+        # in its children). A pipe is 0600, its creator's: a worker of
+        # another user (nobody, under a root server) could not. Anyone may
+        # read it; reading an end of file is all it gives.
+        os.fchmod(_lifeline[0], 0o444)
     return _lifeline[0]
 
 

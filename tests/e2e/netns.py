@@ -198,37 +198,35 @@ def require_root_and_tools() -> None:
         pytest.skip(_probe_result)
 
 
-class NatLab:
-    """Context manager building phone / router / server (/ peer) namespaces;
-    see the module docstring for the picture. All attributes are plain
-    strings: ``phone``, ``router``, ``server``, ``peer`` (namespace names;
-    ``peer`` is None unless asked for), ``phone_ip``, ``router_private_ip``,
-    ``router_public_ip``, ``server_ip``, ``peer_ip``, ``private_net``."""
+class Lab:
+    """What every lab of namespaces shares: building on entry, removing
+    everything on exit (whatever happens), and running things inside. A
+    subclass names its namespaces (`namespaces`) and builds them (`_build`)."""
 
-    def __init__(self, *, peer: bool = False, nat_flags: str = "fully-random"):
+    def __init__(self):
         self.tag = f"{PREFIX}-{os.getpid()}-{secrets.token_hex(3)}"
-        self.phone = f"{self.tag}-phone"
-        self.router = f"{self.tag}-router"
-        self.server = f"{self.tag}-server"
-        self.peer = f"{self.tag}-peer" if peer else None
-        self.private_net = PRIVATE_NET
-        self.phone_ip = PHONE_IP
-        self.router_private_ip = ROUTER_PRIVATE_IP
-        self.router_public_ip = ROUTER_PUBLIC_IP
-        self.server_ip = SERVER_IP
-        self.peer_ip = PEER_IP if peer else None
-        self.nat_flags = nat_flags  # "fully-random", "random", or "" (port-preserving)
         self._created: list[str] = []
         self._procs: list[subprocess.Popen] = []
         self._closed = False
 
     @property
     def namespaces(self) -> list[str]:
-        return [ns for ns in (self.phone, self.router, self.server, self.peer) if ns]
+        raise NotImplementedError
+
+    def _build(self) -> None:
+        raise NotImplementedError
+
+    def _add_namespaces(self) -> None:
+        for ns in self.namespaces:
+            self._created.append(ns)  # before "add": a Ctrl-C right after still cleans it
+            _ip("netns", "add", ns)
+            _ip("-n", ns, "link", "set", "lo", "up")
+            for scope in ("all", "default"):  # no router-solicitation/MLD noise on the links
+                self._write_sysctl(ns, f"net/ipv6/conf/{scope}/disable_ipv6", "1", optional=True)
 
     # -- building and tearing down -------------------------------------------------
 
-    def __enter__(self) -> "NatLab":
+    def __enter__(self):
         try:
             self._build()
         except BaseException:
@@ -238,42 +236,6 @@ class NatLab:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-    def _build(self) -> None:
-        for ns in self.namespaces:
-            self._created.append(ns)  # before "add": a Ctrl-C right after still cleans it
-            _ip("netns", "add", ns)
-            _ip("-n", ns, "link", "set", "lo", "up")
-            for scope in ("all", "default"):  # no router-solicitation/MLD noise on the links
-                self._write_sysctl(ns, f"net/ipv6/conf/{scope}/disable_ipv6", "1", optional=True)
-        r = self.router
-        # private side: router "priv" <-> phone "eth0"
-        _ip("-n", r, "link", "add", "name", "priv", "type", "veth", "peer", "name", "eth0", "netns", self.phone)
-        _ip("-n", r, "addr", "add", f"{self.router_private_ip}/24", "dev", "priv")
-        _ip("-n", r, "link", "set", "priv", "up")
-        _ip("-n", self.phone, "addr", "add", f"{self.phone_ip}/24", "dev", "eth0")
-        _ip("-n", self.phone, "link", "set", "eth0", "up")
-        _ip("-n", self.phone, "route", "add", "default", "via", self.router_private_ip)
-        # public side: bridge "pub" in the router (its address is the NAT's
-        # public address), one veth port per public host
-        _ip("-n", r, "link", "add", "name", "pub", "type", "bridge")
-        _ip("-n", r, "addr", "add", f"{self.router_public_ip}/{PUBLIC_PREFIXLEN}", "dev", "pub")
-        _ip("-n", r, "link", "set", "pub", "up")
-        hosts = [("srv", self.server, self.server_ip)]
-        if self.peer:
-            hosts.append(("peer", self.peer, self.peer_ip))
-        for port, ns, addr in hosts:
-            _ip("-n", r, "link", "add", "name", f"pub-{port}", "type", "veth", "peer", "name", "eth0", "netns", ns)
-            _ip("-n", r, "link", "set", f"pub-{port}", "master", "pub")
-            _ip("-n", r, "link", "set", f"pub-{port}", "up")
-            _ip("-n", ns, "addr", "add", f"{addr}/{PUBLIC_PREFIXLEN}", "dev", "eth0")
-            _ip("-n", ns, "link", "set", "eth0", "up")
-        self._write_sysctl(r, "net/ipv4/ip_forward", "1")
-        # br_netfilter is built in and defaults to 1 per namespace: bridged
-        # server<->peer frames would then go through the router's ip hooks
-        # and conntrack. Not wanted; absent without br_netfilter, so optional.
-        self._write_sysctl(r, "net/bridge/bridge-nf-call-iptables", "0", optional=True)
-        self.run(r, ["nft", "-f", "-"], input=NFT_RULES.format(private=self.private_net, flags=self.nat_flags))
 
     def close(self) -> None:
         """Stop every process started through this lab (and anything else
@@ -370,7 +332,7 @@ class NatLab:
             raise RuntimeError(f"could not create a socket in {ns}")
         return result["sock"]
 
-    # -- sysctls and conntrack ------------------------------------------------------
+    # -- sysctls -----------------------------------------------------------------------
 
     def _write_sysctl(self, ns: str, key: str, value: str, *, optional: bool = False) -> bool:
         """Write /proc/sys/<key> as seen from ``ns`` (net sysctls are per
@@ -386,6 +348,67 @@ class NatLab:
 
     def read_sysctl(self, ns: str, key: str) -> str:
         return self.run(ns, ["cat", f"/proc/sys/{key.replace('.', '/')}"]).stdout.strip()
+
+
+class NatLab(Lab):
+    """Context manager building phone / router / server (/ peer) namespaces;
+    see the module docstring for the picture. All attributes are plain
+    strings: ``phone``, ``router``, ``server``, ``peer`` (namespace names;
+    ``peer`` is None unless asked for), ``phone_ip``, ``router_private_ip``,
+    ``router_public_ip``, ``server_ip``, ``peer_ip``, ``private_net``."""
+
+    def __init__(self, *, peer: bool = False, nat_flags: str = "fully-random"):
+        super().__init__()
+        self.phone = f"{self.tag}-phone"
+        self.router = f"{self.tag}-router"
+        self.server = f"{self.tag}-server"
+        self.peer = f"{self.tag}-peer" if peer else None
+        self.private_net = PRIVATE_NET
+        self.phone_ip = PHONE_IP
+        self.router_private_ip = ROUTER_PRIVATE_IP
+        self.router_public_ip = ROUTER_PUBLIC_IP
+        self.server_ip = SERVER_IP
+        self.peer_ip = PEER_IP if peer else None
+        self.nat_flags = nat_flags  # "fully-random", "random", or "" (port-preserving)
+
+    @property
+    def namespaces(self) -> list[str]:
+        return [ns for ns in (self.phone, self.router, self.server, self.peer) if ns]
+
+    # -- building --------------------------------------------------------------
+
+    def _build(self) -> None:
+        self._add_namespaces()
+        r = self.router
+        # private side: router "priv" <-> phone "eth0"
+        _ip("-n", r, "link", "add", "name", "priv", "type", "veth", "peer", "name", "eth0", "netns", self.phone)
+        _ip("-n", r, "addr", "add", f"{self.router_private_ip}/24", "dev", "priv")
+        _ip("-n", r, "link", "set", "priv", "up")
+        _ip("-n", self.phone, "addr", "add", f"{self.phone_ip}/24", "dev", "eth0")
+        _ip("-n", self.phone, "link", "set", "eth0", "up")
+        _ip("-n", self.phone, "route", "add", "default", "via", self.router_private_ip)
+        # public side: bridge "pub" in the router (its address is the NAT's
+        # public address), one veth port per public host
+        _ip("-n", r, "link", "add", "name", "pub", "type", "bridge")
+        _ip("-n", r, "addr", "add", f"{self.router_public_ip}/{PUBLIC_PREFIXLEN}", "dev", "pub")
+        _ip("-n", r, "link", "set", "pub", "up")
+        hosts = [("srv", self.server, self.server_ip)]
+        if self.peer:
+            hosts.append(("peer", self.peer, self.peer_ip))
+        for port, ns, addr in hosts:
+            _ip("-n", r, "link", "add", "name", f"pub-{port}", "type", "veth", "peer", "name", "eth0", "netns", ns)
+            _ip("-n", r, "link", "set", f"pub-{port}", "master", "pub")
+            _ip("-n", r, "link", "set", f"pub-{port}", "up")
+            _ip("-n", ns, "addr", "add", f"{addr}/{PUBLIC_PREFIXLEN}", "dev", "eth0")
+            _ip("-n", ns, "link", "set", "eth0", "up")
+        self._write_sysctl(r, "net/ipv4/ip_forward", "1")
+        # br_netfilter is built in and defaults to 1 per namespace: bridged
+        # server<->peer frames would then go through the router's ip hooks
+        # and conntrack. Not wanted; absent without br_netfilter, so optional.
+        self._write_sysctl(r, "net/bridge/bridge-nf-call-iptables", "0", optional=True)
+        self.run(r, ["nft", "-f", "-"], input=NFT_RULES.format(private=self.private_net, flags=self.nat_flags))
+
+    # -- conntrack ---------------------------------------------------------------------
 
     def set_udp_timeout(self, seconds: int, stream: int | None = None) -> None:
         """Short UDP conntrack timeouts in the router: a NAT mapping then dies
@@ -417,3 +440,41 @@ class NatLab:
             return []
         run = self.run(self.router, ["conntrack", "-L", "-p", proto], check=False)
         return [line for line in run.stdout.splitlines() if line.strip()]
+
+
+class SourcesLab(Lab):
+    """Two namespaces joined by one veth pair, with several addresses on
+    each side, for tests that need many distinct sources (flood limits):
+
+        server (198.18.0.1 .. 198.18.0.S) --veth-- clients (198.18.1.1 .. 198.18.C/16)
+
+    198.18.0.0/15 is the benchmarking range (RFC 2544), used nowhere else.
+    Both sides are on one /16, so every address reaches every other over
+    the link, with no router; neither namespace has a link to the root
+    namespace, so nothing leaves these addresses. ``server_ips`` and
+    ``client_ips`` list them (at most 250 server and 2,500 client ones)."""
+
+    def __init__(self, *, server_addresses: int = 2, client_addresses: int = 8):
+        super().__init__()
+        if not (1 <= server_addresses <= 250 and 1 <= client_addresses <= 2500):
+            raise ValueError("1..250 server and 1..2,500 client addresses")
+        self.server = f"{self.tag}-srv"
+        self.clients = f"{self.tag}-cli"
+        self.server_ips = [f"198.18.0.{1 + i}" for i in range(server_addresses)]
+        self.client_ips = [f"198.18.{1 + i // 250}.{1 + i % 250}" for i in range(client_addresses)]
+
+    @property
+    def namespaces(self) -> list[str]:
+        return [self.server, self.clients]
+
+    def _build(self) -> None:
+        self._add_namespaces()
+        _ip("-n", self.server, "link", "add", "name", "eth0", "type", "veth", "peer", "name", "eth0",
+            "netns", self.clients)
+        for ns, addresses in ((self.server, self.server_ips), (self.clients, self.client_ips)):
+            batch = "".join(f"address add {ip}/16 dev eth0\n" for ip in addresses)
+            done = subprocess.run(["ip", "-n", ns, "-batch", "-"], input=batch, capture_output=True,
+                                  text=True, timeout=60)
+            if done.returncode != 0:
+                raise RuntimeError(f"in {ns}: adding addresses failed: {done.stderr.strip()}")
+            _ip("-n", ns, "link", "set", "eth0", "up")

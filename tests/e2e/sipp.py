@@ -223,9 +223,11 @@ def sipp_command(scenario: str, *, port: int, remote: tuple[str, int] | None = N
                  rate_period_ms: int = 1000, limit: int | None = None, lost: float | None = None,
                  timeout: float = 60.0, stats_path: Path | None = None,
                  errors_path: Path | None = None, no_default: bool = True,
-                 extra: tuple[str, ...] | list[str] = ()) -> list[str]:
+                 local_ip: str = LOCALHOST, extra: tuple[str, ...] | list[str] = ()) -> list[str]:
     """The argv for one sipp: `scenario` is 'uac'/'uas' (built in) or a file name
-    under scenarios/ (with or without .xml), or a path to an XML file."""
+    under scenarios/ (with or without .xml), or a path to an XML file;
+    `local_ip` the address it binds (another than loopback inside a network
+    namespace, tests/e2e/netns.py)."""
     binary = sipp_binary()
     if binary is None:
         raise RuntimeError("sipp is not installed (Debian package sip-tester)")
@@ -239,7 +241,7 @@ def sipp_command(scenario: str, *, port: int, remote: tuple[str, int] | None = N
         if not path.is_absolute() and not path.exists():
             path = SCENARIOS / (scenario if scenario.endswith(".xml") else scenario + ".xml")
         argv += ["-sf", str(path)]
-    argv += ["-i", LOCALHOST, "-p", str(port), "-t", SIPP_TRANSPORTS[transport], "-nostdin",
+    argv += ["-i", local_ip, "-p", str(port), "-t", SIPP_TRANSPORTS[transport], "-nostdin",
              "-timeout", f"{timeout:g}s", "-timeout_error"]
     if stats_path is not None:
         argv += ["-trace_stat", "-stf", str(stats_path)]
@@ -260,13 +262,16 @@ def sipp_command(scenario: str, *, port: int, remote: tuple[str, int] | None = N
 
 
 def start_sipp(scenario: str, workdir: Path, *, name: str | None = None, port: int,
-               timeout: float = 60.0, **options) -> SippProcess:
-    """Start sipp in the background (a uas, typically); see `sipp_command` for options."""
+               timeout: float = 60.0, netns: str | None = None, **options) -> SippProcess:
+    """Start sipp in the background (a uas, typically), inside network
+    namespace `netns` if given; see `sipp_command` for options."""
     name = name or f"{Path(scenario).stem}-{port}"
     workdir.mkdir(parents=True, exist_ok=True)
     argv = sipp_command(scenario, port=port, timeout=timeout,
                         stats_path=workdir / f"{name}.csv",
                         errors_path=workdir / f"{name}_errors.log", **options)
+    if netns is not None:
+        argv = ["ip", "netns", "exec", netns, *argv]
     return SippProcess(argv, workdir, name, timeout)
 
 

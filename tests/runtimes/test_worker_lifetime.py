@@ -35,6 +35,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from host.privileges.jail import worker_identity
 from host.routes.runtime import RuntimeSpec, ScriptError
 from runtimes.jsonline import StdioRuntime
 from runtimes.jsonline import stdio
@@ -151,6 +152,17 @@ def processes():
         procs.kill_all()
 
 
+def shared_folder(tmp_path: Path) -> Path:
+    """A folder the route workers may write their pid files in: under a
+    root server they run as nobody (host/privileges/jail.py)."""
+    folder = tmp_path / "shared"
+    folder.mkdir(exist_ok=True)
+    identity = worker_identity()
+    if identity is not None:
+        os.chown(folder, identity.uid, identity.gid)
+    return folder
+
+
 def read_pids(path: Path) -> list[int] | None:
     """The pids a route recorded in `path` (written by rename: whole or absent)."""
     try:
@@ -224,7 +236,7 @@ for line in sys.stdin:
 @pytest.mark.parametrize("runtime", ["python", "exec"])
 @pytest.mark.parametrize("how", ["killed", "hung", "stopped"])
 async def test_a_grandchild_goes_with_its_worker(tmp_path, processes, how, runtime):
-    pids_file = tmp_path / "forker.pids"
+    pids_file = shared_folder(tmp_path) / "forker.pids"
     path = tmp_path / "main.py"
     code = FORKER if runtime == "python" else FORKER_EXEC
     path.write_text(code.format(long=LONG, pids=str(pids_file), python=sys.executable))
@@ -481,7 +493,7 @@ for line in sys.stdin:
 
 def test_sigkill_of_the_server_ends_python_and_exec_workers(tmp_path, processes):
     names = [Path(f).stem for f in PY_ROUTES]
-    files = {name: str(tmp_path / f"{name}.pids") for name in names}
+    files = {name: str(shared_folder(tmp_path) / f"{name}.pids") for name in names}
     routes = tmp_path / "routes"
     routes.mkdir()
     for file, text in PY_ROUTES.items():
@@ -549,7 +561,7 @@ public class Sleeper implements Route {{
                                       pytest.param("java", marks=needs_java)])
 def test_sigkill_of_the_server_ends_a_worker_asleep_in_its_handler(tmp_path, processes, language):
     file, text = SLEEPERS[language]
-    pids_file = tmp_path / "sleeper.pids"
+    pids_file = shared_folder(tmp_path) / "sleeper.pids"
     routes = tmp_path / "routes"
     routes.mkdir()
     (routes / file).write_text(text.format(long=LONG, pids=pids_file))

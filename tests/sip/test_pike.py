@@ -30,6 +30,20 @@ def test_block_and_unblock_are_reported_once_each():
     assert (limiter.blocks, limiter.unblocks) == (1, 1)
 
 
+def test_a_long_flood_is_one_block_and_gets_the_rate_until_it_calms_down():
+    limiter = SourceLimiter(rate=10, burst=20)
+    admitted = sum(limiter.admit("192.0.2.9", i / 1000) is ALLOW for i in range(10_000))
+    # 10 s at 1,000/s: the burst, then 10/s; a token now and then is no unblock.
+    assert 20 + 10 * 10 - 1 <= admitted <= 20 + 10 * 10
+    assert (limiter.blocks, limiter.unblocks) == (1, 0) and limiter.blocked() == ["192.0.2.9"]
+    # Under the rate for less than burst/rate seconds: still the same block.
+    assert limiter.admit("192.0.2.9", 11.0) is ALLOW and limiter.unblocks == 0
+    # Quiet long enough to fill its bucket: unblocked, once.
+    assert limiter.admit("192.0.2.9", 14.0) is ALLOW
+    assert (limiter.blocks, limiter.unblocks) == (1, 1) and limiter.blocked() == []
+    assert list(limiter.changes) == [Change("192.0.2.9", True), Change("192.0.2.9", False)]
+
+
 def test_the_allow_list_is_never_limited():
     limiter = SourceLimiter(rate=1, burst=1, allow=("198.51.100.0/24", "2001:db8::/32"))
     assert all(limiter.admit("198.51.100.7", 0.0) is ALLOW for _ in range(100))

@@ -131,13 +131,15 @@ test-deps:
 	fi
 
 # Route workers run as $(WORKER_USER) in the tests too: they need this venv's
-# interpreter and the checkout's sdk/ (a clone under a 0700 home cannot work).
+# interpreter and the checkout's sdk/ (a clone under a 0700 home cannot
+# work). Without them the suite falls back to root route workers
+# (tests/conftest.py) and says so: a warning here, not a failure.
 worker-access: venv
 	@export PYTHONPATH=$(CURDIR)/sdk/python; \
-	if ! ( $(call as_worker,$(PY) -c 'import babelsip_sdk.runner') ) >/dev/null 2>&1; then \
-	  echo "error: $(WORKER_USER) cannot run $(PY) with $(CURDIR)/sdk/python, as route workers must" \
-	       "(README, Privileges): clone where $(WORKER_USER) can read, or rm -r $(VENV) and make venv"; \
-	  exit 1; \
+	if ! ( cd / && $(call as_worker,$(CURDIR)/$(PY) -c 'import babelsip_sdk.runner') ) >/dev/null 2>&1; then \
+	  echo "warning: $(WORKER_USER) cannot run $(PY) with $(CURDIR)/sdk/python, as route workers must" \
+	       "(README, Privileges): the tests keep route workers root. Clone where $(WORKER_USER) can" \
+	       "read, or rm -r $(VENV) and make venv"; \
 	fi
 
 bench-deps:

@@ -80,20 +80,30 @@ def _workers_cannot_run() -> str | None:
     from host.privileges.identity import worker_fallback
     nobody = worker_fallback()
     try:
-        subprocess.run([sys.executable, "-c", ""], user=nobody.uid, group=nobody.gid,
-                       extra_groups=[], check=True, capture_output=True, timeout=30)
+        # What a Python route worker does: this interpreter, the checkout's SDK.
+        subprocess.run([sys.executable, "-c", "import babelsip_sdk.runner"], user=nobody.uid,
+                       group=nobody.gid, extra_groups=[], check=True, capture_output=True,
+                       timeout=30, cwd="/", env={"PYTHONPATH": str(REPO / "sdk" / "python")})
     except (OSError, subprocess.SubprocessError):
-        return (f"{nobody.name} cannot run {sys.executable}, and route workers run as "
-                f"{nobody.name}: their tests fail. Build the venv with `make venv` (Makefile).")
+        return (f"{nobody.name} cannot run {sys.executable} with {REPO}/sdk/python, and route "
+                f"workers run as {nobody.name}: build the venv with `make venv` and clone where "
+                f"{nobody.name} can read (Makefile, worker-access).")
     return None
+
+
+_WORKERS_BLOCKED = _workers_cannot_run()
+if _WORKERS_BLOCKED is not None:
+    # The fallback (host/privileges/jail.py): route workers stay root rather
+    # than every test that starts one failing. tests/privileges and
+    # tests/e2e/test_privilege_drop.py unset it, or name the user.
+    os.environ.setdefault("BABELSIP_TEST_ROOT_WORKERS", "1")
 
 
 def pytest_terminal_summary(terminalreporter):
     # Once, at the end, where -q shows it too, rather than in every test that starts a worker.
-    why = _workers_cannot_run()
-    if why is not None:
+    if _WORKERS_BLOCKED is not None:
         terminalreporter.write_sep("=", "route workers", red=True)
-        terminalreporter.write_line(f"WARNING: {why}")
+        terminalreporter.write_line(f"WARNING: {_WORKERS_BLOCKED} Route workers ran as root instead.")
 
 
 @pytest.hookimpl(tryfirst=True)   # before pytest's tmpdir plugin reads --basetemp

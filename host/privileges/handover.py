@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 
 from .identity import Identity, PrivilegeError, check_can_become, chown_to, drop_to, resolve
-from .jail import configure_workers
+from .jail import ROOT_WORKERS_ENV, configure_workers, worker_identity
 
 log = logging.getLogger("babelsip")
 
@@ -44,6 +44,9 @@ def plan(user: str | None, group: str | None, worker_user: str | None, *,
         if workers.uid == 0:
             raise PrivilegeError(f"--worker-user {worker_user}: route workers never run as root")
     configure_workers(workers)
+    if os.geteuid() == 0 and worker_identity() is None and not fleet_worker:
+        log.warning("%s=1: route workers run as root (a test-suite setting, never for production)",
+                    ROOT_WORKERS_ENV)
     return Plan(identity, warn_root=identity is None and os.geteuid() == 0 and not fleet_worker)
 
 

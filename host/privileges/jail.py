@@ -27,6 +27,12 @@ from .confinement import Confinement
 from .identity import Identity, worker_fallback
 
 PR_SET_NO_NEW_PRIVS = 38
+# A fallback of the test suite's only: when it runs as root where nobody
+# cannot run its interpreter or read its checkout (a clone under a 0700
+# home), tests/conftest.py sets this so that its route workers stay root.
+# Never set it in production; a server that sees it says so in its log
+# (handover.plan).
+ROOT_WORKERS_ENV = "BABELSIP_TEST_ROOT_WORKERS"
 _libc = ctypes.CDLL(None, use_errno=True)
 _configured: Identity | None = None   # --worker-user, else --user (cli.py)
 
@@ -43,6 +49,8 @@ def configure_workers(identity: Identity | None) -> None:
 def worker_identity() -> Identity | None:
     """Whom a worker becomes; None: this process's own user (not root)."""
     if os.geteuid() != 0:
+        return None
+    if _configured is None and os.environ.get(ROOT_WORKERS_ENV) == "1":
         return None
     identity = _configured or worker_fallback()
     return identity if identity.uid != 0 else worker_fallback()

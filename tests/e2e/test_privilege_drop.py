@@ -82,7 +82,7 @@ def routes(tmp_path):
 
 
 def start(args, tmp_path, **kw):
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k != "BABELSIP_TEST_ROOT_WORKERS"}
     env["BABELSIP_STATE_DIR"] = str(tmp_path / "state")
     argv = ["run", *args, "--user", "nobody"]
     proxy = sipp.ProxyProcess([*PREFIX, *sipp.babelsip_command(), *argv], sipp.parse_listens(argv),

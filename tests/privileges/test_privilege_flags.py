@@ -12,7 +12,8 @@ from host.cli import build_parser
 
 
 @pytest.fixture(autouse=True)
-def reset_workers():
+def reset_workers(monkeypatch):
+    monkeypatch.delenv("BABELSIP_TEST_ROOT_WORKERS", raising=False)   # tests/conftest.py's fallback
     yield
     jail.configure_workers(None)
 
@@ -63,6 +64,17 @@ def test_root_without_user_warns_once_and_workers_become_nobody(monkeypatch, cap
     with caplog.at_level(logging.WARNING, logger="babelsip"):
         handover.warn_root()
     assert "running as root: give --user NAME" in caplog.text
+
+
+def test_the_test_suite_setting_keeps_root_workers_and_says_so(monkeypatch, caplog):
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setenv("BABELSIP_TEST_ROOT_WORKERS", "1")
+    with caplog.at_level(logging.WARNING, logger="babelsip"):
+        handover.plan(None, None, None, fleet_worker=False)
+    assert jail.worker_identity() is None
+    assert "route workers run as root" in caplog.text
+    handover.plan(None, None, "nobody", fleet_worker=False)   # a named user wins
+    assert jail.worker_identity() == resolve("nobody")
 
 
 def test_the_flags_are_config_keys_in_server(tmp_path):

@@ -76,6 +76,7 @@ def event(user):
 
 @pytest.fixture
 def tree(tmp_path, monkeypatch):
+    monkeypatch.delenv("BABELSIP_TEST_ROOT_WORKERS", raising=False)   # tests/conftest.py's fallback
     if PYTHON is not None:   # the interpreter the python runtime starts workers with
         monkeypatch.setattr(sys, "executable", PYTHON)
     # Workers run as nobody under root: the folders they are given must be

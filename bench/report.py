@@ -25,7 +25,7 @@ class Step:
     rate: int
     calls: int
     successful: int
-    failed: int
+    failed: int              # calls - successful (sipp's failed, and calls it never completed)
     retransmissions: int     # uac + uas
     cpu_us_per_call: float
     response_ms: float | None  # sipp's mean INVITE -> 200 time

@@ -11,7 +11,14 @@ the step, divided by the calls, is its cost per call.
 The machine is shared and noisy, so all systems run in the same invocation
 and take turns at every rate (the order alternates); compare the ratios.
 
+After the ladder: a latency step per proxy at half its max rate, beside a
+direct uac -> uas step at that rate (p50/p99/max INVITE -> 200 and the p99
+the proxy adds), with --reload-during the route file rewritten meanwhile;
+with --rss-run a sustained step per proxy with its RSS every second. The
+summary holds the ratios and targets of issue 12 (bench/README.md).
+
   python bench/run.py                                # babelsip vs kamailio
+  python bench/run.py --systems direct,babelsip-lua,kamailio --reload-during --rss-run 500:60
   python bench/run.py --systems babelsip-lua,kamailio --rates 1000,2000
   python bench/run.py --extra 'mine=/path/proxy --port {port} --to {uas_uri}'
 """

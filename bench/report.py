@@ -36,12 +36,14 @@ class Step:
 
 @dataclass
 class LatencyRun:
-    """INVITE -> 200 through a system, and directly uac -> uas just before it at the same rate."""
+    """INVITE -> 200 through a system, and directly uac -> uas just before and
+    after it at the same rate."""
 
     system: str
     step: Step
     latency: Latency | None
-    direct: Latency | None
+    direct: Latency | None           # the baseline: the direct run with the lower p99
+    direct_runs: list[Latency] = field(default_factory=list)
     reloads: int = 0                 # route rewrites during the step
     reloads_logged: int | None = None  # generation loads the server logged (None: not a route system)
 
@@ -227,7 +229,8 @@ def summarize(steps: list[Step], systems: list[str], reference: str | None,
             print(f"  {name}: {ratio['rate']:.2f}x the rate, {cpu} CPU per call")
 
     if latency:
-        print("\nINVITE->200 at half the max rate (added = p99 - direct p99 just before, same rate):")
+        print("\nINVITE->200 at half the max rate (added = p99 - the lower p99 of a direct run "
+              "before and after, same rate):")
         print(LATENCY_HEADER)
         for run in latency:
             print_latency(run)

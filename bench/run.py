@@ -41,10 +41,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.proctree import RssSampler, tree_cpu_seconds  # noqa: E402
+from host.privileges.jail import ROOT_WORKERS_ENV  # noqa: E402
 from bench.report import (LATENCY_HEADER, STEP_HEADER, LatencyRun, RssRun, Step, print_latency,  # noqa: E402
                           print_rss, print_step, summarize)
 from bench.route_reload import COMMENT, RouteReloader, loads_logged  # noqa: E402
-from bench.sipp_stats import shortmsg_latency  # noqa: E402
+from bench.sipp_stats import Latency, shortmsg_latency  # noqa: E402
 from tests.e2e import sipp  # noqa: E402  (the harness the e2e tests use)
 
 ROUTES = REPO / "bench" / "routes"
@@ -80,6 +81,15 @@ def route_file(slot: Slot, folder: str) -> Path:
     """The route file of the copy of bench/routes/<folder> that `slot`'s server serves."""
     copy = slot.workdir / f"routes-{folder}"
     return next(path for path in sorted(copy.iterdir()) if path.suffix in COMMENT)
+
+
+def _babelsip_env() -> dict[str, str] | None:
+    """Started as root, babelsip runs its route workers as nobody, who may
+    not run this venv's interpreter nor read the bench's 0700 temporary
+    directory: keep them root, as the test suite does (tests/conftest.py)."""
+    if os.geteuid() != 0:
+        return None
+    return {**os.environ, ROOT_WORKERS_ENV: "1"}
 
 
 def babelsip_relay(workers: int = 1) -> Callable[[Slot], sipp.ProxyProcess]:
@@ -122,14 +132,14 @@ def babelsip_routes(folder: str, *, redis: bool = False,
                 "--routes", str(routes), "--log-level", "info",
                 *_workers(workers)]
         if not redis:
-            return _started(sipp.start_babelsip(argv), workers)
+            return _started(sipp.start_babelsip(argv, env=_babelsip_env()), workers)
         redis_port = sipp.free_port()
         argv += ["--store", f"redis://{sipp.LOCALHOST}:{redis_port}/0"]
         script = (f"redis-server --port {redis_port} --bind {sipp.LOCALHOST} --save '' "
                   f"--appendonly no --dir {slot.workdir} >/dev/null & sleep 0.3; exec "
                   + " ".join(shlex.quote(a) for a in sipp.babelsip_command() + argv))
         proxy = sipp.ProxyProcess(["sh", "-c", script], sipp.parse_listens(argv),
-                                  name="babelsip-redis", group=True)
+                                  name="babelsip-redis", group=True, env=_babelsip_env())
         proxy.wait_ready(20)
         return _started(proxy, workers)
     return start
@@ -239,6 +249,7 @@ def run_step(system: str, proxy: sipp.ProxyProcess | None, slot: Slot, rate: int
                 work.stop()
         time.sleep(1.2)  # one more periodic dump of the uas counters (-fd 1)
         uas_stats = uas.snapshot()
+    uas_note = "" if uas_stats.returncode is None else f"uas exited early (rc {uas_stats.returncode}) "
     retrans = uac.retransmissions + uas_stats.retransmissions
     passed = (uac.successful >= PASS_SUCCESS * calls and retrans <= PASS_RETRANS * calls
               and uac.returncode in (0, 1))
@@ -253,6 +264,7 @@ def run_step(system: str, proxy: sipp.ProxyProcess | None, slot: Slot, rate: int
         note = f"proxy log: {errors[0].strip()[:120]}" if errors else ""
     if not note and uac.failure_reasons:
         note = " ".join(f"{k[6:]}={v}" for k, v in uac.failure_reasons.items())
+    note = uas_note + note
     response = _seconds(uac.counters.get("ResponseTime1(C)", ""))
     return Step(system, rate, calls, uac.successful, calls - uac.successful, retrans,
                 round((cpu1 - cpu0) * 1e6 / calls, 1),
@@ -262,12 +274,19 @@ def run_step(system: str, proxy: sipp.ProxyProcess | None, slot: Slot, rate: int
 
 def latency_run(name: str, system: System, proxy: sipp.ProxyProcess, slot: Slot,
                 direct_slot: Slot, rate: int, duration: float, reloads: int) -> LatencyRun:
-    """A direct uac -> uas step at `rate`, then the same through `proxy`, both
-    timed per call from the uac's short message trace; with `reloads`, the
-    route file of a route system is rewritten that many times meanwhile."""
-    direct_log = direct_slot.workdir / f"direct-for-{name}-{rate}.shortmsg"
-    run_step("direct", None, direct_slot, rate, duration, kind="latency", shortmsg=direct_log)
-    time.sleep(1.0)
+    """A direct uac -> uas step at `rate`, the same through `proxy`, and a
+    direct one again, each timed per call from the uac's short message trace;
+    with `reloads`, the route file of a route system is rewritten that many
+    times during the proxied step. The baseline is the direct run with the
+    lower p99: a neighbour's burst on this shared machine makes one direct
+    run slow now and then, which would flatter the proxy."""
+    def direct(when: str) -> Latency | None:
+        trace = direct_slot.workdir / f"direct-{when}-{name}-{rate}.shortmsg"
+        run_step("direct", None, direct_slot, rate, duration, kind="latency", shortmsg=trace)
+        time.sleep(1.0)
+        return shortmsg_latency(trace)
+
+    before = direct("before")
     alongside, mark = [], proxy.log_mark()
     if reloads and system.routes is not None:
         alongside.append(RouteReloader(route_file(slot, system.routes), reloads, duration))
@@ -275,7 +294,9 @@ def latency_run(name: str, system: System, proxy: sipp.ProxyProcess, slot: Slot,
     step = run_step(name, proxy, slot, rate, duration, kind="latency", shortmsg=proxied_log,
                     alongside=alongside)
     time.sleep(1.0)  # the last reload's log line, and lingering transactions
-    run = LatencyRun(name, step, shortmsg_latency(proxied_log), shortmsg_latency(direct_log))
+    directs = [lat for lat in (before, direct("after")) if lat is not None]
+    run = LatencyRun(name, step, shortmsg_latency(proxied_log),
+                     min(directs, key=lambda lat: lat.p99_ms) if directs else None, directs)
     if alongside:
         run.reloads, run.reloads_logged = alongside[0].done, loads_logged(proxy.log_since(mark))
     return run
@@ -339,7 +360,7 @@ def measure_latency(steps: list[Step], systems: dict[str, System], proxies: dict
                     slots: dict[str, Slot], direct_slot: Slot, args) -> list[LatencyRun]:
     """Each proxy at --latency-rate, or half its own max, beside a direct run."""
     runs = []
-    print("\nlatency steps (direct uac -> uas first, then through the system, same rate):")
+    print("\nlatency steps (direct uac -> uas, through the system, direct again; same rate):")
     print(LATENCY_HEADER)
     for name, proxy in proxies.items():
         if proxy is None or not proxy.alive():

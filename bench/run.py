@@ -249,7 +249,10 @@ def run_step(system: str, proxy: sipp.ProxyProcess | None, slot: Slot, rate: int
                 work.stop()
         time.sleep(1.2)  # one more periodic dump of the uas counters (-fd 1)
         uas_stats = uas.snapshot()
-    uas_note = "" if uas_stats.returncode is None else f"uas exited early (rc {uas_stats.returncode}) "
+    uas_note = ""
+    if uas_stats.returncode is not None:   # it should outlive the uac: something stopped it
+        last = [line for line in uas_stats.screen.splitlines() if line.strip()][-1:]
+        uas_note = f"uas exited early (rc {uas_stats.returncode}: {' '.join(last)[:80]}) "
     retrans = uac.retransmissions + uas_stats.retransmissions
     passed = (uac.successful >= PASS_SUCCESS * calls and retrans <= PASS_RETRANS * calls
               and uac.returncode in (0, 1))

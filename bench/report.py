@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 from bench.sipp_stats import Latency
 
+DIRECT = "direct"   # no proxy: a baseline, not a system to rank
 LUA = "babelsip-lua"
 RELAY = "babelsip"
 EXTERNAL_RUNTIMES = ("babelsip-python", "babelsip-perl", "babelsip-java")
@@ -209,7 +210,7 @@ def summarize(steps: list[Step], systems: list[str], reference: str | None,
     if reference is not None and best.get(reference) is not None:
         print(f"\nratios against {reference} (same run):")
         for name in systems:
-            ratio = compare(steps, best, name, reference) if name != reference else None
+            ratio = compare(steps, best, name, reference) if name not in (reference, DIRECT) else None
             if ratio is None:
                 continue
             ratios[name] = ratio

@@ -307,27 +307,16 @@ def latency_run(name: str, system: System, proxy: sipp.ProxyProcess, slot: Slot,
 
 def rss_run(name: str, proxy: sipp.ProxyProcess, slot: Slot, rate: int, seconds: float,
             after: float) -> RssRun:
-    """One sustained step with the tree RSS sampled every second, and for
-    `after` seconds once the calls ended."""
+    """One sustained step with the tree RSS sampled every second (from just
+    before the uas starts), and for `after` seconds once the calls ended."""
     sampler = RssSampler(proxy.pid)
-    step = run_step(name, proxy, slot, rate, seconds, kind="rss", alongside=[_Started(sampler)])
-    # run_step stopped nothing of the sampler: it keeps sampling through `after`
-    time.sleep(max(0.0, after - 1.2))   # run_step already waited 1.2 s for the uas counters
-    sampler.stop()
+    sampler.start()
+    try:
+        step = run_step(name, proxy, slot, rate, seconds, kind="rss")
+        time.sleep(max(0.0, after - 1.2))   # run_step already waited 1.2 s for the uas counters
+    finally:
+        sampler.stop()
     return RssRun(name, step, sampler.samples)
-
-
-class _Started:
-    """Starts `work` with the step but leaves it running when the step ends."""
-
-    def __init__(self, work: Alongside):
-        self.work = work
-
-    def start(self) -> None:
-        self.work.start()
-
-    def stop(self) -> None:
-        pass
 
 
 # --------------------------------------------------------------------------

@@ -362,10 +362,15 @@ def measure_latency(steps: list[Step], systems: dict[str, System], proxies: dict
         if rate < 1:
             print(f"{name:<16} no passing rate: no latency step (give --latency-rate)")
             continue
-        run = latency_run(name, systems[name], proxy, slots[name], direct_slot, rate,
-                          args.latency_duration or args.duration, args.reload_during)
-        print_latency(run)
-        runs.append(run)
+        for attempt in range(1 + args.retries):   # as the ladder: the machine is noisy
+            run = latency_run(name, systems[name], proxy, slots[name], direct_slot, rate,
+                              args.latency_duration or args.duration, args.reload_during)
+            if attempt:
+                run.step.note = (run.step.note + f" (retry {attempt})").strip()
+            print_latency(run)
+            if run.step.passed or not proxy.alive():
+                break
+        runs.append(run)   # the last attempt
     return runs
 
 

@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import register as reg  # noqa: E402  (bench/register.py: users, servers)
 from register import REPO, Slot, sipp  # noqa: E402
-from run import tree_cpu_seconds  # noqa: E402
+from proctree import tree_cpu_seconds, tree_pids  # noqa: E402  (bench/proctree.py)
 from memory import server_stats  # noqa: E402  (bench/memory.py: babelsip's SIGUSR1 status line)
 
 SAVE_ROUTE = """-- bench/bindings_memory.py: save every REGISTER's bindings, no authentication.
@@ -87,27 +87,9 @@ def _pss_kb(pid: int) -> int:
     return 0
 
 
-def _tree(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                with open(f"/proc/{entry.name}/stat", "rb") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            children.setdefault(int(stat[stat.rindex(b")") + 2:].split()[1]), []).append(int(entry.name))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, ()))
-    return out
-
-
 def memory(pid: int) -> dict[str, float]:
     """MB: the process's VmRSS, and RSS / PSS summed over its process tree."""
-    pids = _tree(pid)
+    pids = tree_pids(pid)
     return {"rss_mb": _status_kb(pid) / 1024,
             "tree_rss_mb": sum(_status_kb(p) for p in pids) / 1024,
             "tree_pss_mb": sum(_pss_kb(p) for p in pids) / 1024,

@@ -25,7 +25,6 @@ does again each time the rest falls by that factor again, down to none left.
 from __future__ import annotations
 
 import ctypes
-import gc
 import heapq
 import logging
 import math
@@ -34,6 +33,8 @@ from itertools import count
 from typing import Callable
 
 import trio
+
+from .collector import collect_all
 
 log = logging.getLogger("babelsip")
 
@@ -55,11 +56,12 @@ def release_memory() -> float:
     tuples of each size (and lists, dicts, floats) for reuse, and those
     scattered over a burst's memory pin all of it in pymalloc's arenas (a
     20,000-INVITE flood: 180 MB kept, 100 MB after this collection). A full
-    collection empties those free lists; it scans only what was made after
-    start (the rest is frozen, server.py), i.e. little once the burst is
-    over. malloc_trim returns the free pages glibc keeps below its heap top."""
+    collection empties those free lists, and collects the cycles frozen
+    since the last one (collector.py); it scans what is alive, i.e. little
+    once the burst is over. malloc_trim returns the free pages glibc keeps
+    below its heap top."""
     start = time.perf_counter()
-    gc.collect()
+    collect_all()
     if _malloc_trim is not None:
         _malloc_trim(0)
     return time.perf_counter() - start

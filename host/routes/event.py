@@ -53,6 +53,22 @@ class ScriptEvent(dict):
         self._message = message
 
     def __missing__(self, key):
+        value = self._build(key)
+        if value is _ABSENT:
+            raise KeyError(key)
+        return value
+
+    def get(self, key, default=None):
+        # No KeyError raised and caught for a key that is there, nor for a
+        # missing "reply", which every request is asked for.
+        if key in self:
+            return dict.__getitem__(self, key)
+        value = self._build(key)
+        return default if value is _ABSENT else value
+
+    def _build(self, key):
+        """A costly entry, built from the message and kept; _ABSENT for a
+        key this event does not have."""
         message = self._message
         if key == "headers":
             value = _header_list(message)
@@ -61,21 +77,9 @@ class ScriptEvent(dict):
         elif key == "auth_user" and isinstance(message, Request) and self["hook"] == ON_REQUEST:
             value = digest_username(message)
         else:
-            raise KeyError(key)
+            return _ABSENT
         self[key] = value
         return value
-
-    def get(self, key, default=None):
-        # Most keys asked for are there, and a missing "reply" is asked for
-        # on every request: no KeyError raised and caught for either.
-        if key in self:
-            return dict.__getitem__(self, key)
-        if key not in _LAZY:
-            return default
-        try:
-            return self[key]
-        except KeyError:
-            return default
 
     def plain(self) -> dict:
         """Every field built, as a plain dict in the contract's order (nested
@@ -89,7 +93,6 @@ class ScriptEvent(dict):
 
 
 _ABSENT = object()
-_LAZY = frozenset({"headers", "body", "auth_user"})   # what __missing__ may build
 _ORDER = ("hook", "method", "ruri", "ruri_user", "ruri_host", "ruri_local", "call_id", "cseq", "from_uri",
           "from_tag", "to_uri", "to_tag", "source_ip", "source_port", "transport", "in_dialog",
           "auth_user", "headers", "body", "vars", "reply", "code", "reason")

@@ -9,7 +9,6 @@ time, so it needs no locks.
 from __future__ import annotations
 
 import collections
-import ipaddress
 import itertools
 import logging
 import os
@@ -25,6 +24,7 @@ from host.services.keepalive import KeepaliveService
 from host.sip.actions import DialogChange, KeepaliveAnswer, Locate
 from host.services.location import set_local_domain
 from host.sip.decision import Decision
+from host.sip.locate import is_ip
 from host.sip.proxy import Arm, Consult, Disarm, ProxyCore, Transmit
 from host.sip.registrar import Settings
 from host.storage import shared_store
@@ -96,7 +96,6 @@ class Server:
         self.resolver: Resolver | None = None   # RFC 3263 next hops (resolver.py)
         self.flood = config.extra.get("flood")   # per-source limits (flood.py), or None
         self._families = ("A",)
-        self._ips: set[str] = set()   # hosts known to be IP literals
         self._consulting: dict[str, collections.deque] = {}  # call-id -> events waiting
         self._connecting: dict[tuple, list] = {}    # (transport, host, port) -> error keys of sends opening it
         self._connecting_since: collections.deque = collections.deque()
@@ -261,18 +260,16 @@ class Server:
 
     def _connect_failed(self, transport: str):
         """What a stream transport calls when a connection ended with sends
-        still queued (it never opened, or a handshake or upgrade failed)."""
+        still queued (it never opened, or a handshake or upgrade failed):
+        the sends that opened it fail (their branches fail over, or get 503)."""
         def failed(remote) -> None:
-            self._on_tcp_error((transport, *remote))
+            log.debug("%s connection to %s:%s failed", transport, *remote)
+            for key in self._connecting.pop((transport, *remote), ()):
+                try:
+                    self._execute(self.core.transport_error(key))
+                except Exception:
+                    self._internal_error(f"{transport} error", remote)
         return failed
-
-    def _on_tcp_error(self, connection) -> None:
-        log.debug("%s connection to %s:%s failed", *connection)
-        for key in self._connecting.pop(connection, ()):
-            try:
-                self._execute(self.core.transport_error(key))
-            except Exception:
-                self._internal_error(f"{connection[0]} error", connection[1:])
 
     def _on_timer(self, key) -> None:
         try:
@@ -311,7 +308,7 @@ class Server:
             action.alt = None
             host = action.host
         name = action.name   # what a TLS peer's certificate must name (RFC 5922)
-        if host not in self._ips and not self._learn_ip(host):
+        if not _is_address(host):
             # A name the core did not locate (a response's Via, a request we
             # originate): its address records only (RFC 3263 §4.2, §5), at
             # the port we have; a TLS peer is checked against that name.
@@ -480,13 +477,6 @@ class Server:
                 await trio.sleep(0.05)
         return self.core.unanswered()
 
-    def _learn_ip(self, host: str) -> bool:
-        if _is_ip(host):
-            if len(self._ips) < 100_000:
-                self._ips.add(host)
-            return True
-        return False
-
     def status(self) -> dict:
         """Everything an operator asks first: counters, and every route's state."""
         out = self.statistics()
@@ -525,9 +515,7 @@ def _families(bound) -> tuple[str, ...]:
     return ("A",) * v4 + ("AAAA",) * v6 or ("A",)
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return False
+def _is_address(host: str) -> bool:
+    """An IP literal a socket takes as it is; unlike a URI's host
+    (locate.is_ip), a bracketed one is not."""
+    return host[:1] != "[" and host[-1:] != "]" and is_ip(host)

@@ -8,6 +8,7 @@ expressions rather than a Python loop per character.
 
 from __future__ import annotations
 
+import functools
 import re
 
 from .errors import BadMessage
@@ -323,46 +324,31 @@ def _bracketed(value: str, display: str | None, lt: int) -> NameAddr:
 # A call's From and To values are read many times over its life (each
 # message's event for the route, the dialog, the transaction keys): these
 # pure functions remember what they answered for the values of the calls in
-# progress. Bounded, and dropped whole when full: a flood of distinct values
-# must not grow them, and one lookup must stay one dict probe.
+# progress, in bounded caches (a flood of distinct values must not grow them).
 _MEMO_MAX = 8192
-_URIS: dict[str, str] = {}
-_TAGS: dict[str, str | None] = {}
 
 
 def uri_of(value: str | None) -> str:
     """The URI of a name-addr header value (From, To, Contact); '' for one
     that is absent or does not parse."""
-    if not value:
+    return _uri_of(value) if value else ""
+
+
+@functools.lru_cache(maxsize=_MEMO_MAX)
+def _uri_of(value: str) -> str:
+    try:
+        return parse_name_addr(value).uri
+    except BadMessage:
         return ""
-    uri = _URIS.get(value)
-    if uri is None:
-        try:
-            uri = parse_name_addr(value).uri
-        except BadMessage:
-            uri = ""
-        if len(_URIS) >= _MEMO_MAX:
-            _URIS.clear()
-        _URIS[value] = uri
-    return uri
 
 
 def tag_of(value: str | None) -> str | None:
     """The tag parameter of a From/To value, without a full parse on the hot
     path. Never raises: a value it cannot read has no tag."""
-    if not value:
-        return None
-    try:
-        return _TAGS[value]
-    except KeyError:
-        pass
-    tag = _read_tag(value)
-    if len(_TAGS) >= _MEMO_MAX:
-        _TAGS.clear()
-    _TAGS[value] = tag
-    return tag
+    return _read_tag(value) if value else None
 
 
+@functools.lru_cache(maxsize=_MEMO_MAX)
 def _read_tag(value: str) -> str | None:
     gt = value.rfind(">")
     tail = value[gt + 1:] if gt >= 0 else value

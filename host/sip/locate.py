@@ -25,6 +25,7 @@ next one on a 503, a transport error or a timeout (§4.3).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 from typing import Callable, Generator
@@ -79,23 +80,15 @@ Lookup = Generator[Query, list, list[Target]]
 
 
 # Every request asks whether its next hop is an address literal, and most
-# go to a few hosts: remember the answers (bounded: hosts come from the wire).
-_IS_IP: dict[str, bool] = {}
-
-
+# go to a few hosts: the answers are remembered (bounded: hosts come from the wire).
+@functools.lru_cache(maxsize=4096)
 def is_ip(host: str) -> bool:
     """Whether `host` is an IPv4 or IPv6 literal ([] around IPv6 allowed)."""
-    known = _IS_IP.get(host)
-    if known is None:
-        try:
-            ipaddress.ip_address(host.strip("[]"))
-            known = True
-        except ValueError:
-            known = False
-        if len(_IS_IP) >= 4096:
-            _IS_IP.clear()
-        _IS_IP[host] = known
-    return known
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        return False
 
 
 def locate(scheme: str, host: str, port: int | None, transport: str | None,

@@ -74,6 +74,12 @@ class Link:
         await self.stream.aclose()
 
 
+def _lost(error: ScriptError, session: Session) -> bool:
+    """Whether `error` is an event's loss with its session's connection
+    (closed or broken), not an answer, a deadline or a protocol error."""
+    return error.kind == "crash" and session.end is not None and session.end[0] == "crash"
+
+
 def _option(opts: dict, key: str, default, cast):
     try:
         return cast(opts.get(key, default))
@@ -84,6 +90,10 @@ def _option(opts: dict, key: str, default, cast):
 class PooledRuntime(Runtime):
     balance = "least"           # or "failover": first ready slot in order
     need_all_at_start = True    # stdio: every worker must start; tcp: one endpoint
+    # Whether an event whose connection closed before it was answered goes
+    # once more, to another ready slot (tcp). Not for a worker process: its
+    # crash may be the event's doing, and the next worker would get it too.
+    resend_lost = False
     restart_policy: RestartPolicy = WORKER_RESTART
 
     def __init__(self, spec: RuntimeSpec, *, store: Store | None = None):
@@ -143,10 +153,17 @@ class PooledRuntime(Runtime):
     async def handle(self, hook: str, event: dict) -> Decision:
         if hook not in self.hooks:
             return Decision()  # the route does not implement it: "just return"
+        resent = not self.resend_lost
         while True:
             session = self._pick()
             if session is not None:
-                return await session.request(hook, event)
+                try:
+                    return await session.request(hook, event)
+                except ScriptError as e:
+                    if resent or not _lost(e, session):
+                        raise
+                    resent = True
+                    continue
             if self._closing.is_set():
                 raise ScriptError(f"route {self.spec.route} is closing", kind="crash")
             if self.failure is not None and not any(self._sessions):
@@ -172,8 +189,25 @@ class PooledRuntime(Runtime):
             return False
         # A lazy ScriptEvent (host/routes/event.py) is written whole.
         plain = getattr(event, "plain", None)
-        session.submit(hook, event if plain is None else plain(), deadline_at, done)
+        if plain is not None:
+            event = plain()
+        if self.resend_lost:
+            done = self._resending(hook, event, deadline_at, done, session)
+        session.submit(hook, event, deadline_at, done)
         return True
+
+    def _resending(self, hook: str, event: dict, deadline_at: float, done, first: Session):
+        """done, but an event lost with `first`'s connection goes once to
+        another ready session (by the same deadline); only its answer, or
+        the loss when none is ready, reaches done."""
+        def deliver(result) -> None:
+            if isinstance(result, ScriptError) and _lost(result, first):
+                other = self._pick()
+                if other is not None:
+                    other.submit(hook, event, deadline_at, done)
+                    return
+            done(result)
+        return deliver
 
     def _pick(self) -> Session | None:
         best = None

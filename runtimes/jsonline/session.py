@@ -193,15 +193,11 @@ class Session:
         """Send one event; deliver(Decision | ScriptError) follows once, on
         this thread (at once when the event cannot be sent), by
         `deadline_at` (time.monotonic()) at the latest."""
-        if self.end is not None:
-            deliver(ScriptError(f"{self.label}: {self.end[1]}", kind=self.end[0]))
-            return
         try:
-            ident, data = self.codec.event(hook, event)
+            ident = self._send(hook, event, deliver)
         except ScriptError as e:
             deliver(e)
             return
-        self._pending[ident] = _Waiter(deliver, event.get("call_id"), hook)
         deadlines = self._deadlines
         if not deadlines or deadline_at >= deadlines[-1][0]:
             deadlines.append((deadline_at, ident))
@@ -210,14 +206,10 @@ class Session:
         else:   # sooner than an earlier event's (not one route's deadline): rare
             bisect.insort(deadlines, (deadline_at, ident))
             self._deadline_wake.set()
-        self._queue(data)
 
     async def request(self, hook: str, event: dict) -> Decision:
         """Send one event and wait for its answer; raises ScriptError. The
         caller keeps the deadline: cancelling abandons the event."""
-        if self.end is not None:
-            raise ScriptError(f"{self.label}: {self.end[1]}", kind=self.end[0])
-        ident, data = self.codec.event(hook, event)
         done = trio.Event()
         answer = []
 
@@ -225,8 +217,7 @@ class Session:
             answer.append(result)
             done.set()
 
-        self._pending[ident] = _Waiter(deliver, event.get("call_id"), hook)
-        self._queue(data)
+        ident = self._send(hook, event, deliver)
         try:
             await done.wait()
         except BaseException:
@@ -238,6 +229,17 @@ class Session:
         if isinstance(answer[0], ScriptError):
             raise answer[0]
         return answer[0]
+
+    def _send(self, hook: str, event: dict, deliver) -> int:
+        """Queue one event whose answer goes to `deliver`; its id. Raises
+        ScriptError when it cannot be sent (the connection ended, the event
+        does not encode)."""
+        if self.end is not None:
+            raise ScriptError(f"{self.label}: {self.end[1]}", kind=self.end[0])
+        ident, data = self.codec.event(hook, event)
+        self._pending[ident] = _Waiter(deliver, event.get("call_id"), hook)
+        self._queue(data)
+        return ident
 
     def _deliver(self, waiter: _Waiter, result) -> None:
         # The receiver runs the SIP core on the answer; its failure must not

@@ -1,8 +1,13 @@
 """TcpRuntime: the same protocol to logic servers on other hosts.
 
 One connection per endpoint, each a slot of `pool.PooledRuntime`: health is
-the protocol's ping/pong, a dead or hung connection fails its in-flight
-events (fallback) and is reconnected with backoff. Dispatch is "failover"
+the protocol's ping/pong, and a dead or hung connection is reconnected with
+backoff. An event in flight on a connection that closes or breaks goes once
+more, to the next healthy endpoint, by its own deadline (a logic host that
+dies takes no call with it; so an event may reach two servers, the first of
+which never answered); one in flight on a hung connection (missed pings, its
+deadline passed) gets the route's fallback, since that server may still act
+on it. Dispatch is "failover"
 by default (every event to the first healthy endpoint in the listed order,
 so a backup takes over when the primary stops and hands back when it
 returns) or "least" (least in flight across healthy endpoints).
@@ -56,6 +61,7 @@ class SocketLink(Link):
 
 class TcpRuntime(PooledRuntime):
     need_all_at_start = False
+    resend_lost = True
 
     def __init__(self, spec: RuntimeSpec, *, store: Store | None = None):
         super().__init__(spec, store=store)

@@ -5,11 +5,12 @@ passed as is; Lua reads its fields lazily and calls the Recorder directly for
 each verb. Nothing is converted back except the simple contents of `req.vars`,
 and only when the script touched them.
 
-Off the event loop. The state's load and every event run in a worker thread
-(lupa releases the GIL while Lua runs), one at a time per state, so neither a
-slow script nor one long C call (a pattern match, string.rep...) can keep
-the server from serving other routes, in-dialog requests and retransmissions.
-Two watchdogs bound an event:
+A thread per state. The state's load, and every event the inline path
+(below) does not take, run in a worker thread (lupa releases the GIL while
+Lua runs), one at a time per state, so neither a slow script nor one long C
+call (a pattern match, string.rep...) can keep the server from serving
+other routes, in-dialog requests and retransmissions. Two watchdogs bound
+an event in the thread:
   * inside Lua, the count hook stops the script at its instruction budget or
     its deadline (see prelude.lua), and the prelude bounds the C library
     functions whose work is not bounded by their arguments' size;

@@ -170,7 +170,6 @@ class StateWorker:
         self._window = 0.0
         self._waited = 0.0
         self.waits = self.waits_answered = 0
-        self.inline_runs = 0
         threading.Thread(target=self._loop, name=name, daemon=True).start()
         trio.lowlevel.spawn_system_task(self._watchdog, name=f"{name} watchdog")
 
@@ -224,7 +223,6 @@ class StateWorker:
         """An inline run took `seconds` of the loop; `slow`: it outgrew its
         inline budget (the state is then not run inline for SLOW_HOLD)."""
         self._waited += seconds
-        self.inline_runs += 1
         if slow:
             self._slow_until = time.monotonic() + SLOW_HOLD
 

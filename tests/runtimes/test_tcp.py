@@ -4,6 +4,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -75,17 +76,16 @@ async def test_failover_between_two_servers_and_back(servers, tmp_path):
 
         async def slow():
             try:
-                await rt.handle("on_request", event("slow"))
-                outcome.append("ok")
+                outcome.append((await rt.handle("on_request", event("slow"))).reason)
             except ScriptError as e:
                 outcome.append(e.kind)
 
         async with trio.open_nursery() as n:
             n.start_soon(slow)
             await trio.sleep(0.1)
-            a.kill()            # the primary stops with an event in flight
+            a.kill()            # the primary stops with an event in flight:
             a.wait()
-        assert outcome == ["crash"]
+        assert outcome == ["B"]  # it goes to the backup, not to the fallback
         with trio.fail_after(3):
             assert (await rt.handle("on_request", event())).reason == "B"
         stats = rt.statistics()
@@ -95,6 +95,48 @@ async def test_failover_between_two_servers_and_back(servers, tmp_path):
         with trio.fail_after(8):
             while (await rt.handle("on_request", event())).reason != "A2":
                 await trio.sleep(0.1)
+    finally:
+        await rt.aclose()
+
+
+async def test_events_lost_with_a_connection_go_once_to_the_next_server(servers, tmp_path):
+    """submit(), the path the core takes: events in flight when the primary
+    dies are answered by the backup; when the backup dies too, they get
+    the loss (fallback), not a third try."""
+    a, port_a = servers("A")
+    b, port_b = servers("B")
+    rt = TcpRuntime(spec(tmp_path, [f"127.0.0.1:{port_a}", f"127.0.0.1:{port_b}"]))
+    await rt.start()
+    try:
+        with trio.fail_after(5):
+            while rt.statistics()["ready"] < 2:
+                await trio.sleep(0.02)
+        answers = []
+
+        def done(result):
+            answers.append(result.reason if not isinstance(result, ScriptError) else result.kind)
+
+        deadline = time.monotonic() + 3   # the sessions' clock
+        for _ in range(3):
+            assert rt.submit("on_request", event("slow"), deadline, done)
+        await trio.sleep(0.1)
+        a.kill()
+        a.wait()
+        with trio.fail_after(3):
+            while len(answers) < 3:
+                await trio.sleep(0.02)
+        assert answers == ["B", "B", "B"]
+        # the backup dies too, with none left: the loss, not another try
+        answers.clear()
+        for _ in range(2):
+            assert rt.submit("on_request", event("slow"), time.monotonic() + 3, done)
+        await trio.sleep(0.1)
+        b.kill()
+        b.wait()
+        with trio.fail_after(3):
+            while len(answers) < 2:
+                await trio.sleep(0.02)
+        assert answers == ["crash", "crash"]
     finally:
         await rt.aclose()
 

@@ -62,15 +62,20 @@ def spec(tmp_path, endpoints, **opts):
     return RuntimeSpec("remote", tmp_path / "remote.remote", "tcp", options=options)
 
 
-async def test_failover_between_two_servers_and_back(servers, tmp_path):
-    a, port_a = servers("A")
-    b, port_b = servers("B")
+async def primary_and_backup(tmp_path, port_a, port_b) -> TcpRuntime:
+    """A started failover pool of the two servers, both connected."""
     rt = TcpRuntime(spec(tmp_path, [f"127.0.0.1:{port_a}", f"127.0.0.1:{port_b}"]))
     await rt.start()
+    with trio.fail_after(5):
+        while rt.statistics()["ready"] < 2:
+            await trio.sleep(0.02)
+    return rt
+
+
+async def test_failover_between_two_servers_and_back(servers, tmp_path):
+    (a, port_a), (b, port_b) = servers("A"), servers("B")
+    rt = await primary_and_backup(tmp_path, port_a, port_b)
     try:
-        with trio.fail_after(5):
-            while rt.statistics()["ready"] < 2:
-                await trio.sleep(0.02)
         assert (await rt.handle("on_request", event())).reason == "A"   # primary first
         outcome = []
 
@@ -103,40 +108,30 @@ async def test_events_lost_with_a_connection_go_once_to_the_next_server(servers,
     """submit(), the path the core takes: events in flight when the primary
     dies are answered by the backup; when the backup dies too, they get
     the loss (fallback), not a third try."""
-    a, port_a = servers("A")
-    b, port_b = servers("B")
-    rt = TcpRuntime(spec(tmp_path, [f"127.0.0.1:{port_a}", f"127.0.0.1:{port_b}"]))
-    await rt.start()
+    (a, port_a), (b, port_b) = servers("A"), servers("B")
+    rt = await primary_and_backup(tmp_path, port_a, port_b)
     try:
-        with trio.fail_after(5):
-            while rt.statistics()["ready"] < 2:
-                await trio.sleep(0.02)
-        answers = []
+        async def answers_when_killed(count, server):
+            """`count` slow events submitted, then `server` killed under them."""
+            answers = []
 
-        def done(result):
-            answers.append(result.reason if not isinstance(result, ScriptError) else result.kind)
+            def done(result):
+                answers.append(result.reason if not isinstance(result, ScriptError) else result.kind)
 
-        deadline = time.monotonic() + 3   # the sessions' clock
-        for _ in range(3):
-            assert rt.submit("on_request", event("slow"), deadline, done)
-        await trio.sleep(0.1)
-        a.kill()
-        a.wait()
-        with trio.fail_after(3):
-            while len(answers) < 3:
-                await trio.sleep(0.02)
-        assert answers == ["B", "B", "B"]
+            deadline = time.monotonic() + 3   # the sessions' clock
+            for _ in range(count):
+                assert rt.submit("on_request", event("slow"), deadline, done)
+            await trio.sleep(0.1)
+            server.kill()
+            server.wait()
+            with trio.fail_after(3):
+                while len(answers) < count:
+                    await trio.sleep(0.02)
+            return answers
+
+        assert await answers_when_killed(3, a) == ["B", "B", "B"]
         # the backup dies too, with none left: the loss, not another try
-        answers.clear()
-        for _ in range(2):
-            assert rt.submit("on_request", event("slow"), time.monotonic() + 3, done)
-        await trio.sleep(0.1)
-        b.kill()
-        b.wait()
-        with trio.fail_after(3):
-            while len(answers) < 2:
-                await trio.sleep(0.02)
-        assert answers == ["crash", "crash"]
+        assert await answers_when_killed(2, b) == ["crash", "crash"]
     finally:
         await rt.aclose()
 

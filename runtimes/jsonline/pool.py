@@ -153,16 +153,16 @@ class PooledRuntime(Runtime):
     async def handle(self, hook: str, event: dict) -> Decision:
         if hook not in self.hooks:
             return Decision()  # the route does not implement it: "just return"
-        resent = not self.resend_lost
+        may_resend = self.resend_lost
         while True:
             session = self._pick()
             if session is not None:
                 try:
                     return await session.request(hook, event)
                 except ScriptError as e:
-                    if resent or not _lost(e, session):
+                    if not (may_resend and _lost(e, session)):
                         raise
-                    resent = True
+                    may_resend = False   # once: the next session, or wait for one
                     continue
             if self._closing.is_set():
                 raise ScriptError(f"route {self.spec.route} is closing", kind="crash")

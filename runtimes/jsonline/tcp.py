@@ -2,15 +2,15 @@
 
 One connection per endpoint, each a slot of `pool.PooledRuntime`: health is
 the protocol's ping/pong, and a dead or hung connection is reconnected with
-backoff. An event in flight on a connection that closes or breaks goes once
-more, to the next healthy endpoint, by its own deadline (a logic host that
-dies takes no call with it; so an event may reach two servers, the first of
-which never answered); one in flight on a hung connection (missed pings, its
-deadline passed) gets the route's fallback, since that server may still act
-on it. Dispatch is "failover"
-by default (every event to the first healthy endpoint in the listed order,
-so a backup takes over when the primary stops and hands back when it
-returns) or "least" (least in flight across healthy endpoints).
+backoff. Dispatch is "failover" by default (every event to the first healthy
+endpoint in the listed order, so a backup takes over when the primary stops
+and hands back when it returns) or "least" (least in flight across healthy endpoints).
+
+An event in flight on a connection that closes or breaks goes once more, to
+the next healthy endpoint, by its own deadline: a logic host that dies takes
+no call with it (so an event may reach two servers, the first of which never
+answered). One in flight on a hung connection (missed pings, its deadline
+passed) gets the route's fallback, since that server may still act on it.
 
 Endpoints come from the route's options (routes.toml `endpoints = [...]`)
 or, for a `NAME.remote` route file, from that TOML file:

@@ -52,6 +52,12 @@ enum {
      * line's, or its element's in a list). */
     BS_VIA_OK, BS_VIA_TRANSPORT_END, BS_VIA_HOST_START, BS_VIA_HOST_END,
     BS_VIA_PORT, BS_VIA_PARAMS, BS_VIA_END,
+    /* 1 when the header rows are the lines as received but for Via lists:
+     * no Route, Record-Route, Contact or Path line holds a comma, each Via
+     * list is plain (no quotes, no '<', no empty element), the values
+     * number at most BS_MAX_HEADERS, Content-Length appears at most once
+     * (scanned.py). */
+    BS_REGULAR,
     BS_FIXED
 };
 
@@ -85,7 +91,7 @@ static const struct bs_name bs_names[] = {
     {"mime-version", 12, 48}, {"content-disposition", 19, 49},
     {0, 0, 0}
 };
-enum { ID_VIA = 1, ID_FROM = 6, ID_TO = 7, ID_CALL_ID = 8, ID_CSEQ = 9, ID_CONTENT_LENGTH = 10 };
+enum { ID_VIA = 1, ID_PATH = 5, ID_FROM = 6, ID_TO = 7, ID_CALL_ID = 8, ID_CSEQ = 9, ID_CONTENT_LENGTH = 10 };
 
 /* The layout of out[] this file writes (its fixed part's size), so the
  * Python side can refuse an extension built from an older _scan.c. */
@@ -201,6 +207,25 @@ static int plain_params(const unsigned char *p, const unsigned char *end)
 
 /* The form headers._parse_via_fast takes, with plain parameters:
  * 'SIP/2.0/' well-known-transport SP host [':' port] [params]. */
+/* Elements in a Via list without quotes or '<', or 0 when one is empty
+ * (`a,,b`, a trailing comma: not §25.1 grammar, the parser says so). */
+static size_t via_elements(const unsigned char *v, const unsigned char *end)
+{
+    size_t n = 0;
+    for (;;) {
+        const unsigned char *c = memchr(v, ',', end - v);
+        const unsigned char *e = c ? c : end;
+        while (v < e && (*v == ' ' || *v == '\t'))
+            v++;
+        if (v == e)
+            return 0;
+        n++;
+        if (c == NULL)
+            return n;
+        v = c + 1;
+    }
+}
+
 static int plain_via(const unsigned char *buf, size_t vs, size_t ve, int32_t *res)
 {
     static const char *const transports[] = {"UDP", "TCP", "TLS", "SCTP", "WS", "WSS", 0};
@@ -287,9 +312,10 @@ int bs_scan(const unsigned char *buf, size_t len, int32_t *out, size_t cap)
         return BS_FALLBACK;
     size_t n_headers = 0, n_via = 0, n_from = 0, n_to = 0, n_call_id = 0, n_cseq = 0;
     int via_list = 0, second_plain = 1;   /* no second Via: nothing to check */
-    size_t n_via_elems = 0;
+    size_t n_via_elems = 0, n_values = 0;   /* values beyond one per line */
     int64_t content_length = -1;
     out[BS_VIA2] = -1;
+    out[BS_REGULAR] = 1;
     size_t pos = 0, line = 0;
     for (;;) {
         /* One line: find its CRLF, checking each byte on the way. */
@@ -336,6 +362,8 @@ int bs_scan(const unsigned char *buf, size_t len, int32_t *out, size_t cap)
             h[0] = id; h[1] = (int32_t)start; h[2] = (int32_t)colon;
             h[3] = (int32_t)vs; h[4] = (int32_t)ve;
             const unsigned char *v = buf + vs, *vend = buf + ve;
+            if (id > ID_VIA && id <= ID_PATH && memchr(v, ',', ve - vs))
+                out[BS_REGULAR] = 0;
             switch (id) {
             case ID_VIA: {
                 /* The first two Vias, lines or elements of a list (sipp's uas
@@ -343,8 +371,15 @@ int bs_scan(const unsigned char *buf, size_t len, int32_t *out, size_t cap)
                  * list, and any list with a quoted string or '<' in it, is
                  * split and checked by Python (BS_VIA_LIST). */
                 int list = memchr(v, ',', ve - vs) != NULL;
-                if (list)
+                if (list) {
                     via_list = 1;
+                    size_t n = memchr(v, '"', ve - vs) || memchr(v, '<', ve - vs)
+                               ? 0 : via_elements(v, vend);
+                    if (n == 0)
+                        out[BS_REGULAR] = 0;
+                    else
+                        n_values += n - 1;
+                }
                 if (list && (memchr(v, '"', ve - vs) || memchr(v, '<', ve - vs))) {
                     if (n_via_elems == 0) {
                         out[BS_VIA1] = (int32_t)n_headers;
@@ -418,6 +453,8 @@ int bs_scan(const unsigned char *buf, size_t len, int32_t *out, size_t cap)
                 int64_t cl = digits(v, vend);
                 if (cl < 0 || cl > BS_MAX_BODY || (content_length >= 0 && cl != content_length))
                     return BS_FALLBACK;
+                if (content_length >= 0)
+                    out[BS_REGULAR] = 0;
                 content_length = cl;
                 break;
             }
@@ -430,6 +467,8 @@ int bs_scan(const unsigned char *buf, size_t len, int32_t *out, size_t cap)
         return BS_FALLBACK;
     if (via_list)
         out[BS_VIA2] = second_plain ? BS_VIA_LIST_CHECKED : BS_VIA_LIST;
+    if (n_headers + n_values > BS_MAX_HEADERS)
+        out[BS_REGULAR] = 0;
     out[BS_COUNT] = (int32_t)n_headers;
     out[BS_CONTENT_LENGTH] = (int32_t)content_length;
     return (int)(BS_FIXED + 5 * n_headers);

@@ -9,6 +9,7 @@ once by the parser and cached here.
 from __future__ import annotations
 
 from .uri import URI, parse_uri
+from .scanned import ScannedHead
 from .headers import DISPLAY_NAMES, Via, display_name, header_key, parse_via, split_commas, tag_of, SPLIT_ON_PARSE
 
 # Header names as callers spell them -> our keys. Names come mostly from code,
@@ -192,7 +193,12 @@ class Request(Message):
 
 
 class Response(Message):
-    __slots__ = ("status", "reason", "version", "local", "source")
+    """A received response may keep its head as received instead of a header
+    list (`lazy_head`): most are relayed with one change, our Via removed.
+    Only responses: a property costs every read of `headers` some 40 ns,
+    and requests read them much more (validation, loop checks, routing)."""
+
+    __slots__ = ("status", "reason", "version", "local", "source", "_rows", "_head")
 
     def __init__(self, status: int, reason: str, headers=None, body: bytes = b"", version: str = "SIP/2.0"):
         super().__init__(headers, body)
@@ -201,6 +207,40 @@ class Response(Message):
         self.status = status
         self.reason = reason
         self.version = version
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        rows = self._rows
+        if rows is None:
+            rows = self._rows = self._head.rows()
+            self._head = None
+        return rows
+
+    @headers.setter
+    def headers(self, rows: list[tuple[str, str]]) -> None:
+        self._rows, self._head = rows, None
+
+    def lazy_head(self, head: ScannedHead) -> None:
+        """Keep the received head (parser.py); the header list is built
+        from it on first use, and until then the response is written out
+        by splicing the received bytes."""
+        self._rows, self._head = None, head
+
+    def pop_first(self, name: str) -> str | None:
+        head = self._head
+        if head is not None and not head.top_via_removed and _key(name) == "via":
+            head.top_via_removed = True   # §16.7 step 9, on a relayed response
+            self._via = None
+            return head.top_via()
+        return super().pop_first(name)
+
+    def serialize(self) -> bytes:
+        head = self._head
+        if head is not None:
+            data = head.splice(self.start_line(), self.body)
+            if data is not None:
+                return data
+        return super().serialize()
 
     def start_line(self) -> str:
         return f"{self.version} {self.status} {self.reason}"

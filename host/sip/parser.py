@@ -25,6 +25,9 @@ from .errors import BadMessage
 from .headers import (COMPACT, SPLIT_ON_PARSE, TOKEN_RE, Via, parse_via, split_commas,
                       split_simple_params)
 from .message import Message, Request, Response
+from .scanned import (FIXED as _FIXED, NAMES as _NAMES, NAMES_MAX as _NAMES_MAX, REGULAR as _REGULAR,
+                      SCAN_KEYS as _SCAN_KEYS, VIA_LIST as _SCAN_VIA_LIST,
+                      VIA_LIST_CHECKED as _SCAN_VIA_LIST_CHECKED, ScannedHead, learn_name as _learn_name)
 
 try:
     from ._speedups import ffi as _ffi, lib as _lib
@@ -53,10 +56,6 @@ _CALL_ID = re.compile(r"[!-~]+")  # RFC 3261 callid: printable ASCII, no LWS
 _REQUEST_URI = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*:[!#-;=?-\[\]-~]+")
 _VERSION = re.compile(r"SIP/[0-9]+\.[0-9]+", re.I)
 
-# Raw header name (as written before the colon) -> lower-case long key.
-# Filled as names are seen; bounded, because names come from the wire.
-_NAMES: dict[str, str] = {}
-_NAMES_MAX = 2048
 _KNOWN_METHODS = {"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK",
                   "SUBSCRIBE", "NOTIFY", "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE"}
 # Fields whose presence and count the parser checks while it walks the headers.
@@ -91,9 +90,8 @@ def use_accelerator(enabled: bool) -> None:
 
 _use_c = _lib is not None
 
-# The scanner's output (see _scan.c): _FIXED ints, then 5 per header line
-# (id, name start, name end, value start, value end).
-_FIXED = 21
+# The scanner's output (see _scan.c, scanned.py): _FIXED ints, then 5 per
+# header line (id, name start, name end, value start, value end).
 _SCAN_CAP = _FIXED + 5 * MAX_HEADERS
 if _lib is not None and getattr(_lib, "bs_layout", lambda: None)() != _FIXED:
     # An extension built from an older _scan.c would be read at the wrong
@@ -103,23 +101,7 @@ if _lib is not None and getattr(_lib, "bs_layout", lambda: None)() != _FIXED:
         "until rebuilt: python host/sip/_speedups_build.py")
     _ffi = _lib = None
     _use_c = False
-# Lower-case long names of the scanner's well-known header ids; ids 1-5 are
-# the SPLIT_ON_PARSE headers. tests/sip/test_speedups.py checks the C table.
-_SCAN_KEYS = (
-    None, "via", "route", "record-route", "contact", "path", "from", "to", "call-id",
-    "cseq", "content-length", "max-forwards", "content-type", "subject", "supported",
-    "allow", "user-agent", "expires", "require", "proxy-require", "server", "accept",
-    "authorization", "proxy-authorization", "www-authenticate", "proxy-authenticate",
-    "date", "event", "allow-events", "session-expires", "p-asserted-identity", "rseq",
-    "rack", "content-encoding", "refer-to", "referred-by", "timestamp", "organization",
-    "min-se", "privacy", "reason", "accept-language", "accept-encoding", "warning",
-    "unsupported", "retry-after", "in-reply-to", "priority", "mime-version",
-    "content-disposition",
-)
 _SPLIT_IDS = 5
-# BS_VIA2 when a Via line holds a list (_scan.c): Python checks the second
-# Via, or the scanner found it plain.
-_SCAN_VIA_LIST, _SCAN_VIA_LIST_CHECKED = -2, -3
 # Output arrays are reused from a free list: a fresh 5 KB array per message
 # was a malloc and a free on every parse. list.pop and append are atomic, so
 # threads parsing at once (cffi releases the GIL during the scan) each hold
@@ -230,14 +212,23 @@ def _parse_scanned(data: bytes, v: list[int], stream: bool) -> Message:
         msg = Response(v[11], text[v[12]:v[13]])
     else:
         msg = _start_line(text[:v[1]])
-    headers = msg.headers
-    append = headers.append
-    keys = _SCAN_KEYS
-    names = _NAMES
     # A Via line holds a list: the Vias are checked here, as the pure-Python
     # path checks them, not from the scanner's offsets.
     vias: list[str] | None = [] if v[9] <= _SCAN_VIA_LIST else None
-    for i in range(_FIXED, len(v), 5):
+    if kind == 2 and v[_REGULAR] and v[14] and v[9] in (-1, _SCAN_VIA_LIST_CHECKED):
+        # A response, relayed as received but for our Via: its header list
+        # is built only if something asks for it (scanned.py). The scanner
+        # has checked all that building it would (a plain top Via, a plain
+        # second one or none, lists without empty elements, the count).
+        msg.lazy_head(ScannedHead(data, text, v))
+        rows, headers, append, vias = (), None, None, None
+    else:
+        rows = range(_FIXED, len(v), 5)
+        headers = msg.headers
+        append = headers.append
+    keys = _SCAN_KEYS
+    names = _NAMES
+    for i in rows:
         kid = v[i]
         value = text[v[i + 3]:v[i + 4]]
         if kid:
@@ -266,28 +257,30 @@ def _parse_scanned(data: bytes, v: list[int], stream: bool) -> Message:
     if type(msg) is Request and method != msg.method:
         raise BadMessage("CSeq method does not match the request method")
     i = _FIXED + 5 * v[8]
-    if vias is not None and not v[14]:
-        _check_vias(msg, vias)
-    elif v[14]:  # a plain top Via, checked by the scanner as parse_via would
+    if v[14]:  # a plain top Via (a line or a list's first), read by the scanner as parse_via would
         port, params_at, via_end = v[18], v[19], v[20]
         msg._via = Via(text[v[i + 3] + 8:v[15]], text[v[16]:v[17]],
                        port if port >= 0 else None,
                        split_simple_params(text[params_at:via_end]) if params_at < via_end else {})
+        check_via_params(text[v[i + 3]:via_end])
+        if type(msg) is Response:   # the second Via, when the scanner did not read it
+            if v[9] >= 0:
+                i = _FIXED + 5 * v[9]
+                parse_via(text[v[i + 3]:v[i + 4]])
+            elif v[9] == _SCAN_VIA_LIST and len(vias) > 1:
+                parse_via(vias[1])
+    elif vias is not None:
+        _check_vias(msg, vias)
     else:
         try:
             msg._via = parse_via(text[v[i + 3]:v[i + 4]])
         except BadMessage as exc:
             exc.status = None
             raise
-    if vias is None:
         check_via_params(text[v[i + 3]:v[i + 4]])
         if v[9] >= 0 and type(msg) is Response:
             i = _FIXED + 5 * v[9]
             parse_via(text[v[i + 3]:v[i + 4]])
-    elif v[14]:   # the top Via of a list, read by the scanner: check the rest here
-        check_via_params(vias[0])
-        if v[9] == _SCAN_VIA_LIST and len(vias) > 1 and type(msg) is Response:
-            parse_via(vias[1])
     body = data[head_end + 4:]
     length = v[3]
     if length >= 0:
@@ -354,17 +347,6 @@ def _check_controls(line: str) -> None:
     non-ASCII are fine, control characters are not (§25.1)."""
     if _CTL.search(line) is not None:
         raise BadMessage(f"control character in header line {line[:60]!r}")
-
-
-def _learn_name(raw: str) -> str:
-    name = raw.rstrip(" \t")  # HCOLON allows whitespace before the colon
-    if TOKEN_RE.fullmatch(name) is None:
-        raise BadMessage(f"bad header name {raw[:40]!r}")
-    key = name.lower()
-    key = COMPACT.get(key, key)
-    if len(_NAMES) < _NAMES_MAX:
-        _NAMES[raw] = key
-    return key
 
 
 def _start_line(line: str) -> Message:

@@ -15,6 +15,7 @@ import pytest
 from host.sip import parser
 from host.sip.errors import BadMessage
 from host.sip.message import Request
+from host.sip import scanned as scanned_mod
 from host.sip.parser import parse_message
 from host.sip.validate import check_request
 
@@ -199,3 +200,92 @@ def test_parser_works_without_the_c_module():
                           timeout=30, cwd=pathlib.Path(__file__).parents[2])
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [b"z9hG4bK-1-1-0", b"INVITE"]
+
+
+# --- responses kept as received (scanned.py) --------------------------------
+
+def relayed(data: bytes, use_c: bool, pop_via: bool):
+    """What a relay sends for `data`, read back by the reference parser."""
+    parser.use_accelerator(use_c)
+    try:
+        m = parse_message(data)
+    except BadMessage:
+        return "unparsed"
+    finally:
+        parser.use_accelerator(True)
+    if pop_via:
+        popped = m.pop_first("via")
+        if popped is None:
+            return "no via"
+    wire = m.serialize()
+    parser.use_accelerator(False)
+    try:
+        again = parse_message(wire, stream=True)
+    except BadMessage as exc:
+        return ("unreadable", exc.status, popped if pop_via else None)
+    finally:
+        parser.use_accelerator(True)
+    return (again.start_line(), again.headers, again.body, popped if pop_via else None)
+
+
+def same_relayed(data: bytes) -> None:
+    for pop_via in (True, False):
+        assert relayed(data, True, pop_via) == relayed(data, False, pop_via), (data[:200], pop_via)
+
+
+RESPONSES = [PLAIN[1], PLAIN[2], SIPP_180] + [p.read_bytes() for p in FILES
+                                              if p.read_bytes().lstrip(b"\r\n").startswith(b"SIP/")]
+
+
+@pytest.mark.parametrize("data", RESPONSES, ids=range(len(RESPONSES)))
+def test_responses_relay_the_same_kept_as_received(data):
+    same_relayed(data)
+
+
+def test_response_mutations_relay_the_same_kept_as_received():
+    rng = random.Random(1816)
+    for _ in range(3000):
+        same_relayed(_mutate(rng, rng.choice(RESPONSES)))
+
+
+def test_a_relayed_sipp_response_is_spliced_not_rebuilt():
+    m = parse_message(SIPP_180)
+    assert m._head is not None, "kept as received"
+    assert m.pop_first("via") == "SIP/2.0/UDP 127.0.0.1:15260;branch=z9hG4bK9c6d.f5f1"
+    wire = m.serialize()
+    assert m._head is not None, "no header list was built"
+    assert wire == SIPP_180.replace(b"SIP/2.0/UDP 127.0.0.1:15260;branch=z9hG4bK9c6d.f5f1, ", b"")
+    assert m.via.branch == "z9hG4bK-1-1-0"   # the next Via, once asked for
+
+
+def test_a_via_line_of_its_own_is_cut_whole():
+    data = SIPP_180.replace(b"z9hG4bK9c6d.f5f1, SIP", b"z9hG4bK9c6d.f5f1\r\nVia: SIP")
+    m = parse_message(data)
+    assert m._head is not None
+    m.pop_first("via")
+    assert m.serialize() == data.replace(b"Via: SIP/2.0/UDP 127.0.0.1:15260;branch=z9hG4bK9c6d.f5f1\r\n", b"")
+
+
+def test_edits_beyond_the_via_leave_the_received_head():
+    m = parse_message(SIPP_180)
+    m.body = b"v=0\r\n"          # Content-Length no longer fits: the rows are written
+    assert b"Content-Length: 5\r\n\r\nv=0\r\n" in m.serialize()
+    m = parse_message(SIPP_180)
+    m.headers = [h for h in m.headers if h[0] != "contact"]
+    assert m._head is None and b"Contact" not in m.serialize()
+    m = parse_message(SIPP_180.replace(b"Content-Length: 0\r\n", b""))
+    assert m.serialize().endswith(b"\r\nContent-Length: 0\r\n\r\n")
+
+
+def test_unusual_responses_get_their_header_list_at_once():
+    for data in (SIPP_180.replace(b"Contact: <sip:127.0.0.1:15290;transport=UDP>",
+                                  b"Contact: <sip:a@h1>, <sip:b@h2>"),             # a Contact list
+                 SIPP_180.replace(b"Content-Length: 0", b"Content-Length: 0\r\nl: 0"),  # repeated
+                 SIPP_180.replace(b", SIP/2.0/UDP 127.0.0.1:15261", b",, SIP/2.0/UDP 127.0.0.1:15261")):
+        v = scanned(data)
+        assert v is None or not v[scanned_mod.REGULAR]
+        try:
+            m = parse_message(data)
+        except BadMessage:
+            continue
+        assert m._head is None

@@ -63,6 +63,15 @@ def learn_name(raw: str) -> str:
     return key
 
 
+def line_rows(text: str, v: list[int]) -> list[tuple[str, str]]:
+    """One (key, value) row per header line, from the scanner's offsets;
+    for a regular head (no list to split, see REGULAR), its header list."""
+    keys, names = SCAN_KEYS, NAMES
+    return [(keys[v[i]] if v[i] else names.get(text[v[i + 1]:v[i + 2]])
+             or learn_name(text[v[i + 1]:v[i + 2]]), text[v[i + 3]:v[i + 4]])
+            for i in range(FIXED, FIXED + 5 * v[COUNT], 5)]
+
+
 class ScannedHead:
     """The received head of one message, for its header rows on demand and
     for writing it out again with its top Via removed or not."""
@@ -77,11 +86,8 @@ class ScannedHead:
 
     def rows(self) -> list[tuple[str, str]]:
         """The header list the parser would have built, minus a removed Via."""
-        text, v = self.text, self.offsets
-        keys, names = SCAN_KEYS, NAMES
-        rows = [(keys[v[i]] if v[i] else names.get(text[v[i + 1]:v[i + 2]])
-                 or learn_name(text[v[i + 1]:v[i + 2]]), text[v[i + 3]:v[i + 4]])
-                for i in range(FIXED, FIXED + 5 * v[COUNT], 5)]
+        v = self.offsets
+        rows = line_rows(self.text, v)
         if v[VIA2] == VIA_LIST_CHECKED:   # the only lists there are
             rows = [(key, part) for key, value in rows
                     for part in (split_commas(value) if key == "via" and "," in value else (value,))]

@@ -226,6 +226,25 @@ class Response(Message):
         by splicing the received bytes."""
         self._rows, self._head = None, head
 
+    def header(self, name: str) -> str | None:
+        head = self._head
+        if head is not None:
+            value = head.first(_KEYS.get(name) or _key(name))
+            if value is not False:
+                return value
+        return super().header(name)
+
+    def header_values(self, name: str) -> list[str]:
+        head = self._head
+        if head is not None:
+            values = head.values(_KEYS.get(name) or _key(name))
+            if values is not None:
+                return values
+        return super().header_values(name)
+
+    def has_header(self, name: str) -> bool:
+        return self.header(name) is not None if self._head is not None else super().has_header(name)
+
     def pop_first(self, name: str) -> str | None:
         head = self._head
         if head is not None and not head.top_via_removed and _key(name) == "via":

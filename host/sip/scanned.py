@@ -63,6 +63,10 @@ def learn_name(raw: str) -> str:
     return key
 
 
+# Key -> scanner id, for reading one field of a kept head (not Via: lists).
+SCAN_IDS = {key: i for i, key in enumerate(SCAN_KEYS) if i > 1}
+
+
 def line_rows(text: str, v: list[int]) -> list[tuple[str, str]]:
     """One (key, value) row per header line, from the scanner's offsets;
     for a regular head (no list to split, see REGULAR), its header list."""
@@ -97,6 +101,29 @@ class ScannedHead:
                     del rows[n]
                     break
         return rows
+
+    def values(self, key: str) -> list[str] | None:
+        """Every value of the header `key` without building the rows (its
+        lines are its values: no list but Via's), or None when only the rows
+        can tell (Via, a name the scanner does not know)."""
+        kid = SCAN_IDS.get(key)
+        if kid is None:
+            return None
+        text, v = self.text, self.offsets
+        return [text[v[i + 3]:v[i + 4]] for i in range(FIXED, FIXED + 5 * v[COUNT], 5) if v[i] == kid]
+
+    def first(self, key: str) -> str | None | bool:
+        """The first value of `key` as `values` reads it; False when only
+        the rows can tell."""
+        kid = SCAN_IDS.get(key)
+        if kid is None:
+            return False
+        v = self.offsets
+        try:
+            at = FIXED + 5 * v[FIXED::5].index(kid, 0, v[COUNT])
+        except ValueError:
+            return None
+        return self.text[v[at + 3]:v[at + 4]]
 
     def top_via(self) -> str:
         """The top Via value: its line's, or the first of its list."""

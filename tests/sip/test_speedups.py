@@ -289,3 +289,36 @@ def test_unusual_responses_get_their_header_list_at_once():
         except BadMessage:
             continue
         assert m._head is None
+
+
+FIELDS = ["To", "t", "from", "Record-Route", "contact", "Content-Length", "call-id", "CSeq",
+          "x-unknown", "Via", "v", "Max-Forwards", "Server"]
+
+
+@pytest.mark.parametrize("data", RESPONSES, ids=range(len(RESPONSES)))
+def test_fields_of_a_kept_head_read_as_from_the_rows(data):
+    try:
+        reference = outcome_message(data, use_c=False)
+    except BadMessage:
+        return
+    for name in FIELDS:
+        for read in ("header", "header_values", "has_header"):
+            kept = outcome_message(data, use_c=True)
+            assert getattr(kept, read)(name) == getattr(reference, read)(name), (name, read)
+
+
+def test_reading_a_field_keeps_the_head():
+    m = parse_message(SIPP_180)
+    assert m.to_tag == "2SIPpTag011" and m.header_values("record-route") == []
+    assert m.has_header("contact") and not m.has_header("route")
+    assert m._head is not None
+    assert m.header("via") == "SIP/2.0/UDP 127.0.0.1:15260;branch=z9hG4bK9c6d.f5f1"   # needs the rows
+    assert m._head is None
+
+
+def outcome_message(data: bytes, use_c: bool):
+    parser.use_accelerator(use_c)
+    try:
+        return parse_message(data)
+    finally:
+        parser.use_accelerator(True)

@@ -31,6 +31,11 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
                   # getUserMedia without a device or a permission prompt.
                   "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
 
+# Chromium's start on a busy 2-core machine (the rest of the suite beside
+# it) took 25 s once: a page's first report may wait this long; the SIP
+# steps after it keep their own, shorter deadlines.
+START_TIMEOUT = 90
+
 
 def chromium_binary() -> str | None:
     for name in ("chromium", "chromium-browser", "google-chrome"):

@@ -50,6 +50,7 @@ function report(event, detail) {
 }
 window.addEventListener('error', e => report('page-error', String(e.message)));
 window.addEventListener('unhandledrejection', e => report('page-error', String(e.reason)));
+report('loaded');
 try {
   const socket = new JsSIP.WebSocketInterface(settings.ws);
   const ua = new JsSIP.UA({sockets: [socket], uri: settings.uri, password: settings.password,
@@ -130,7 +131,8 @@ def test_jssip_registers_over_websocket_and_calls_a_udp_uas(tmp_path, bundle, se
                 browser.Chromium(f"http://127.0.0.1:{pages.port}/", tmp_path / "profile",
                                  trust_any_certificate=scheme == "wss") as chromium:
             try:
-                seen = pages.wait_for("registered", 30)
+                seen = pages.wait_for("loaded", browser.START_TIMEOUT)
+                seen += pages.wait_for("registered", 30)
                 assert "registrationFailed" not in [r["event"] for r in seen]
                 seen += pages.wait_for("confirmed", 30)
                 seen += pages.wait_for("ended", 15)
@@ -160,6 +162,7 @@ def test_jssip_with_a_wrong_password_is_refused(tmp_path, bundle, server):
     settings = dict(ws=f"ws://127.0.0.1:{ws}", uri="sip:alice@127.0.0.1", password="wrong", call=None)
     with browser.PageServer(page(bundle, **settings)) as pages, \
             browser.Chromium(f"http://127.0.0.1:{pages.port}/", tmp_path / "profile"):
-        seen = pages.wait_for("registrationFailed", 30)
+        seen = pages.wait_for("loaded", browser.START_TIMEOUT)
+        seen += pages.wait_for("registrationFailed", 30)
     assert "registered" not in [r["event"] for r in seen]
     assert seen[-1]["detail"] in ("Authentication Error", "Rejected")

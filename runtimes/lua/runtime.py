@@ -125,6 +125,13 @@ INLINE_PATTERN_STEPS = 2_000_000
 # The interval only matters while a second thread waits for the GIL.
 SWITCH_INTERVAL = 0.0005
 
+# Loading: the script's chunk gets the route's deadline from when it starts;
+# creating the state and running the prelude before it are ours and take a
+# few ms, but on a loaded machine the thread may wait for a core and the GIL
+# far longer (CI: past 0.3 s with the whole suite beside it). The load is
+# abandoned (a C call that never returns) only this much past the deadline.
+LOAD_SETUP_WAIT = 1.0
+
 # print() from a route: lines cut to LOG_LINE_MAX bytes (in Lua, before the
 # copy to Python) and at most LOG_LINES_PER_SECOND per route and second, the
 # rest counted and reported once a second. 2 KiB holds a whole SIP header set
@@ -292,12 +299,14 @@ class LuaRuntime(Runtime):
             sys.setswitchinterval(SWITCH_INTERVAL)
         self._worker = StateWorker(f"lua {spec.route}", self._drop_state,
                                    self._answer_without_running, spec.deadline)
-        result = await self._in_thread(spec.deadline, self._load, module, source)
+        wait = spec.deadline + LOAD_SETUP_WAIT
+        result = await self._in_thread(wait, self._load, module, source)
         if result is not None:   # the state is not kept: free it and end its thread
             self._worker.stop()
         if isinstance(result, ScriptError):   # abandoned by the watchdog
             raise LoadError(self._file, None,
-                            f"did not finish loading within its deadline of {spec.deadline:g} s "
+                            f"did not finish loading within {wait:g} s (its deadline of "
+                            f"{spec.deadline:g} s and {LOAD_SETUP_WAIT:g} s to set the state up) "
                             f"(a C library call that does not return); the state is abandoned")
         if isinstance(result, BaseException):
             raise result

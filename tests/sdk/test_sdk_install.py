@@ -53,7 +53,7 @@ def assert_transcripts(names, argv, routes, env):
 
 # -- Python ------------------------------------------------------------------
 
-@pytest.mark.filterwarnings("ignore:Support for `\[tool.setuptools\]`")
+@pytest.mark.filterwarnings(r"ignore:Support for `\[tool.setuptools\]`")
 def test_main_distribution_installs_no_generic_top_level_but_the_sdk():
     """pyproject.toml's package discovery: host and runtimes (see README
     "Packaging"), babelsip_sdk mapped from sdk/python; no `sdk`, no `tests`."""

@@ -12,10 +12,7 @@ every request, answered at once by the logic of bench/routes/lua/main.lua
 event and Recorder: the core's and the routes boundary's share of a route's
 cost, without any runtime (Lua's thread, a worker's pipe) behind it.
 With `--spread N`, N calls are in progress at once and each next message
-comes from one of them at random, as a loaded server sees them (measured
-2026-12-03: 1,000 calls in progress cost 5-15 % more than one at a time,
-so a call's state going cold between its messages is not where a server's
-time goes).
+comes from one of them at random, as a loaded server sees them.
 Run: python bench/core_calls.py [--calls N] [--route] [--spread N] [--profile]
 """
 
@@ -141,6 +138,7 @@ def run_calls(core, names, spent=None, spread=1):
     messages of every kind. `spent` (kind -> seconds) adds up the time of
     each kind of message."""
     clock = time.perf_counter
+    spent = dict.fromkeys(KINDS, 0.0) if spent is None else spent
     pick = random.Random(7).randrange
     names = iter(names)
     live = [call_messages(n) for n in itertools.islice(names, spread)]
@@ -157,12 +155,9 @@ def run_calls(core, names, spent=None, spread=1):
             else:
                 live[i], sent[i] = call_messages(fresh), None
             continue
-        if spent is None:
-            core.receive(data, "udp", src)
-        else:
-            start = clock()
-            core.receive(data, "udp", src)
-            spent[kind] += clock() - start
+        start = clock()
+        core.receive(data, "udp", src)
+        spent[kind] += clock() - start
         sent[i] = core.last_forwarded
 
 

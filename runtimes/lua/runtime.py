@@ -306,8 +306,8 @@ class LuaRuntime(Runtime):
         if isinstance(result, ScriptError):   # abandoned by the watchdog
             raise LoadError(self._file, None,
                             f"did not finish loading within {wait:g} s (its deadline of "
-                            f"{spec.deadline:g} s and {LOAD_SETUP_WAIT:g} s to set the state up) "
-                            f"(a C library call that does not return); the state is abandoned")
+                            f"{spec.deadline:g} s plus {LOAD_SETUP_WAIT:g} s to set the state up): "
+                            f"a C library call that does not return; the state is abandoned")
         if isinstance(result, BaseException):
             raise result
 

@@ -806,6 +806,31 @@ def test_a_load_stuck_in_c_past_its_deadline_fails_the_load(tmp_path, monkeypatc
     assert took < deadline + OVERRUN_GRACE + 0.3 and lag < LOOP_LAG_MAX
 
 
+def test_a_slow_state_set_up_does_not_fail_the_load(tmp_path, monkeypatch):
+    # A loaded machine: the thread waits for a core (here: sleeps) before the
+    # script's chunk runs. That time is ours, not the route's deadline's.
+    deadline = 0.1
+
+    def slow_new_state(*args):
+        time.sleep(3 * deadline)
+        return new_state(*args)
+
+    new_state = lua_runtime.new_state
+    monkeypatch.setattr(lua_runtime, "new_state", slow_new_state)
+    rt = runtime_at(tmp_path, "function on_request(req) req:relay() end\n", deadline=deadline)
+
+    async def run():
+        await rt.start()
+        try:
+            return await rt.handle(ON_REQUEST, event())
+        finally:
+            await rt.aclose()
+
+    decision, lag, took = watched(run)
+    assert not isinstance(decision, BaseException), decision
+    assert decision.verb == "relay" and took >= 3 * deadline and lag < LOOP_LAG_MAX
+
+
 def test_a_slow_event_does_not_delay_another_route(tmp_path):
     # The case: 0.8 s per event, under the deadline; five such events
     # 0.2 s apart kept OPTIONS waiting up to 3.8 s when Lua ran on the loop.

@@ -12,8 +12,8 @@
 - `network`: false denies every socket but AF_UNIX (no TCP, UDP, raw or
   netlink); default true.
 
-Enforced in the worker between fork and exec (jail.py): Landlock for the
-filesystem, a seccomp filter for the network. A route that asks for
+Enforced in the worker before it execs its program (enter_jail.py):
+Landlock for the filesystem, a seccomp filter for the network. A route that asks for
 confinement on a kernel without Landlock is not loaded, never run
 unconfined. Lua routes run in-process in their own sandbox, and tcp routes
 on another host: `confine` is for the worker runtimes only.

@@ -1,39 +1,40 @@
 """The jail a route worker process starts in.
 
 Built in the server before each spawn (uids looked up, Landlock rule set
-and seccomp filter made in advance) so that what runs between fork and exec
-does no lookup, no logging and (nearly) no allocation. In the child, in
-this order:
+made in advance) and entered by the worker's first program,
+enter_jail.py, which then execs the worker: the spawn itself has no
+preexec function and no user change, so CPython can vfork and the server's
+memory is never copied. The jail, in enter_jail's order:
 
-1. `subprocess` itself (Popen user=/group=/extra_groups=): when the server
-   is root, the worker's supplementary groups, gid and uid become those of
-   the worker identity: --worker-user, else --user, else nobody/nogroup.
-   A worker never runs as root.
-2. preexec: the route's rlimits, then PR_SET_NO_NEW_PRIVS (every worker,
-   confined or not: no setuid program it runs gains anything), then, for a
-   route with `confine`, the no-network seccomp filter and the Landlock
-   restriction (both need NO_NEW_PRIVS, neither needs root).
+1. when the server is root, the worker's supplementary groups, gid and uid
+   become those of the worker identity: --worker-user, else --user, else
+   nobody/nogroup. A worker never runs as root.
+2. the route's rlimits, then PR_SET_NO_NEW_PRIVS (every worker, confined or
+   not: no setuid program it runs gains anything), then, for a route with
+   `confine`, the no-network seccomp filter and the Landlock restriction
+   (both need NO_NEW_PRIVS, neither needs root).
 """
 
 from __future__ import annotations
 
-import ctypes
+import json
 import os
 import platform
+import sys
 from pathlib import Path
+
+import trio
 
 from . import landlock, seccomp
 from .confinement import Confinement
 from .identity import Identity, worker_fallback
 
-PR_SET_NO_NEW_PRIVS = 38
 # A fallback of the test suite's only: when it runs as root where nobody
 # cannot run its interpreter or read its checkout (a clone under a 0700
 # home), tests/conftest.py sets this so that its route workers stay root.
 # Never set it in production; a server that sees it says so in its log
 # (handover.plan).
 ROOT_WORKERS_ENV = "BABELSIP_TEST_ROOT_WORKERS"
-_libc = ctypes.CDLL(None, use_errno=True)
 _configured: Identity | None = None   # --worker-user, else --user (cli.py)
 
 
@@ -87,40 +88,69 @@ def give_workdir(workdir: Path, top: Path) -> None:
         folder = folder.parent
 
 
+ENTER_JAIL = str(Path(__file__).with_name("enter_jail.py"))
+ENTER_WAIT = 30.0   # seconds for a Python start and the steps: it never waits on anything
+
+
 class Jail:
-    """One spawn's jail: `popen_options()` and `preexec(limits)` for
-    open_process, `close()` once it returned."""
+    """One spawn's jail: `await spawn(argv, rlimits, **popen)`, then
+    `close()`."""
 
     def __init__(self, confine: Confinement | None, workdir: Path):
         self.identity = worker_identity()
         self.ruleset: int | None = None
-        self.no_network = None
+        self.no_network: str | None = None
         if confine is not None:
             try:
                 self.ruleset = landlock.build_ruleset(confine.read, confine.write + (str(workdir), "/dev/null"))
             except OSError as exc:
                 raise JailError(f"confine: {exc}") from None
             if not confine.network:
-                self.no_network = seccomp.NoNetworkFilter(platform.machine())
+                self.no_network = platform.machine()
 
-    def popen_options(self) -> dict:
-        if self.identity is None:
-            return {}
-        return {"user": self.identity.uid, "group": self.identity.gid,
-                "extra_groups": list(self.identity.groups)}
+    def command(self, argv: list[str], rlimits: list[tuple[int, int, int]], status: int) -> list[str]:
+        """The argv that enters this jail and then runs `argv`."""
+        who = self.identity
+        spec = {"identity": None if who is None else [who.name, who.uid, who.gid, list(who.groups)],
+                "rlimits": [list(limit) for limit in rlimits], "no_network": self.no_network,
+                "landlock": self.ruleset, "status": status}
+        return [sys.executable, "-I", "-S", ENTER_JAIL, json.dumps(spec), *argv]
 
-    def preexec(self, limits):
-        prctl, ruleset, no_network = _libc.prctl, self.ruleset, self.no_network
-
-        def apply() -> None:   # in the child, between fork and exec
-            limits()
-            if prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-                raise OSError(ctypes.get_errno(), "PR_SET_NO_NEW_PRIVS")
-            if no_network is not None and no_network.install() != 0:
-                raise OSError(ctypes.get_errno(), "seccomp")
-            if ruleset is not None and landlock.restrict_self(ruleset) != 0:
-                raise OSError(ctypes.get_errno(), "landlock_restrict_self")
-        return apply
+    async def spawn(self, argv: list[str], rlimits: list[tuple[int, int, int]], *,
+                    pass_fds: tuple[int, ...] = (), **popen) -> trio.Process:
+        """The worker, started in its jail. JailError: a step of the jail
+        failed; OSError (PermissionError, FileNotFoundError...): the exec of
+        `argv[0]` did, as the worker identity. Either way nothing is left
+        running."""
+        status_read, status_write = os.pipe()
+        try:
+            fds = (*pass_fds, status_write) + (() if self.ruleset is None else (self.ruleset,))
+            proc = await trio.lowlevel.open_process(self.command(argv, rlimits, status_write),
+                                                    pass_fds=fds, **popen)
+        except BaseException:
+            os.close(status_read)
+            raise
+        finally:
+            os.close(status_write)   # ours: the end of file comes when the child's closes
+        report = b""
+        async with trio.lowlevel.FdStream(status_read) as stream:
+            with trio.move_on_after(ENTER_WAIT) as waited:
+                while chunk := await stream.receive_some():
+                    report += chunk
+        if not report and not waited.cancelled_caught:
+            return proc
+        with trio.CancelScope(shield=True):
+            proc.kill()
+            await proc.wait()
+            for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                if pipe is not None:
+                    await pipe.aclose()
+        if waited.cancelled_caught:
+            raise JailError(f"the jail was not entered in {ENTER_WAIT:g} s")
+        failure = json.loads(report)
+        if failure["step"] == "exec" and failure["errno"]:
+            raise OSError(failure["errno"], failure["message"], failure["filename"])
+        raise JailError(failure["message"])
 
     def close(self) -> None:
         if self.ruleset is not None:

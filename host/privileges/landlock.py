@@ -1,10 +1,10 @@
 """Landlock (Linux >= 5.13) through its three system calls, with ctypes.
 
-A rule set is built in the server before the fork (paths opened, rules
+A rule set is built in the server before the spawn (paths opened, rules
 added: the server itself is not restricted by a rule set it only holds);
-the worker calls `restrict_self` between fork and exec, after
-PR_SET_NO_NEW_PRIVS, so the restriction holds for the route's program and
-everything it starts. Access rights follow the kernel's ABI version, probed
+the worker's first program, enter_jail.py, calls `restrict_self` after
+PR_SET_NO_NEW_PRIVS and then execs the route's program, so the
+restriction holds for it and everything it starts. Access rights follow the kernel's ABI version, probed
 once: rights a kernel does not know are simply not handled (ABI 1 cannot
 restrict renames across directories, ABI 2 truncation). Device ioctls (ABI
 5) are left alone: they are not a filesystem write.
@@ -104,8 +104,7 @@ def _add_path(ruleset: int, path: str, rights: int) -> None:
 
 
 def restrict_self(ruleset: int) -> int:
-    """In the child: 0, or the errno. No allocation, no exception (it runs
-    between fork and exec)."""
+    """In the worker, before its exec: 0, or the errno."""
     if _libc.syscall(SYS_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0)) < 0:
         return ctypes.get_errno() or errno.EPERM
     return 0

@@ -14,7 +14,8 @@ included, when no code of ours runs — every worker inherits the read end of
 one pipe whose write end only this process holds (close-on-exec, so no
 child ever gets it): its end of file tells the worker's SDK, or the guard in
 front of an `exec` route, to SIGKILL the group. PR_SET_PDEATHSIG cannot do
-this (see `_rlimits`).
+this: it fires when the *thread* that spawned exits, and trio spawns from
+its thread cache, whose idle threads exit after 10 s.
 
 Options (routes.toml, all optional): max_in_flight, ping_interval,
 start_timeout, grace, max_line, cpu_seconds, nofile, state_dir, env.
@@ -86,8 +87,7 @@ def lifeline_fd() -> int:
 def _forget_lifeline_in_child() -> None:
     # A child forked without exec (none of ours does, but a library might)
     # must not keep our workers' lifeline open after we die. Only the write
-    # end: trio's spawn also runs this (Python runs at-fork hooks when there
-    # is a preexec_fn) and the read end is what it passes to the worker.
+    # end: the read end is what a worker is given.
     global _lifeline
     if _lifeline is not None:
         os.close(_lifeline[1])
@@ -114,18 +114,11 @@ def state_dir(options: dict) -> Path:
     return Path(tempfile.gettempdir()) / f"babelsip-{os.getuid()}"
 
 
-def _rlimits(memory_mb: int, cpu_seconds: int, nofile: int):
+def _rlimits(memory_mb: int, cpu_seconds: int, nofile: int) -> list[tuple[int, int, int]]:
+    """(resource, soft, hard), set by host/privileges/enter_jail.py."""
     mem = memory_mb * 1024 * 1024
-
-    # No PR_SET_PDEATHSIG here: it fires when the *thread* that forked exits,
-    # and trio forks from its thread cache, whose idle threads exit after
-    # 10 s — every worker would be killed 10 s after it started. The lifeline
-    # (module docstring) is tied to the process instead.
-    def apply() -> None:  # runs in the child between fork and exec
-        resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 5))
-        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-    return apply
+    return [(resource.RLIMIT_AS, mem, mem), (resource.RLIMIT_CPU, cpu_seconds, cpu_seconds + 5),
+            (resource.RLIMIT_NOFILE, nofile, nofile)]
 
 
 def describe_status(code: int | None) -> str:
@@ -332,11 +325,11 @@ class StdioRuntime(PooledRuntime):
         except JailError as exc:
             raise LoadError(self.spec.path, None, str(exc)) from None
         try:
-            proc = await trio.lowlevel.open_process(
-                self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                cwd=str(self.workdir), env=self.environment(), preexec_fn=jail.preexec(limits),
-                start_new_session=True, pass_fds=(lifeline_fd(),), **jail.popen_options())
-        except subprocess.SubprocessError as exc:   # the jail could not be entered
+            proc = await jail.spawn(
+                self.argv, limits, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                cwd=str(self.workdir), env=self.environment(), start_new_session=True,
+                pass_fds=(lifeline_fd(),))
+        except JailError as exc:   # the jail could not be entered
             raise LoadError(self.spec.path, None, f"worker not started: {exc}") from None
         except PermissionError as exc:
             if jail.identity is None:

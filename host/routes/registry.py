@@ -273,7 +273,7 @@ class RouteRegistry:
             if not force and cur is not None and cur.usable and cur.digest == digest and cur.spec == spec:
                 return   # same content and settings: nothing to do (touch, duplicate event)
             try:
-                runtime = await self._start_runtime(spec)
+                runtime = await self._start_runtime(spec, unhurried=cur is not None and cur.usable)
             except LoadError as exc:
                 self._load_failed(route, exc)
                 return
@@ -283,8 +283,9 @@ class RouteRegistry:
             log.info("route %s: generation %d loaded from %s (%s)", name, route.last_number,
                      path.name, spec.runtime, extra=runtime.log_fields)
 
-    async def _start_runtime(self, spec: RuntimeSpec) -> Runtime:
-        """A started runtime, or LoadError. Never leaves a half-started one open."""
+    async def _start_runtime(self, spec: RuntimeSpec, unhurried: bool = False) -> Runtime:
+        """A started runtime, or LoadError. Never leaves a half-started one
+        open. `unhurried`: a generation serves meanwhile (Runtime.unhurried)."""
         if spec.confine is not None:   # by its file's extension: routes.toml could not tell
             from host.privileges.confinement import ConfinementError, check_runtime
             try:
@@ -297,6 +298,7 @@ class RouteRegistry:
             raise
         except Exception as exc:
             raise LoadError(spec.path, None, f"cannot create the {spec.runtime} runtime: {exc!r}") from None
+        runtime.unhurried = unhurried
         try:
             with trio.fail_after(self._load_timeout):
                 await runtime.start()

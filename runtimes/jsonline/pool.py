@@ -120,6 +120,7 @@ class PooledRuntime(Runtime):
         self._start_ok = 0
         self._start_error: LoadError | None = None
         self._start_settled = trio.Event()
+        self._first_over: list[trio.Event] = []   # per slot: its first attempt ended
 
     # ------------------------------------------------------------ subclass API
     def slot_count(self) -> int:
@@ -143,6 +144,7 @@ class PooledRuntime(Runtime):
         await self.prepare()
         n = self.slot_count()
         self._sessions = [None] * n
+        self._first_over = [trio.Event() for _ in range(n)]
         self._start_pending = n
         trio.lowlevel.spawn_system_task(self._main, name=f"route {self.spec.route}")
         await self._start_settled.wait()
@@ -283,6 +285,7 @@ class PooledRuntime(Runtime):
 
     def _started(self, index: int, outcome: Outcome | None) -> None:
         """First attempt of slot `index` is over (outcome None = ready)."""
+        self._first_over[index].set()
         if self._start_settled.is_set():
             return
         self._start_pending -= 1
@@ -297,6 +300,10 @@ class PooledRuntime(Runtime):
     async def _slot(self, index: int) -> None:
         history: tuple[float, ...] = ()   # this slot's recent restarts (plan_restart)
         first = True
+        if self.unhurried and index:   # a reload: after the slot before it (Runtime.unhurried)
+            await self._first_over[index - 1].wait()
+            if self._start_error is not None:
+                return
         while not self._closing.is_set():
             outcome = await self._run_once(index, first)
             if self._closing.is_set():

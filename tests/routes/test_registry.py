@@ -255,6 +255,8 @@ async def test_hot_reload_within_a_second(tmp_path):
         assert took < 1.0
         assert (await decide(reg)).code == 201
         await eventually(lambda: first.closed)
+        # The first load starts at full speed; a reload, beside a serving generation, unhurried.
+        assert [made.unhurried for made in reg.factory.made] == [False, True]
 
 
 async def test_unchanged_content_makes_no_new_generation(tmp_path):

@@ -351,3 +351,34 @@ async def test_workers_outlive_the_thread_that_spawned_them(tmp_path, monkeypatc
         assert d.verb == "relay" and rt.pids == [pid]
     finally:
         await rt.aclose()
+
+
+@pytest.mark.parametrize("unhurried", [False, True])
+async def test_a_reload_starts_its_workers_one_after_another(tmp_path, monkeypatch, unhurried):
+    """Runtime.unhurried (set by the registry when a generation serves
+    meanwhile): slot 1's worker is spawned once slot 0's is ready; a first
+    load starts them all at once."""
+    steps = []
+    real_open, real_started = StdioRuntime.open_link, StdioRuntime._started
+
+    async def open_link(self, index, nursery):
+        steps.append(("spawn", index))
+        return await real_open(self, index, nursery)
+
+    def started_(self, index, outcome):
+        steps.append(("ready", index))
+        return real_started(self, index, outcome)
+    monkeypatch.setattr(StdioRuntime, "open_link", open_link)
+    monkeypatch.setattr(StdioRuntime, "_started", started_)
+    rt = StdioRuntime(spec_for(tmp_path, pool=2))
+    rt.unhurried = unhurried
+    await rt.start()
+    try:
+        assert sorted(steps) == [("ready", 0), ("ready", 1), ("spawn", 0), ("spawn", 1)]
+        if unhurried:
+            assert steps.index(("spawn", 1)) > steps.index(("ready", 0))
+        else:
+            assert sorted(steps[:2]) == [("spawn", 0), ("spawn", 1)]   # both before either is ready
+        assert len({pid for pid in rt.pids if pid}) == 2
+    finally:
+        await rt.aclose()

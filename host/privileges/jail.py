@@ -17,7 +17,7 @@ memory is never copied. The jail, in enter_jail's order:
 
 from __future__ import annotations
 
-import json
+import marshal
 import os
 import platform
 import sys
@@ -111,10 +111,10 @@ class Jail:
     def command(self, argv: list[str], rlimits: list[tuple[int, int, int]], status: int) -> list[str]:
         """The argv that enters this jail and then runs `argv`."""
         who = self.identity
-        spec = {"identity": None if who is None else [who.name, who.uid, who.gid, list(who.groups)],
-                "rlimits": [list(limit) for limit in rlimits], "no_network": self.no_network,
+        spec = {"identity": None if who is None else (who.name, who.uid, who.gid, tuple(who.groups)),
+                "rlimits": [tuple(limit) for limit in rlimits], "no_network": self.no_network,
                 "landlock": self.ruleset, "status": status}
-        return [sys.executable, "-I", "-S", ENTER_JAIL, json.dumps(spec), *argv]
+        return [sys.executable, "-I", "-S", ENTER_JAIL, marshal.dumps(spec).hex(), *argv]
 
     async def spawn(self, argv: list[str], rlimits: list[tuple[int, int, int]], *,
                     pass_fds: tuple[int, ...] = (), **popen) -> trio.Process:
@@ -147,7 +147,7 @@ class Jail:
                     await pipe.aclose()
         if waited.cancelled_caught:
             raise JailError(f"the jail was not entered in {ENTER_WAIT:g} s")
-        failure = json.loads(report)
+        failure = marshal.loads(report)
         if failure["step"] == "exec" and failure["errno"]:
             raise OSError(failure["errno"], failure["message"], failure["filename"])
         raise JailError(failure["message"])

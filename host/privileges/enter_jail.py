@@ -39,7 +39,7 @@ FAILED = 127
 
 
 def enter(spec: dict) -> None:
-    from host.privileges import identity, landlock   # stdlib only, below
+    from host.privileges import identity, landlock   # both import only the standard library
 
     if spec["identity"] is not None:
         name, uid, gid, groups = spec["identity"]

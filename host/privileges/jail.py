@@ -133,18 +133,17 @@ class Jail:
         finally:
             os.close(status_write)   # ours: the end of file comes when the child's closes
         report = b""
-        async with trio.lowlevel.FdStream(status_read) as stream:
-            with trio.move_on_after(ENTER_WAIT) as waited:
-                while chunk := await stream.receive_some():
-                    report += chunk
+        try:
+            async with trio.lowlevel.FdStream(status_read) as stream:
+                with trio.move_on_after(ENTER_WAIT) as waited:
+                    while chunk := await stream.receive_some():
+                        report += chunk
+        except BaseException:   # cancelled meanwhile: no worker nobody supervises
+            await _discard(proc)
+            raise
         if not report and not waited.cancelled_caught:
             return proc
-        with trio.CancelScope(shield=True):
-            proc.kill()
-            await proc.wait()
-            for pipe in (proc.stdin, proc.stdout, proc.stderr):
-                if pipe is not None:
-                    await pipe.aclose()
+        await _discard(proc)
         if waited.cancelled_caught:
             raise JailError(f"the jail was not entered in {ENTER_WAIT:g} s")
         failure = marshal.loads(report)
@@ -156,3 +155,12 @@ class Jail:
         if self.ruleset is not None:
             os.close(self.ruleset)
             self.ruleset = None
+
+
+async def _discard(proc: trio.Process) -> None:
+    with trio.CancelScope(shield=True):
+        proc.kill()
+        await proc.wait()
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                await pipe.aclose()

@@ -67,3 +67,10 @@ async def test_a_failing_step_is_a_jail_error_and_the_program_never_runs(tmp_pat
                                          [(resource.RLIMIT_NOFILE, 10, 5)])   # soft above hard
     assert spawned["proc"].returncode == 127
     assert not marker.exists()
+
+
+async def test_a_spawn_cancelled_before_the_jail_is_entered_leaves_no_worker(tmp_path, spawned):
+    with trio.move_on_after(0.002) as scope:   # the jail takes ~20 ms to enter
+        await Jail(None, tmp_path).spawn(["/bin/sleep", "30"], [])
+    assert scope.cancelled_caught
+    assert spawned["proc"].returncode is not None   # killed and reaped, not left running
